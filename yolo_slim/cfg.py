@@ -1,0 +1,185 @@
+"""Darknet .cfg text <-> module_defs.
+
+module_defs is a list of dicts, ``[net]`` first. Each dict has ``type`` (the canonical section
+name) plus the section's keys with their values as strings, exactly as darknet reads them (all
+whitespace removed, see darknet-format.md §1). Keys starting with ``_`` are metadata
+(``_line``: the section's line number, ``_path``: the file) and are never written back.
+
+Values stay strings so that ``write_cfg(parse_cfg(x))`` keeps every key, its order and its
+value (anchors are never truncated); the typed getters below convert on use and raise a
+CfgError naming file and line.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .errors import CfgError, YoloSlimError
+
+# Darknet accepts these alias spellings; we store the canonical one.
+ALIASES = {"network": "net", "conv": "convolutional", "max": "maxpool", "avg": "avgpool",
+           "conn": "connected", "soft": "softmax", "deconv": "deconvolutional",
+           "normalization": "lrn"}
+# Every section type darknet (AlexeyAB) recognises; anything else is a typo or foreign file.
+DARKNET_SECTIONS = {
+    "net", "convolutional", "deconvolutional", "connected", "maxpool", "local_avgpool", "avgpool",
+    "route", "shortcut", "upsample", "yolo", "Gaussian_yolo", "region", "detection", "reorg",
+    "reorg3d", "dropout", "softmax", "cost", "crop", "local", "lrn", "batchnorm", "scale_channels",
+    "sam", "empty", "silence", "implicit_add", "implicit_mul", "activation", "rnn", "gru", "lstm",
+    "crnn", "conv_lstm", "history", "contrastive",
+}
+_WS = re.compile(r"\s+")
+
+
+def _strip(line: str) -> str:
+    # darknet's strip() deletes every whitespace character anywhere in the line
+    return _WS.sub("", line)
+
+
+def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
+    """Parse cfg text into module_defs, following darknet's read_cfg rules."""
+    if text.startswith("\ufeff"):  # a BOM would hide the first '[' from darknet; just drop it
+        text = text[1:]
+    defs: list[dict[str, Any]] = []
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        line = _strip(raw)
+        if not line or line[0] in "#;":
+            continue
+        if line[0] == "[":
+            if not line.endswith("]"):
+                raise CfgError(f"malformed section header {raw.strip()!r}", path, lineno)
+            name = line[1:-1]
+            name = ALIASES.get(name, name)
+            if name not in DARKNET_SECTIONS:
+                raise CfgError(f"unknown section [{line[1:-1]}]", path, lineno)
+            if not defs and name != "net":
+                raise CfgError(f"first section must be [net], found [{name}]", path, lineno)
+            if defs and name == "net":
+                raise CfgError("[net] may only be the first section", path, lineno)
+            defs.append({"type": name, "_line": lineno, "_path": path})
+            continue
+        if not defs:
+            raise CfgError(f"'{raw.strip()}' appears before any [section]", path, lineno)
+        if "=" not in line:
+            raise CfgError(f"line has no '=': {raw.strip()!r}", path, lineno)
+        key, value = line.split("=", 1)
+        if not key:
+            raise CfgError(f"line has no key: {raw.strip()!r}", path, lineno)
+        if not value:
+            raise CfgError(f"key '{key}' has no value", path, lineno)
+        d = defs[-1]
+        if key in d:  # darknet's option_find: the first occurrence wins
+            d.setdefault("_dup_keys", []).append((key, lineno))
+            continue
+        d[key] = value
+    if not defs:
+        raise CfgError("no sections found (empty cfg?)", path)
+    return defs
+
+
+def parse_cfg(path: str) -> list[dict[str, Any]]:
+    """Read and parse a darknet cfg file."""
+    if not os.path.isfile(path):
+        raise YoloSlimError(f"cfg not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CfgError(f"not a text cfg file ({e.reason} at byte {e.start})", path) from None
+    return parse_cfg_text(text, path)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_fmt(v) for v in value)
+    if isinstance(value, float):
+        return repr(value) if value != int(value) else str(int(value))
+    return str(value)
+
+
+def write_cfg(module_defs: list[dict[str, Any]]) -> str:
+    """module_defs -> cfg text (LF endings, no comments), readable by darknet."""
+    out = []
+    for d in module_defs:
+        out.append(f"[{d['type']}]")
+        out.extend(f"{k}={_fmt(v)}" for k, v in d.items() if k != "type" and not k.startswith("_"))
+        out.append("")
+    return "\n".join(out)
+
+
+def save_cfg(module_defs: list[dict[str, Any]], path: str) -> None:
+    from .errors import atomic_write_bytes
+    atomic_write_bytes(path, write_cfg(module_defs).encode())
+
+
+# ---- typed getters: numbers are parsed strictly, errors name file and line -------------------
+
+def _where(d: dict[str, Any]) -> tuple[str | None, int | None]:
+    return d.get("_path"), d.get("_line")
+
+
+def _number_text(d: dict[str, Any], key: str) -> str:
+    # darknet's atoi/atof stop at an inline comment ("-1, 271 ###S4"), so do we
+    return str(d[key]).split("#", 1)[0]
+
+
+def _to_num(text: str, kind: type, d: dict[str, Any], key: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        want = "an integer" if kind is int else "a number"
+        raise CfgError(f"[{d['type']}] {key}={d[key]!r} is not {want}", *_where(d)) from None
+
+
+def get_int(d: dict[str, Any], key: str, default: int | None = None) -> int:
+    if key not in d:
+        if default is None:
+            raise CfgError(f"[{d['type']}] needs '{key}='", *_where(d))
+        return default
+    return _to_num(_number_text(d, key), int, d, key)
+
+
+def get_float(d: dict[str, Any], key: str, default: float | None = None) -> float:
+    if key not in d:
+        if default is None:
+            raise CfgError(f"[{d['type']}] needs '{key}='", *_where(d))
+        return default
+    return _to_num(_number_text(d, key), float, d, key)
+
+
+def _get_list(d: dict[str, Any], key: str, kind: type, default: list | None) -> list:
+    if key not in d:
+        if default is None:
+            raise CfgError(f"[{d['type']}] needs '{key}='", *_where(d))
+        return list(default)
+    text = _number_text(d, key)
+    if isinstance(d[key], (list, tuple)):
+        return [kind(v) for v in d[key]]
+    parts = text.split(",")
+    if parts and parts[-1] == "":  # a trailing comma would make darknet reference layer 0
+        raise CfgError(f"[{d['type']}] {key}={d[key]!r} ends with a comma", *_where(d))
+    return [_to_num(p, kind, d, key) for p in parts]
+
+
+def get_ints(d: dict[str, Any], key: str, default: list[int] | None = None) -> list[int]:
+    return _get_list(d, key, int, default)
+
+
+def get_floats(d: dict[str, Any], key: str, default: list[float] | None = None) -> list[float]:
+    return _get_list(d, key, float, default)
+
+
+def get_str(d: dict[str, Any], key: str, default: str) -> str:
+    return str(d.get(key, default))
+
+
+def net_size(module_defs: list[dict[str, Any]]) -> tuple[int, int]:
+    """(height, width) of the network input from [net]."""
+    net = module_defs[0]
+    return get_int(net, "height", 416), get_int(net, "width", 416)
+
+
+def net_channels(module_defs: list[dict[str, Any]]) -> int:
+    return get_int(module_defs[0], "channels", 3)

@@ -1,0 +1,54 @@
+"""One error type for everything a user can get wrong, and the CLI wrapper that turns it into
+a one-line message with exit status 2 instead of a traceback."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+
+class YoloSlimError(Exception):
+    """A problem with the user's input (file, flag, data); printed as one line, exit 2."""
+
+
+class CfgError(YoloSlimError):
+    """A malformed or unsupported darknet cfg; the message names file and line."""
+
+    def __init__(self, msg: str, path: str | None = None, line: int | None = None):
+        where = path or "<cfg>"
+        if line is not None:
+            where += f":{line}"
+        super().__init__(f"{where}: {msg}")
+
+
+def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """Decorate a script's main(argv) so user errors print one line and exit with status 2."""
+
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            return int(main(argv) or 0)
+        except YoloSlimError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as e:
+            print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapped
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file via temp + rename so an interrupted write never leaves a half file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def require_file(path: str, what: str = "file") -> str:
+    if not os.path.isfile(path):
+        raise YoloSlimError(f"{what} not found: {path}")
+    return path

@@ -1,0 +1,1 @@
+"""Channel and layer pruning: masks, beta folding, compaction."""

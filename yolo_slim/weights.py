@@ -1,0 +1,158 @@
+"""Darknet .weights and self-describing .pt checkpoints.
+
+.weights: int32 major, minor, revision; `seen` as int64 when major*10+minor >= 2 (else int32);
+then per [convolutional] in cfg order: BN beta, gamma, running_mean, running_var (or the conv
+bias without BN), then the kernel [out, in/groups, k, k]. Little-endian float32, no padding.
+
+.pt: {"cfg": cfg text, "model": state_dict, "header": [major, minor, rev], "seen": int, ...}
+so a checkpoint alone rebuilds its model; loaded with weights_only=True.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cfg import parse_cfg_text, write_cfg
+from .errors import YoloSlimError, atomic_write_bytes
+from .model import Darknet, conv_layers
+
+
+def _conv_tensors(model: Darknet) -> list[torch.Tensor]:
+    """Every tensor the weights file holds, in file order."""
+    out = []
+    for _, m in conv_layers(model):
+        if m.bn is not None:
+            out += [m.bn.bias, m.bn.weight, m.bn.running_mean, m.bn.running_var]
+        else:
+            out.append(m.conv.bias)
+        out.append(m.conv.weight)
+    return out
+
+
+def weights_float_count(model: Darknet) -> int:
+    return sum(t.numel() for t in _conv_tensors(model))
+
+
+def _header_size(major: int, minor: int) -> int:
+    return 20 if major * 10 + minor >= 2 else 16
+
+
+def load_darknet_weights(model: Darknet, path: str) -> None:
+    """Fill `model` from a darknet .weights file; the size must match the cfg exactly."""
+    if not os.path.isfile(path):
+        raise YoloSlimError(f"weights not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 16:
+        raise YoloSlimError(f"{path}: {len(data)} bytes is too short for a darknet weights header")
+    major, minor, rev = (int(v) for v in np.frombuffer(data, "<i4", 3))
+    hsize = _header_size(major, minor)
+    seen = int(np.frombuffer(data, "<i8" if hsize == 20 else "<i4", 1, offset=12)[0])
+    body = len(data) - hsize
+    need = weights_float_count(model)
+    if body % 4 or body // 4 != need:
+        have = body / 4
+        diff = have - need
+        more = f"{abs(diff):g} floats {'more' if diff > 0 else 'fewer'}"
+        raise YoloSlimError(f"{path}: holds {have:g} floats but the cfg needs {need} ({more}); "
+                            "wrong cfg for these weights?")
+    floats = np.frombuffer(data, "<f4", need, offset=hsize)
+    pos = 0
+    with torch.no_grad():
+        for t in _conv_tensors(model):
+            n = t.numel()
+            t.copy_(torch.from_numpy(floats[pos:pos + n].copy()).view_as(t))
+            pos += n
+    model.header, model.seen = (major, minor, rev), seen
+
+
+def darknet_weights_bytes(model: Darknet) -> bytes:
+    major, minor, rev = model.header
+    buf = io.BytesIO()
+    buf.write(np.array([major, minor, rev], "<i4").tobytes())
+    buf.write(np.array([model.seen], "<i8" if _header_size(major, minor) == 20 else "<i4").tobytes())
+    for t in _conv_tensors(model):
+        buf.write(t.detach().cpu().float().numpy().astype("<f4").tobytes())
+    return buf.getvalue()
+
+
+def save_darknet_weights(model: Darknet, path: str) -> None:
+    atomic_write_bytes(path, darknet_weights_bytes(model))
+
+
+def save_checkpoint(model: Darknet, path: str, **extra: Any) -> None:
+    """Write a self-describing .pt (cfg text + state dict + header/seen + anything extra)."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    ckpt = {"cfg": write_cfg(model.module_defs),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "header": list(model.header), "seen": int(model.seen), **extra}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise YoloSlimError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise YoloSlimError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise YoloSlimError(f"{path}: not a yolo-slim checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def load_checkpoint_into(model: Darknet, ckpt: dict[str, Any], path: str = "<ckpt>") -> None:
+    sd = ckpt["model"]
+    mine = model.state_dict()
+    bad = [k for k in mine if k not in sd or sd[k].shape != mine[k].shape]
+    if bad or len(sd) != len(mine):
+        k = bad[0] if bad else next(k for k in sd if k not in mine)
+        raise YoloSlimError(f"{path}: checkpoint does not match the cfg (first mismatch: {k})")
+    model.load_state_dict(sd)
+    model.header = tuple(ckpt.get("header", (0, 2, 5)))
+    model.seen = int(ckpt.get("seen", 0))
+
+
+def model_from_checkpoint(path: str) -> Darknet:
+    """Rebuild a model from a .pt alone (its cfg is inside)."""
+    ckpt = read_checkpoint(path)
+    if "cfg" not in ckpt:
+        raise YoloSlimError(f"{path}: checkpoint has no cfg; pass --cfg")
+    model = Darknet(parse_cfg_text(ckpt["cfg"], path=f"{path}[cfg]"))
+    load_checkpoint_into(model, ckpt, path)
+    return model
+
+
+def load_weights(model: Darknet, path: str) -> None:
+    """Load .weights or .pt into a model built from the user's cfg."""
+    if path.endswith(".pt") or path.endswith(".pth"):
+        load_checkpoint_into(model, read_checkpoint(path), path)
+    else:
+        load_darknet_weights(model, path)
+
+
+def load_model(cfg: str | None, weights: str | None) -> Darknet:
+    """The usual --cfg/--weights pair: cfg may be omitted for a .pt that carries its own."""
+    from .model import build_model
+    if cfg is None:
+        if not weights or not weights.endswith(".pt"):
+            raise YoloSlimError("--cfg is required unless --weights is a yolo-slim .pt checkpoint")
+        return model_from_checkpoint(weights)
+    model = build_model(cfg)
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def save_weights(model: Darknet, path: str) -> None:
+    """Save by extension: .pt checkpoint or darknet .weights."""
+    if path.endswith(".pt"):
+        save_checkpoint(model, path)
+    else:
+        save_darknet_weights(model, path)
