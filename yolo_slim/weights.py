@@ -55,10 +55,11 @@ def load_darknet_weights(model: Darknet, path: str) -> None:
     body = len(data) - hsize
     need = weights_float_count(model)
     if body % 4 or body // 4 != need:
-        have = body / 4
-        diff = have - need
-        more = f"{abs(diff):g} floats {'more' if diff > 0 else 'fewer'}"
-        raise YoloSlimError(f"{path}: holds {have:g} floats but the cfg needs {need} ({more}); "
+        if body % 4:
+            raise YoloSlimError(f"{path}: body of {body} bytes is not a whole number of floats")
+        diff = body // 4 - need
+        more = f"{abs(diff)} floats {'too many' if diff > 0 else 'too few'}"
+        raise YoloSlimError(f"{path}: holds {body // 4} floats but the cfg needs {need} ({more}); "
                             "wrong cfg for these weights?")
     floats = np.frombuffer(data, "<f4", need, offset=hsize)
     pos = 0
