@@ -1,0 +1,105 @@
+"""Teacher distillation for fine-tuning a pruned student.
+
+- hinton: KL divergence between temperature-softened teacher and student outputs on the
+  objectness and class logits, × T². YOLO's objectness and classes are independent sigmoids,
+  so the divergence is a *binary* KL per logit — not a softmax over [obj, cls...], which is
+  what older tools computed and which couples unrelated outputs.
+- chen (Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
+  Distillation"): the same KL, plus a bounded L2 box loss at the positive anchors: the
+  student's box is pulled to the ground truth only where it is farther from it than the
+  teacher's box plus a margin, so a weak teacher never drags a better student back.
+
+The teacher is frozen: eval mode (its BN statistics never move), requires_grad off, run under
+no_grad; on CUDA it may run in fp16 autocast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import YoloSlimError
+from .model import Darknet
+
+KD_MODES = ("none", "hinton", "chen")
+
+
+def binary_kl_with_logits(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
+    """Element-wise KL(σ(t/T) ‖ σ(s/T)) for independent sigmoid outputs, × T².
+
+    Written as BCE(s/T, p_t) − BCE(t/T, p_t) (cross-entropy minus the teacher's entropy), both
+    from logits, so it is exactly 0 when student == teacher and stable for large logits.
+    """
+    teacher = teacher.detach()  # the teacher is a target, never trained through this loss
+    p_t = torch.sigmoid(teacher / T)
+    ce = F.binary_cross_entropy_with_logits(student / T, p_t, reduction="none")
+    ent = F.binary_cross_entropy_with_logits(teacher / T, p_t, reduction="none")
+    return (ce - ent).clamp_min(0) * (T * T)
+
+
+def hinton_loss(student_raw: list[torch.Tensor], teacher_raw: list[torch.Tensor],
+                T: float = 2.0) -> torch.Tensor:
+    """Mean binary KL over every cell and anchor: objectness + mean over classes."""
+    total = student_raw[0].new_zeros(())
+    for s, t in zip(student_raw, teacher_raw):
+        kl = binary_kl_with_logits(s[..., 4:].float(), t[..., 4:].float(), T)
+        obj, cls = kl[..., 0], kl[..., 1:]
+        total = total + obj.mean() + (cls.mean() if cls.numel() else 0.0)
+    return total
+
+
+def bounded_box_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+                     margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chen's bounded L2 box regression over n positive anchors ([n, 4] boxes each).
+
+    Each anchor contributes ‖s − y‖² if ‖s − y‖² + margin > ‖t − y‖² (the student is not yet
+    better than the teacher by the margin), else 0. Returns (mean loss, fraction active).
+    """
+    if student.numel() == 0:
+        z = student.new_zeros(())
+        return z, z
+    ds = (student - target).square().sum(-1)
+    dt = (teacher.detach() - target).square().sum(-1)
+    active = (ds + margin > dt).to(ds.dtype)
+    return (ds * active).mean(), active.mean()
+
+
+def check_heads_match(student: Darknet, teacher: Darknet) -> None:
+    """Student and teacher must predict the same things in the same places."""
+    s, t = student.heads, teacher.heads
+    problem = None
+    if len(s) != len(t):
+        problem = f"{len(s)} YOLO heads vs the teacher's {len(t)}"
+    else:
+        for k, (a, b) in enumerate(zip(s, t)):
+            if a.nc != b.nc:
+                problem = f"head {k}: {a.nc} classes vs the teacher's {b.nc}"
+            elif a.anchors.shape != b.anchors.shape or not torch.allclose(a.anchors, b.anchors):
+                problem = (f"head {k}: anchors {a.anchors.flatten().tolist()} vs the teacher's "
+                           f"{b.anchors.flatten().tolist()}")
+            if problem:
+                break
+    if problem:
+        raise YoloSlimError(f"student and teacher heads do not match ({problem}); distillation "
+                            "needs the same YOLO heads (anchors, masks, classes) in both cfgs")
+
+
+@dataclass
+class DistillConfig:
+    mode: str = "hinton"
+    temperature: float = 2.0
+    kd_weight: float = 1.0     # weight of the KL term
+    box_weight: float = 0.5    # weight of chen's bounded box term
+    margin: float = 0.0        # chen's margin on squared distances (grid units)
+
+    def __post_init__(self) -> None:
+        if self.mode not in KD_MODES:
+            raise YoloSlimError(f"--kd must be one of {KD_MODES}, not {self.mode!r}")
+
+
+def freeze_teacher(teacher: Darknet) -> Darknet:
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
