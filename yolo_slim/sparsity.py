@@ -149,3 +149,44 @@ class GammaHistory:
                     cv2.LINE_AA)
         from .errors import atomic_write_bytes
         atomic_write_bytes(path, cv2.imencode(".png", img)[1].tobytes())
+
+
+def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule, epochs: int,
+                       output_dir: str):
+    """The engine hook for sparse training on the convs `strategy` may prune (from the graph)."""
+    import os
+
+    from .engine import TrainHooks
+    from .graph import prunable_convs
+
+    layers = prunable_convs(getattr(model, "module", model).module_defs, strategy)
+
+    class SparsityHook(TrainHooks):
+        def __init__(self) -> None:
+            self.sp = BNSparsity(model, layers, schedule)
+            self.history = GammaHistory()
+            self.epoch = 0
+
+        def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
+            self.epoch = epoch
+
+        def after_backward(self, model: torch.nn.Module, step: int) -> None:
+            self.sp.apply(self.epoch, epochs)
+
+        def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+            self.history.add(epoch, self.sp.abs_gamma())
+            self.history.draw(os.path.join(output_dir, "gamma_hist.png"))
+            s = torch.cat([x.flatten() for x in schedule.channel_s(self.sp.gammas, epoch, epochs)])
+            return {**self.sp.stats(), "s_mean": float(s.mean())}
+
+        def state_dict(self) -> dict:
+            return {"history": self.history.state()}
+
+        def load_state_dict(self, state: dict) -> None:
+            if "history" in state:
+                self.history.load_state(state["history"])
+
+    hook = SparsityHook()
+    print(f"sparsity: L1 s={schedule.s} ({schedule.kind}) on {len(layers)} prunable BN layers "
+          f"({sum(g.numel() for g in hook.sp.gammas)} channels, strategy '{strategy}')")
+    return hook

@@ -1,0 +1,250 @@
+"""Channel pruning, end to end: masks -> β folding -> compaction -> verification -> files.
+
+`prune_model` works on a model in memory (tests and layer pruning reuse it); `run` is what
+prune_channels.py calls: it loads, prunes, writes `<stem>.cfg`, `<stem>.weights`, `<stem>.pt`,
+`prune_report.json`, `channels.png` and `gamma_hist.png` into the output dir, and reads the
+written cfg + weights back to check they reproduce the compact model bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cfg import net_channels, net_size, parse_cfg, save_cfg
+from ..errors import YoloSlimError, atomic_write_bytes
+from ..graph import ChannelGraph, build_graph
+from ..model import Darknet
+from ..report import count_params, model_flops, plot_channels, plot_gamma_hist
+from .compact import compact_model
+from .fold import apply_masks
+from .masks import MaskSolver, assert_consistent, kept_channels, node_gammas
+
+
+@dataclass
+class PruneOptions:
+    strategy: str = "slim"
+    global_percent: float | None = None
+    threshold: float | None = None
+    target_flops: float | None = None
+    layer_keep: float = 0.0
+    round_to: int = 1
+    img_size: tuple[int, int] | None = None  # (h, w) for FLOPs and verification; cfg's if None
+    seed: int = 0
+
+
+@dataclass
+class PruneResult:
+    compact: Darknet
+    folded: Darknet
+    graph: ChannelGraph
+    keep_node: np.ndarray
+    threshold: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_threshold(solver: MaskSolver, opts: PruneOptions) -> float:
+    given = [k for k in ("global_percent", "threshold", "target_flops") if getattr(opts, k) is not None]
+    if len(given) != 1:
+        raise YoloSlimError("give exactly one of --global-percent, --threshold, --target-flops")
+    if opts.threshold is not None:
+        if opts.threshold < 0 or math.isnan(opts.threshold):
+            raise YoloSlimError(f"--threshold must be >= 0, got {opts.threshold}")
+        return float(opts.threshold)
+    if opts.global_percent is not None:
+        return solver.percent_threshold(opts.global_percent)
+    return solver.target_flops_threshold(opts.target_flops)
+
+
+def _max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(max((x - y).abs().max() for x, y in zip(a, b)))
+
+
+@torch.no_grad()
+def verify(model: Darknet, folded: Darknet, compact: Darknet, g: ChannelGraph,
+           keep_node: np.ndarray, img_hw: tuple[int, int], seed: int = 0) -> dict[str, float]:
+    """max |Δ| of raw head maps on one random input: compact vs folded (must be float rounding),
+    and compact vs the unfolded masked model (γ of cut channels zeroed only: border gap)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, net_channels(model.module_defs), *img_hw, generator=gen)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, g, keep_node, fold=False)
+    for m in (folded, compact, masked):
+        m.eval()
+    ref = folded.forward_raw(x)
+    out = compact.forward_raw(x)
+    scale = float(max(r.abs().max() for r in ref))
+    d_fold, d_mask = _max_abs(out, ref), _max_abs(out, masked.forward_raw(x))
+    return {"max_abs_vs_folded": d_fold, "max_abs_vs_masked_unfolded": d_mask,
+            "max_abs_output": scale, "rel_vs_folded": d_fold / max(scale, 1e-12)}
+
+
+def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
+                log=lambda *a: None) -> PruneResult:
+    """Prune `model` (unchanged) by its BN |γ|; returns the compact model and a report dict.
+    `log` receives the |γ| picture before anything is cut."""
+    model = model.eval()
+    g = build_graph(model.module_defs)
+    img_hw = tuple(opts.img_size or net_size(model.module_defs))
+    solver = MaskSolver(g, node_gammas(model, g), opts.strategy, opts.layer_keep,
+                        opts.round_to, img_hw)
+    stats = solver.gamma_stats()
+    log(_gamma_text(stats))
+    thr = choose_threshold(solver, opts)
+    keep_node = solver.keep(thr)
+    assert_consistent(g, keep_node)
+    bare = solver.keep(thr, enforce=False)  # which layers only the floor / rounding filled up
+    raised = [i for i, n in g.conv_nodes.items() if keep_node[n].sum() != bare[n].sum()]
+    if raised:
+        log(f"--layer-keep/--round-to/at-least-1 raised {len(raised)} layers: {raised}")
+    folded = copy.deepcopy(model)
+    apply_masks(folded, g, keep_node, fold=True)
+    compact = compact_model(folded, g, keep_node)
+    before = {i: len(n) for i, n in g.conv_nodes.items()}
+    after = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
+    report: dict[str, Any] = {
+        "strategy": opts.strategy, "threshold": thr, "options": asdict(opts),
+        "img_size": list(img_hw),
+        "params": {"before": count_params(model), "after": count_params(compact)},
+        "flops": {"before": model_flops(model, img_hw), "after": model_flops(compact, img_hw)},
+        "channels": {"before": before, "after": after},
+        "prunable_convs": solver.prunable,
+        "raised_by_floor_or_rounding": raised,
+        "gamma": stats,
+        "kept_channels": {i: k for i, k in kept_channels(g, keep_node).items() if after[i] != before[i]},
+    }
+    if check:
+        report["verification"] = verify(model, folded, compact, g, keep_node, img_hw, opts.seed)
+    return PruneResult(compact, folded, g, keep_node, thr, report)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_output_dir(out_dir: str, stem: str, inputs: list[str]) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    ours = {f"{stem}.cfg", f"{stem}.weights"}
+    other = [f for f in os.listdir(out_dir) if f.endswith((".cfg", ".weights")) and f not in ours]
+    if other:
+        raise YoloSlimError(f"--output-dir {out_dir} already holds {other[0]}; use an empty "
+                            "directory (it must hold exactly one .cfg and one .weights)")
+    for p in inputs:
+        for name in ours:
+            if p and os.path.exists(os.path.join(out_dir, name)) and \
+                    os.path.samefile(p, os.path.join(out_dir, name)):
+                raise YoloSlimError(f"--output-dir would overwrite the input {p}")
+
+
+def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: int) -> list[dict]:
+    """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list (lazy imports:
+    evaluation is optional for pruning)."""
+    from ..data import create_dataloader, parse_data_file
+    from ..evaluate import evaluate
+    dc = parse_data_file(data)
+    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, nc=dc.classes)
+    out = []
+    for m in models:
+        res = evaluate(m, loader, names=dc.names, progress=False)
+        out.append({"map50": float(res["map50"]), "map": float(res["map"])})
+    return out
+
+
+def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
+        data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
+    """Load, prune, verify, write the output dir; returns the report."""
+    from ..weights import load_darknet_weights, load_model, save_checkpoint, save_darknet_weights
+    model = load_model(cfg, weights)
+    stem = os.path.splitext(os.path.basename(cfg or weights))[0]
+    _check_output_dir(out_dir, stem, [cfg, weights])
+    res = prune_model(model, opts, log=log)
+    rep = res.report
+    rep["manifest"] = {"cfg": cfg, "cfg_sha256": _sha256(cfg) if cfg else None,
+                       "weights": weights, "weights_sha256": _sha256(weights),
+                       "strategy": opts.strategy, "threshold": res.threshold,
+                       "kept_channels": rep.pop("kept_channels"),
+                       "kept_channels_note": "conv layers not listed keep all their channels"}
+    if data:
+        hw = rep["img_size"]
+        before, after = evaluate_maps([model, res.compact], data, hw[1], batch_size)
+        rep["map"] = {"before": before, "after": after}
+    paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("cfg", "weights", "pt")}
+    save_cfg(res.compact.module_defs, paths["cfg"])
+    save_darknet_weights(res.compact, paths["weights"])
+    save_checkpoint(res.compact, paths["pt"], prune_manifest=json.dumps(rep["manifest"]))
+    # read the files back as a fresh user would: they must give the compact model exactly
+    back = Darknet(parse_cfg(paths["cfg"])).eval()
+    load_darknet_weights(back, paths["weights"])
+    x = torch.rand(1, net_channels(back.module_defs), *rep["img_size"],
+                   generator=torch.Generator().manual_seed(opts.seed + 1))
+    with torch.no_grad():
+        rep["verification"]["max_abs_reloaded"] = _max_abs(back.forward_raw(x),
+                                                           res.compact.eval().forward_raw(x))
+    rep["files"] = {k: os.path.basename(p) for k, p in paths.items()}
+    before, after = rep["channels"]["before"], rep["channels"]["after"]
+    plot_channels(before, after, os.path.join(out_dir, "channels.png"),
+                  f"{stem}: {opts.strategy}, threshold {res.threshold:.4g}")
+    gam = node_gammas(model, res.graph)
+    prunable = [res.graph.conv_nodes[i] for i in rep["prunable_convs"]]
+    gam = gam[np.concatenate(prunable)] if prunable else np.zeros(0)
+    plot_gamma_hist(gam, os.path.join(out_dir, "gamma_hist.png"), res.threshold, title=f"{stem} |gamma|")
+    atomic_write_bytes(os.path.join(out_dir, "prune_report.json"),
+                       json.dumps(_finite(rep), indent=1, default=_json_default).encode())
+    return rep
+
+
+def _finite(o: Any) -> Any:
+    """inf/nan are not JSON: write them as strings ("inf" = e.g. a threshold that cuts all)."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o))
+
+
+def _gamma_text(stats: dict[str, Any]) -> str:
+    lines = ["|gamma| per prunable conv:  layer  min  q25  median  q75  max"]
+    for i, q in stats["quantiles"].items():
+        lines.append(f"  {i:5d}  " + "  ".join(f"{v:.4g}" for v in q))
+    lines.append(f"largest threshold that empties no layer (without --layer-keep): "
+                 f"{stats['max_safe_threshold']:.6g} (limited by layer {stats['limiting_layer']})")
+    return "\n".join(lines)
+
+
+def summary_text(rep: dict[str, Any]) -> str:
+    from ..report import channel_table
+    p, f, v = rep["params"], rep["flops"], rep["verification"]
+    lines = [channel_table(rep["channels"]["before"], rep["channels"]["after"]),
+             f"threshold {rep['threshold']:.6g} ({rep['strategy']})",
+             f"params {p['before']:,} -> {p['after']:,} ({100 * p['after'] / p['before']:.1f}%)",
+             f"FLOPs  {f['before']:,} -> {f['after']:,} ({100 * f['after'] / f['before']:.1f}%) "
+             f"at {rep['img_size'][0]}x{rep['img_size'][1]}",
+             f"max |delta| compact vs folded full-size: {v['max_abs_vs_folded']:.3g} "
+             f"(outputs up to {v['max_abs_output']:.3g}); vs unfolded masked (border effect): "
+             f"{v['max_abs_vs_masked_unfolded']:.3g}; reloaded files: {v.get('max_abs_reloaded', 0):.3g}"]
+    if "map" in rep:
+        lines.append(f"mAP before {rep['map']['before']}  after {rep['map']['after']}")
+    return "\n".join(lines)

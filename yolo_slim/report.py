@@ -1,0 +1,161 @@
+"""Params, FLOPs, per-layer channel tables and OpenCV plots: one way of counting for the project.
+
+FLOPs convention: only [convolutional] layers count, 2 FLOPs per multiply-add, so a conv costs
+``2 * out_h * out_w * filters * (in_channels / groups) * size**2`` (= 2 * out_h * out_w *
+weight.numel()). Bias/BN adds, activations, pooling, upsampling, routes and shortcut adds are
+not counted (together < 1% of a YOLO). Spatial sizes come from the cfg arithmetic of darknet
+(darknet-format.md §2), so FLOPs can be computed for a cfg or a channel mask without a forward.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .cfg import get_int, net_channels
+from .model import conv_geometry, conv_layers, route_sources
+
+
+def count_params(model) -> int:
+    """Trainable parameters: conv weights and biases, BN γ and β (running stats are buffers)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def layer_shapes(module_defs: list[dict[str, Any]], img_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of every layer's output, from the cfg arithmetic."""
+    h, w = img_hw
+    c = net_channels(module_defs)
+    shapes: list[tuple[int, int, int]] = []
+    for i, d in enumerate(module_defs[1:]):
+        t = d["type"]
+        if t == "convolutional":
+            g = conv_geometry(d)
+            h = (h + 2 * g["padding"] - g["size"]) // g["stride_y"] + 1
+            w = (w + 2 * g["padding"] - g["size"]) // g["stride_x"] + 1
+            c = get_int(d, "filters", 1)
+        elif t == "maxpool":
+            stride = get_int(d, "stride", 1)
+            sx, sy = get_int(d, "stride_x", stride), get_int(d, "stride_y", stride)
+            size = get_int(d, "size", stride)
+            pad = get_int(d, "padding", size - 1)
+            h, w = (h + pad - size) // sy + 1, (w + pad - size) // sx + 1
+        elif t == "upsample":
+            s = get_int(d, "stride", 2)
+            h, w = h * s, w * s
+        elif t == "route":
+            groups = get_int(d, "groups", 1)
+            src = [shapes[j] for j in route_sources(d, i)]
+            c, h, w = sum(s[0] // groups for s in src), src[0][1], src[0][2]
+        shapes.append((c, h, w))
+    return shapes
+
+
+def conv_flops_table(module_defs: list[dict[str, Any]], img_hw: tuple[int, int],
+                     in_ch: dict[int, int] | None = None,
+                     out_ch: dict[int, int] | None = None) -> dict[int, int]:
+    """FLOPs per conv layer; in_ch/out_ch override the channel counts (for a mask)."""
+    shapes = layer_shapes(module_defs, img_hw)
+    c_in0 = net_channels(module_defs)
+    out = {}
+    for i, d in enumerate(module_defs[1:]):
+        if d["type"] != "convolutional":
+            continue
+        g = conv_geometry(d)
+        cin = (in_ch or {}).get(i, shapes[i - 1][0] if i else c_in0)
+        cout = (out_ch or {}).get(i, shapes[i][0])
+        _, oh, ow = shapes[i]
+        out[i] = 2 * oh * ow * cout * (cin // g["groups"]) * g["size"] ** 2
+    return out
+
+
+def cfg_flops(module_defs: list[dict[str, Any]], img_hw: tuple[int, int]) -> int:
+    return int(sum(conv_flops_table(module_defs, img_hw).values()))
+
+
+def model_flops(model, img_hw: tuple[int, int]) -> int:
+    """FLOPs of a Darknet model at input (h, w); convention in the module docstring."""
+    shapes = layer_shapes(model.module_defs, img_hw)
+    return int(sum(2 * shapes[i][1] * shapes[i][2] * m.conv.weight.numel()
+                   for i, m in conv_layers(model)))
+
+
+def channel_table(before: dict[int, int], after: dict[int, int]) -> str:
+    """Text table: conv layer, channels before -> after, % kept."""
+    lines = ["layer  before  after   kept"]
+    for i in sorted(before):
+        b, a = before[i], after.get(i, before[i])
+        mark = "" if a == b else "  *"
+        lines.append(f"{i:5d}  {b:6d}  {a:5d}  {100 * a / b:5.1f}%{mark}")
+    return "\n".join(lines)
+
+
+# ---- plots (OpenCV, no matplotlib) -----------------------------------------------------------
+
+def _canvas(h: int, w: int) -> np.ndarray:
+    return np.full((h, w, 3), 255, np.uint8)
+
+
+def _text(img: np.ndarray, s: str, xy: tuple[int, int], scale: float = 0.4) -> None:
+    import cv2
+    cv2.putText(img, s, xy, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def _save_png(img: np.ndarray, path: str) -> None:
+    import cv2
+    from .errors import atomic_write_bytes
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def plot_channels(before: dict[int, int], after: dict[int, int], path: str,
+                  title: str = "channels kept per conv layer") -> None:
+    """Bar chart: grey bar = channels before, blue bar = channels kept, one pair per conv."""
+    import cv2
+    layers = sorted(before)
+    n = max(1, len(layers))
+    bar = max(3, min(14, 1100 // n))
+    W, H, left, bottom, top = 70 + bar * n + 20, 360, 60, 40, 30
+    img = _canvas(H, W)
+    vmax = max(before.values()) if before else 1
+    ph = H - bottom - top
+    for k, i in enumerate(layers):
+        x0 = left + k * bar
+        for v, color in ((before[i], (200, 200, 200)), (after.get(i, before[i]), (180, 90, 30))):
+            y = H - bottom - int(ph * v / vmax)
+            cv2.rectangle(img, (x0, y), (x0 + bar - 2, H - bottom), color, -1)
+        if n <= 40 or k % max(1, n // 20) == 0:
+            _text(img, str(i), (x0, H - bottom + 14), 0.3)
+    cv2.line(img, (left - 2, top), (left - 2, H - bottom), (0, 0, 0), 1)
+    _text(img, str(vmax), (5, top + 5))
+    _text(img, "0", (left - 15, H - bottom))
+    _text(img, title + "  (grey: before, blue: after; x: layer)", (left, 18), 0.45)
+    _save_png(img, path)
+
+
+def plot_gamma_hist(gammas: Sequence[float] | np.ndarray, path: str, threshold: float | None = None,
+                    bins: int = 60, title: str = "|gamma| histogram") -> None:
+    """Histogram of |γ| (log-count bars), with the pruning threshold as a red line if given."""
+    import cv2
+    g = np.abs(np.asarray(gammas, dtype=np.float64).ravel())
+    W, H, left, bottom, top = 640, 320, 50, 40, 30
+    img = _canvas(H, W)
+    hi = float(g.max()) if g.size else 1.0
+    hi = hi if hi > 0 else 1.0
+    counts, edges = np.histogram(g, bins=bins, range=(0.0, hi))
+    logc = np.log1p(counts)
+    pw, ph = W - left - 20, H - bottom - top
+    bw = pw / bins
+    for k, v in enumerate(logc):
+        y = H - bottom - int(ph * v / max(logc.max(), 1e-9))
+        cv2.rectangle(img, (int(left + k * bw), y), (int(left + (k + 1) * bw) - 1, H - bottom),
+                      (180, 90, 30), -1)
+    if threshold is not None and 0 <= threshold <= hi:
+        x = int(left + pw * threshold / hi)
+        cv2.line(img, (x, top), (x, H - bottom), (0, 0, 255), 2)
+        _text(img, f"thr {threshold:.4g}", (min(x + 4, W - 90), top + 12))
+    _text(img, "0", (left, H - bottom + 15))
+    _text(img, f"{hi:.3g}", (W - 60, H - bottom + 15))
+    _text(img, f"{title}  (n={g.size}, log count)", (left, 18), 0.45)
+    _save_png(img, path)
