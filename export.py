@@ -40,6 +40,8 @@ def main(argv=None):
     out = args.output or os.path.splitext(args.weights)[0] + ext
     if os.path.abspath(out) == os.path.abspath(args.weights):
         raise YoloSlimError(f"--output {out} would overwrite the input weights")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise YoloSlimError(f"--output {out}: directory does not exist")
     model = load_model(args.cfg, args.weights)
     if args.format == "weights":
         save_darknet_weights(model, out)

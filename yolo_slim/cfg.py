@@ -7,7 +7,11 @@ whitespace removed, see darknet-format.md §1). Keys starting with ``_`` are met
 
 Values stay strings so that ``write_cfg(parse_cfg(x))`` keeps every key, its order and its
 value (anchors are never truncated); the typed getters below convert on use and raise a
-CfgError naming file and line.
+CfgError naming file and line (``_lines`` maps each key to its own line).
+
+A cfg key that would collide with the metadata (``type``, as in ``[cost] type=sse``, or a key
+starting with ``_``) is stored with a leading space (a parsed key can never contain whitespace)
+and written back without it, so it is kept but never mistaken for metadata.
 """
 from __future__ import annotations
 
@@ -30,6 +34,17 @@ DARKNET_SECTIONS = {
     "crnn", "conv_lstm", "history", "contrastive",
 }
 _WS = re.compile(r"\s+")
+_ESC = " "  # prefix for user keys that would collide with metadata; see the module docstring
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _store_key(key: str) -> str:
+    return _ESC + key if key == "type" or key.startswith(("_", _ESC)) else key
+
+
+def _written_key(key: str) -> str:
+    return key[1:] if key.startswith(_ESC) else key
 
 
 def _strip(line: str) -> str:
@@ -41,6 +56,8 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
     """Parse cfg text into module_defs, following darknet's read_cfg rules."""
     if text.startswith("\ufeff"):  # a BOM would hide the first '[' from darknet; just drop it
         text = text[1:]
+    if "\r" in text and "\n" not in text:
+        raise CfgError("CR-only line endings: darknet reads the whole file as one line", path, 1)
     defs: list[dict[str, Any]] = []
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = _strip(raw)
@@ -48,7 +65,10 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
             continue
         if line[0] == "[":
             if not line.endswith("]"):
-                raise CfgError(f"malformed section header {raw.strip()!r}", path, lineno)
+                # darknet's section type is the whole stripped line: "[maxpool] # x" is the
+                # unknown type "[maxpool]#x", not a maxpool with a comment
+                raise CfgError(f"unknown section {line!r} (darknet reads the whole line as the "
+                               "section name; put comments on their own line)", path, lineno)
             name = line[1:-1]
             name = ALIASES.get(name, name)
             if name not in DARKNET_SECTIONS:
@@ -57,7 +77,7 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
                 raise CfgError(f"first section must be [net], found [{name}]", path, lineno)
             if defs and name == "net":
                 raise CfgError("[net] may only be the first section", path, lineno)
-            defs.append({"type": name, "_line": lineno, "_path": path})
+            defs.append({"type": name, "_line": lineno, "_path": path, "_lines": {}})
             continue
         if not defs:
             raise CfgError(f"'{raw.strip()}' appears before any [section]", path, lineno)
@@ -68,11 +88,12 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
             raise CfgError(f"line has no key: {raw.strip()!r}", path, lineno)
         if not value:
             raise CfgError(f"key '{key}' has no value", path, lineno)
-        d = defs[-1]
+        d, key = defs[-1], _store_key(key)
         if key in d:  # darknet's option_find: the first occurrence wins
-            d.setdefault("_dup_keys", []).append((key, lineno))
+            d.setdefault("_dup_keys", []).append((_written_key(key), lineno))
             continue
         d[key] = value
+        d["_lines"][key] = lineno
     if not defs:
         raise CfgError("no sections found (empty cfg?)", path)
     return defs
@@ -104,7 +125,8 @@ def write_cfg(module_defs: list[dict[str, Any]]) -> str:
     out = []
     for d in module_defs:
         out.append(f"[{d['type']}]")
-        out.extend(f"{k}={_fmt(v)}" for k, v in d.items() if k != "type" and not k.startswith("_"))
+        out.extend(f"{_written_key(k)}={_fmt(v)}" for k, v in d.items()
+                   if k != "type" and not k.startswith("_"))
         out.append("")
     return "\n".join(out)
 
@@ -116,8 +138,10 @@ def save_cfg(module_defs: list[dict[str, Any]], path: str) -> None:
 
 # ---- typed getters: numbers are parsed strictly, errors name file and line -------------------
 
-def _where(d: dict[str, Any]) -> tuple[str | None, int | None]:
-    return d.get("_path"), d.get("_line")
+def _where(d: dict[str, Any], key: str | None = None) -> tuple[str | None, int | None]:
+    """File and line of a key (its own line when known, else its section's)."""
+    line = d.get("_lines", {}).get(key) if key is not None else None
+    return d.get("_path"), line if line is not None else d.get("_line")
 
 
 def _number_text(d: dict[str, Any], key: str) -> str:
@@ -126,11 +150,11 @@ def _number_text(d: dict[str, Any], key: str) -> str:
 
 
 def _to_num(text: str, kind: type, d: dict[str, Any], key: str) -> Any:
-    try:
+    # plain decimals only: Python's int()/float() would also take "1_000", "nan" or "inf"
+    if (_INT if kind is int else _FLOAT).fullmatch(text):
         return kind(text)
-    except ValueError:
-        want = "an integer" if kind is int else "a number"
-        raise CfgError(f"[{d['type']}] {key}={d[key]!r} is not {want}", *_where(d)) from None
+    want = "an integer" if kind is int else "a number"
+    raise CfgError(f"[{d['type']}] {key}={d[key]!r} is not {want}", *_where(d, key))
 
 
 def get_int(d: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -159,7 +183,7 @@ def _get_list(d: dict[str, Any], key: str, kind: type, default: list | None) -> 
         return [kind(v) for v in d[key]]
     parts = text.split(",")
     if parts and parts[-1] == "":  # a trailing comma would make darknet reference layer 0
-        raise CfgError(f"[{d['type']}] {key}={d[key]!r} ends with a comma", *_where(d))
+        raise CfgError(f"[{d['type']}] {key}={d[key]!r} ends with a comma", *_where(d, key))
     return [_to_num(p, kind, d, key) for p in parts]
 
 

@@ -58,9 +58,10 @@ def conv_geometry(d: dict[str, Any]) -> dict[str, int]:
     """size, strides, padding, groups, dilation of a [convolutional] as darknet resolves them."""
     size = get_int(d, "size", 1)
     stride = get_int(d, "stride", 1)
+    # AlexeyAB parse_convolutional: each of stride_x/stride_y below 1 (or absent) falls back to
+    # `stride` on its own, so stride_x=2 alone gives strides (y, x) = (stride, 2)
     sx, sy = get_int(d, "stride_x", -1), get_int(d, "stride_y", -1)
-    if sx < 1 or sy < 1:  # darknet uses stride_x/_y only when both are set
-        sx = sy = stride
+    sx, sy = (sx if sx >= 1 else stride), (sy if sy >= 1 else stride)
     padding = size // 2 if get_int(d, "pad", 0) else get_int(d, "padding", 0)
     dilation = get_int(d, "dilation", 1) if size > 1 else 1
     return dict(size=size, stride_y=sy, stride_x=sx, padding=padding,
@@ -72,6 +73,9 @@ def build_convolutional(d: dict[str, Any], i: int, ctx: BuildContext) -> tuple[n
         _require_default(d, key, 0)
     if "share_index" in d:
         raise _fail(d, "share_index is not supported")
+    # these change which floats the .weights file holds for this layer: refuse, never misread
+    _require_default(d, "dontload", 0, " (it changes the .weights layout)")
+    _require_default(d, "dontloadscales", 0, " (it changes the .weights layout)")
     g = conv_geometry(d)
     c, filters = ctx.prev_channels, get_int(d, "filters", 1)
     if filters < 1:
@@ -104,8 +108,18 @@ def route_sources(d: dict[str, Any], i: int) -> list[int]:
     return [resolve_index(d, i, r, "layers") for r in get_ints(d, "layers")]
 
 
+def _no_head_inputs(d: dict[str, Any], sources: list[int], ctx: BuildContext, key: str) -> None:
+    # darknet's [yolo] output is its input with sigmoid on x, y, obj, cls; forward() passes the
+    # raw map through instead, so reading a [yolo] layer's output would silently differ
+    for j in sources:
+        if ctx.defs[j + 1]["type"] == "yolo":
+            raise _fail(d, f"{key}= reads layer {j}, a [yolo] layer; reading a head's output "
+                        "is not supported")
+
+
 def build_route(d: dict[str, Any], i: int, ctx: BuildContext) -> tuple[nn.Module, int]:
     layers = route_sources(d, i)
+    _no_head_inputs(d, layers, ctx, "layers")
     groups, gid = get_int(d, "groups", 1), get_int(d, "group_id", 0)
     if groups < 1 or not 0 <= gid < groups:
         raise _fail(d, f"groups={groups} group_id={gid} is not a valid slice")
@@ -123,6 +137,7 @@ def build_shortcut(d: dict[str, Any], i: int, ctx: BuildContext) -> tuple[nn.Mod
     if get_str(d, "weights_type", "none") != "none":
         raise _fail(d, f"weights_type={d['weights_type']} (weighted shortcut) is not supported")
     sources = shortcut_sources(d, i)
+    _no_head_inputs(d, sources, ctx, "from")
     c = ctx.prev_channels
     for j in sources:
         if ctx.out_channels[j] != c:
@@ -163,8 +178,8 @@ def check_supported(module_defs: list[dict[str, Any]]) -> None:
     """Raise a CfgError naming the first section type the builder does not implement."""
     for d in module_defs[1:]:
         if d["type"] not in BUILDERS:
-            raise _fail(d, f"layer type [{d['type']}] is not supported "
-                        f"(supported: {', '.join(BUILDERS)})")
+            raise CfgError(f"layer type [{d['type']}] is not supported "
+                           f"(supported: {', '.join(BUILDERS)})", d.get("_path"), d.get("_line"))
 
 
 class Darknet(nn.Module):

@@ -46,17 +46,23 @@ def load_darknet_weights(model: Darknet, path: str) -> None:
     if not os.path.isfile(path):
         raise YoloSlimError(f"weights not found: {path}")
     with open(path, "rb") as f:
-        data = f.read()
+        # a writable buffer lets torch view the floats without another full copy of the file
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        f.readinto(data)
     if len(data) < 16:
         raise YoloSlimError(f"{path}: {len(data)} bytes is too short for a darknet weights header")
     major, minor, rev = (int(v) for v in np.frombuffer(data, "<i4", 3))
     hsize = _header_size(major, minor)
+    if len(data) < hsize:
+        raise YoloSlimError(f"{path}: {len(data)} bytes is too short for a version "
+                            f"{major}.{minor} darknet weights header ({hsize} bytes)")
     seen = int(np.frombuffer(data, "<i8" if hsize == 20 else "<i4", 1, offset=12)[0])
     body = len(data) - hsize
     need = weights_float_count(model)
     if body % 4 or body // 4 != need:
         if body % 4:
-            raise YoloSlimError(f"{path}: body of {body} bytes is not a whole number of floats")
+            raise YoloSlimError(f"{path}: holds {body / 4:.2f} floats (not a whole number) but "
+                                f"the cfg needs {need} ({body / 4 - need:+.2f} floats)")
         diff = body // 4 - need
         more = f"{abs(diff)} floats {'too many' if diff > 0 else 'too few'}"
         raise YoloSlimError(f"{path}: holds {body // 4} floats but the cfg needs {need} ({more}); "
@@ -66,7 +72,7 @@ def load_darknet_weights(model: Darknet, path: str) -> None:
     with torch.no_grad():
         for t in _conv_tensors(model):
             n = t.numel()
-            t.copy_(torch.from_numpy(floats[pos:pos + n].copy()).view_as(t))
+            t.copy_(torch.from_numpy(floats[pos:pos + n]).view_as(t))
             pos += n
     model.header, model.seen = (major, minor, rev), seen
 
