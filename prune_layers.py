@@ -1,0 +1,57 @@
+r"""Layer pruning: remove the N residual blocks ([shortcut] + its two convs) with the smallest
+|γ| of the conv before the shortcut, fold their constant output exactly, renumber routes; with
+channel flags, prune channels of the result in the same run.
+
+  python prune_layers.py --cfg cfg/yolov3.cfg --weights sparse.weights --output-dir runs/l \
+      --shortcuts 12 [--rank mean|max] [--global-percent 0.5 --strategy slim --layer-keep 0.01]
+  python prune_layers.py --cfg cfg/yolov4.cfg [--weights w] --list    # removable blocks, scores
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from yolo_slim.errors import YoloSlimError, cli_main
+from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, parse, wants_channels
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(p, weights_required=False)
+    p.add_argument("--shortcuts", type=int, help="number of residual blocks to remove")
+    p.add_argument("--rank", choices=["mean", "max"], default="mean", help="|γ| statistic per block")
+    p.add_argument("--list", action="store_true", help="print the removable blocks and exit")
+    add_channel_args(p, required=False)
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = parse(parser(), argv)
+    if a is None:
+        return 0
+    from yolo_slim.prune.layer_run import run, summary_text
+    from yolo_slim.prune.layers import blocks_text
+    if a.list:
+        if not a.cfg and not a.weights:
+            raise YoloSlimError("--list needs --cfg (and --weights for the |γ| scores)")
+        from yolo_slim.cfg import parse_cfg
+        from yolo_slim.weights import load_model
+        model = load_model(a.cfg, a.weights) if a.weights else None
+        print(blocks_text(model.module_defs if model else parse_cfg(a.cfg), model, a.rank))
+        return 0
+    for flag in ("weights", "output_dir", "shortcuts"):
+        if getattr(a, flag) is None:
+            raise YoloSlimError(f"--{flag.replace('_', '-')} is required (or use --list)")
+    rep = run(a.cfg, a.weights, a.output_dir, a.shortcuts, a.rank,
+              channel_options(a) if wants_channels(a) else None, a.img_size, a.seed,
+              data=a.data, batch_size=a.batch_size)
+    print(summary_text(rep))
+    print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
+          "+ prune_report.json, layers.png" + (", channels.png" if wants_channels(a) else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Layer pruning (residual blocks) over random residual networks and yolov3 / yolov3-spp / yolov4.
+
+Models compared (yolo_slim/prune/layers.py): *folded* = original with the removed blocks' conv2
+γ = β = 0 and their constant act(β₂) folded into the absorbing convs; *masked* = original with
+only γ₂ = 0; *compact* = the folded model without the blocks. compact vs folded must be float
+rounding (seen: exactly 0, the ops are identical); we allow 1e-5 x max |output| + 1e-6. compact
+vs masked is exact (same tolerance) when every conv is 1x1 (no zero-padded borders).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from netgen import random_darknet, randomize_bn  # noqa: E402
+
+from yolo_slim.cfg import get_ints, parse_cfg, parse_cfg_text  # noqa: E402
+from yolo_slim.layers import Route, Shortcut, YOLOLayer  # noqa: E402
+from yolo_slim.model import Darknet, conv_layers, route_sources, shortcut_sources  # noqa: E402
+from yolo_slim.prune.channels import PruneOptions  # noqa: E402
+from yolo_slim.prune.channels import run as run_channels  # noqa: E402
+from yolo_slim.prune.layer_run import prune_layers_model, run  # noqa: E402
+from yolo_slim.prune.layers import analyze_blocks, compact_blocks  # noqa: E402
+from yolo_slim.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
+
+STANDARD = ["yolov3", "yolov3-spp", "yolov4"]
+QUIET = dict(log=lambda *a: None)
+
+
+def residual_net(seed: int, size: int = 32, only_1x1: bool = False) -> str:
+    """Cfg text of a random residual detector made to stress layer pruning: chains of blocks,
+    offsets that pass maxpool (size 2 stride 1), upsample (scale != 1), CSP `groups=2` routes,
+    grouped / BN-less absorbers, kept two-source shortcuts, a logistic conv1, absolute and
+    relative references to shortcuts (from routes and from shortcuts), and non-removable blocks
+    (leaky shortcut, logistic conv2)."""
+    rng = random.Random(seed)
+    L, ch, n = ["[net]\nwidth=%d\nheight=%d\nchannels=3\n" % (size, size)], [3], [0]
+
+    def add(text: str, c: int) -> int:
+        L.append(text)
+        ch.append(c)
+        n[0] += 1
+        return n[0] - 1
+
+    def conv(f, k=3, s=1, bn=True, act=None, groups=1):
+        k = 1 if only_1x1 else k
+        act = act or rng.choice(["leaky", "mish", "swish", "linear", "relu"])
+        g = f"groups={groups}\n" if groups > 1 else ""
+        return add(f"[convolutional]\n{'batch_normalize=1' if bn else ''}\nfilters={f}\nsize={k}\n"
+                   f"stride={s}\npad=1\n{g}activation={act}\n", f)
+
+    def block(act_s="linear", act2=None, absolute=False):
+        c = ch[-1]
+        conv(max(2, c // 2), 1, act=rng.choice(["leaky", "logistic", "mish"]))
+        conv(c, 3, act=act2)
+        frm = str(n[0] - 3) if absolute else "-3"
+        return add(f"[shortcut]\nfrom={frm}\nactivation={act_s}\n", c)
+
+    conv(8, 3)
+    feats = []
+    for stage in range(2):
+        conv(8 * 2 ** (stage + 1), 3, s=2)
+        if rng.random() < 0.5:  # never removable (the stride-2 conv absorbs what comes before)
+            block(act_s="leaky") if rng.random() < 0.5 else block(act2="logistic")
+        for _ in range(rng.randint(2, 3)):
+            block(absolute=rng.random() < 0.3)
+        kind = rng.choice(["maxpool", "upsample", "csp", "grouped", "nobn", "two_source"])
+        if kind == "maxpool":
+            add("[maxpool]\nsize=2\nstride=1\n", ch[-1])
+        elif kind == "upsample":
+            add(f"[upsample]\nstride=2\nscale={rng.choice([1, 0.5])}\n", ch[-1])
+            conv(ch[-1], 3, s=2)
+        elif kind == "csp":
+            c = ch[-1]
+            add("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n", c // 2)
+            conv(c // 2, 1)
+            add("[route]\nlayers=-1,-3\n", c // 2 + c)  # the shortcut (relative) + the conv
+        elif kind == "grouped":
+            conv(ch[-1], 3, groups=2)
+        elif kind == "nobn":
+            conv(ch[-1], 1, bn=False)
+        else:  # a kept shortcut summing two earlier maps of the chain (identity path)
+            c = ch[-1]
+            conv(c // 2, 1)
+            conv(c, 3)
+            add(f"[shortcut]\nfrom=-3,{n[0] - 6}\nactivation=linear\n", c)
+        feats.append(block(absolute=rng.random() < 0.5))
+        if stage == 0 and rng.random() < 0.3:  # a leaky shortcut: it and its chain stay
+            block(act_s="leaky")
+    conv(ch[-1] // 2, 1)
+    branch = n[0] - 1
+
+    def head():
+        conv(ch[-1], 3)
+        conv(3 * 7, 1, bn=False, act="linear")
+        add("[yolo]\nmask=0,1,2\nanchors=4,6,8,10,12,16,20,24,30,32,40,48\nclasses=2\nnum=6\n", 21)
+
+    head()
+    add(f"[route]\nlayers={branch - n[0]}\n", ch[branch + 1])
+    conv(ch[-1] // 2, 1)
+    add("[upsample]\nstride=2\n", ch[-1])
+    add(f"[route]\nlayers=-1,{feats[0]}\n", ch[-1] + ch[feats[0] + 1])  # absolute, to a shortcut
+    conv(ch[-1] // 2, 3)
+    head()
+    return "\n".join(L)
+
+
+def model_of(text: str, seed: int, name: str = "<net>") -> Darknet:
+    torch.manual_seed(seed)
+    m = Darknet(parse_cfg_text(text, name)).eval()
+    randomize_bn(m, seed)
+    return m
+
+
+@pytest.fixture(scope="module")
+def standard_models(corpus_dir):
+    out = {}
+    for name in STANDARD:
+        local = Path(__file__).resolve().parents[1] / "cfg" / f"{name}.cfg"
+        defs = parse_cfg(str(local if local.is_file() else corpus_dir / "AlexeyAB" / f"{name}.cfg"))
+        defs[0]["width"] = defs[0]["height"] = "64"
+        torch.manual_seed(0)
+        m = Darknet(defs).eval()
+        randomize_bn(m, 1)
+        out[name] = m
+    return out
+
+
+@torch.no_grad()
+def all_outputs(m: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Output of every layer (what forward_raw computes, but keeping everything)."""
+    outs: list[torch.Tensor] = []
+    for mod in m.module_list:
+        if isinstance(mod, Route):
+            x = mod(outs)
+        elif isinstance(mod, Shortcut):
+            x = mod(x, outs)
+        elif not isinstance(mod, YOLOLayer):
+            x = mod(x)
+        outs.append(x)
+    return outs
+
+
+def raw(m: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return m.eval().forward_raw(x)
+
+
+def max_abs(a, b) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a, b))
+
+
+def tol(ref) -> float:
+    return 1e-5 * max(float(r.abs().max()) for r in ref) + 1e-6
+
+
+def check_result(m: Darknet, r, x: torch.Tensor) -> None:
+    """compact == folded on every surviving tensor; routes/shortcuts read the same tensors."""
+    fo, co = all_outputs(r.folded, x), all_outputs(r.compact, x)
+    for i, k in r.index.items():  # a removed shortcut maps to its input x: folded has s == x
+        assert max_abs([fo[i]], [co[k]]) <= tol([fo[i]]), (i, k)
+    old, new = m.module_defs, r.compact.module_defs
+    for i in range(len(old) - 1):
+        t = old[i + 1]["type"]
+        if i not in r.index or t not in ("route", "shortcut") or any(i == b.shortcut for b in r.removed):
+            continue
+        k = r.index[i]
+        src = route_sources if t == "route" else shortcut_sources
+        key = "layers" if t == "route" else "from"
+        assert src(new[k + 1], k) == [r.index[j] for j in src(old[i + 1], i)], (i, k)
+        assert [v < 0 for v in get_ints(new[k + 1], key)] == [v < 0 for v in get_ints(old[i + 1], key)]
+    assert len(r.compact.module_list) == len(m.module_list) - 3 * len(r.removed)
+    assert len(conv_layers(r.compact)) == len(conv_layers(m)) - 2 * len(r.removed)
+
+
+# ---- random residual networks --------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_compact_equals_folded(seed):
+    m = model_of(residual_net(seed), seed)
+    blocks, why = analyze_blocks(m.module_defs)
+    assert len(blocks) >= 3
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    for n in sorted({1, len(blocks) // 2, len(blocks)}):
+        r = prune_layers_model(m, n, rank=["mean", "max"][seed % 2], img_size=(32, 32))
+        check_result(m, r, x)
+        ref = raw(r.folded, x)
+        assert max_abs(raw(r.compact, x), ref) <= tol(ref)
+        assert r.report["verification"]["rel_vs_folded"] <= 1e-5
+        scores = sorted(r.scores.values())  # the n smallest scores went
+        assert sorted(b["score"] for b in r.report["removed_blocks"]) == scores[:n]
+    for s, reason in why.items():  # every kept shortcut has a reason the generator planted
+        assert any(w in reason for w in ("activation=leaky", "act(0)", "not the single", "reaches"))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fold_exact_without_borders(seed):
+    """Only 1x1 convs: no zero padding, so compact == masked (γ₂ = 0, β₂ kept, nothing
+    folded): this checks the offset arithmetic through maxpool/upsample/routes/shortcuts."""
+    m = model_of(residual_net(seed, only_1x1=True), seed)
+    r = prune_layers_model(m, len(analyze_blocks(m.module_defs)[0]), img_size=(32, 32))
+    v = r.report["verification"]
+    assert v["max_abs_vs_masked_unfolded"] <= 1e-5 * v["max_abs_output"] + 1e-6, v
+    # and the folding mattered: dropping the same blocks without it gives another model
+    unfolded, _ = compact_blocks(copy.deepcopy(m), r.removed)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    assert max_abs(raw(unfolded, x), raw(r.compact, x)) > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_zero_gamma_beta_is_lossless(seed):
+    """Removed blocks with conv2 γ = β = 0 contribute act(0) = 0: the compact model must equal
+    the original (only `x + 0` is skipped, so bit for bit here)."""
+    m = model_of(residual_net(seed), seed)
+    first = prune_layers_model(m, 3, check=False)
+    with torch.no_grad():
+        for b in first.removed:
+            m.module_list[b.conv2].bn.weight.zero_()
+            m.module_list[b.conv2].bn.bias.zero_()
+    r = prune_layers_model(m, 3, img_size=(32, 32))
+    assert [b.shortcut for b in r.removed] == [b.shortcut for b in first.removed]
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    assert max_abs(raw(r.compact, x), raw(m, x)) <= 1e-6
+
+
+def test_netgen_networks():
+    """The shared random generator's nets: whatever blocks qualify are removed exactly."""
+    seen = 0
+    for seed in range(12):
+        m = model_of(random_darknet(seed, size=32), seed)
+        blocks, _ = analyze_blocks(m.module_defs)
+        if blocks:
+            r = prune_layers_model(m, len(blocks), img_size=(32, 32))
+            check_result(m, r, torch.rand(1, 3, 32, 32))
+            seen += len(blocks)
+    assert seen >= 5
+
+
+# ---- the standard cfgs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", STANDARD)
+def test_standard_cfgs(standard_models, name):
+    m = standard_models[name]
+    blocks, why = analyze_blocks(m.module_defs)
+    assert len(blocks) == 23 and not why  # every shortcut of v3, v3-spp, v4 is removable
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    r = prune_layers_model(m, 12, img_size=(64, 64))
+    check_result(m, r, x)
+    assert r.report["depth"] == {"before": len(conv_layers(m)), "after": len(conv_layers(m)) - 24}
+    assert r.report["verification"]["rel_vs_folded"] <= 1e-5
+    assert r.report["params"]["after"] < r.report["params"]["before"]
+    # zero γ, β of the chosen blocks: lossless against the original
+    m2 = copy.deepcopy(m)
+    with torch.no_grad():
+        for b in r.removed:
+            m2.module_list[b.conv2].bn.weight.zero_()
+            m2.module_list[b.conv2].bn.bias.zero_()
+    r2 = prune_layers_model(m2, 12, check=False)
+    assert max_abs(raw(r2.compact, x), raw(m2, x)) <= 1e-6
+
+
+# ---- files, combined mode, CLI --------------------------------------------------------------------
+
+def write_net(tmp_path: Path, seed: int = 1) -> tuple[Path, Path, Darknet]:
+    text = residual_net(seed)
+    m = model_of(text, seed)
+    cfg, wts = tmp_path / "net.cfg", tmp_path / "net.weights"
+    cfg.write_text(text)
+    save_darknet_weights(m, str(wts))
+    return cfg, wts, m
+
+
+def check_output_dir(out: Path) -> Darknet:
+    """Independent reader: exactly one .cfg and one .weights, header 0,2,5 + int64 seen, then
+    exactly the floats the cfg needs."""
+    files = sorted(os.listdir(out))
+    assert [f for f in files if f.endswith((".cfg", ".weights"))] == ["net.cfg", "net.weights"]
+    assert {"net.pt", "prune_report.json", "layers.png"} <= set(files)
+    back = Darknet(parse_cfg(str(out / "net.cfg"))).eval()
+    data = (out / "net.weights").read_bytes()
+    assert struct.unpack("<iiiq", data[:20]) == (0, 2, 5, 0)
+    need = sum(p.numel() for _, c in conv_layers(back) for p in
+               ([c.bn.bias, c.bn.weight, c.bn.running_mean, c.bn.running_var] if c.bn is not None
+                else [c.conv.bias]) + [c.conv.weight])
+    assert len(data) == 20 + 4 * need
+    load_darknet_weights(back, str(out / "net.weights"))
+    return back
+
+
+def test_run_writes_exact_darknet_files(tmp_path):
+    cfg, wts, m = write_net(tmp_path)
+    rep = run(str(cfg), str(wts), str(tmp_path / "out"), 4, img_size=32, **QUIET)
+    back = check_output_dir(tmp_path / "out")
+    x = torch.rand(1, 3, 32, 32)
+    r = prune_layers_model(m, 4, check=False)
+    assert max_abs(raw(back, x), raw(r.compact, x)) == 0.0
+    saved = json.loads((tmp_path / "out" / "prune_report.json").read_text())
+    v = saved["verification"]
+    assert v["max_abs_reloaded"] == 0.0 and v["rel_vs_folded"] <= 1e-5
+    assert saved["depth"]["after"] == saved["depth"]["before"] - 8 == len(conv_layers(back))
+    assert [b["shortcut"] for b in saved["removed_blocks"]] == [b.shortcut for b in r.removed]
+    assert saved["flops"]["after"] < saved["flops"]["before"] and rep["files"]["cfg"] == "net.cfg"
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.7])
+def test_combined_equals_sequential(tmp_path, thr):
+    """prune_layers --threshold T == prune_layers, then prune_channels --threshold T: the same
+    cfg text and the same .weights bytes."""
+    cfg, wts, _ = write_net(tmp_path, seed=2)
+    n = len(analyze_blocks(parse_cfg(str(cfg)))[0]) - 1
+    opts = PruneOptions(strategy="slim", threshold=thr)
+    a, b = tmp_path / "a", tmp_path / "b"
+    rep = run(str(cfg), str(wts), str(a), n, channel_opts=opts, **QUIET)
+    run(str(cfg), str(wts), str(tmp_path / "l"), n, **QUIET)
+    run_channels(str(tmp_path / "l" / "net.cfg"), str(tmp_path / "l" / "net.weights"), str(b), opts, **QUIET)
+    assert (a / "net.cfg").read_text() == (b / "net.cfg").read_text()
+    assert (a / "net.weights").read_bytes() == (b / "net.weights").read_bytes()
+    back = check_output_dir(a)
+    c = rep["channel_pruning"]
+    assert c["threshold"] == thr and c["verification"]["rel_vs_folded"] <= 1e-5
+    assert rep["final"]["params"] < rep["params"]["after"] < rep["params"]["before"]
+    assert rep["final"]["depth"] == len(conv_layers(back))
+
+
+def test_cli(tmp_path, run_script):
+    import prune_layers
+    cfg, wts, _ = write_net(tmp_path)
+    base = ["--cfg", str(cfg), "--weights", str(wts)]
+    n = len(analyze_blocks(parse_cfg(str(cfg)))[0])
+    assert prune_layers.main(base + ["--output-dir", str(tmp_path / "o"), "--shortcuts", str(n + 1)]) == 2
+    assert prune_layers.main(base + ["--output-dir", str(tmp_path / "o"), "--shortcuts", "-1"]) == 2
+    assert prune_layers.main(base + ["--output-dir", str(tmp_path / "o")]) == 2  # no --shortcuts
+    assert prune_layers.main(base + ["--output-dir", str(tmp_path / "o"), "--shortcuts", "1",
+                                     "--global-percent", "0.5", "--threshold", "0.1"]) == 2
+    assert prune_layers.main(base + ["--output-dir", str(tmp_path / "o"), "--shortcuts", "1",
+                                     "--rank", "median"]) == 2
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "other.weights").write_bytes(b"")
+    assert prune_layers.main(base + ["--output-dir", str(tmp_path / "o2"), "--shortcuts", "1"]) == 2
+    rc, out, err = run_script("prune_layers.py", *base, "--list")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert f"({n} removable of {n})" in lines[0] and len(lines) == 1 + n
+    ranked = sorted((float(l.split()[-2]), int(l.split()[-1])) for l in lines[1:])
+    assert [r for _, r in ranked] == list(range(1, n + 1))  # rank 1 = smallest mean |γ|
+    rc, out, err = run_script("prune_layers.py", *base, "--output-dir", tmp_path / "o3",
+                              "--shortcuts", "3", "--rank", "max", "--global-percent", "0.4",
+                              "--img-size", "32")
+    assert rc == 0, err
+    assert "removed 3 blocks" in out and "then channels (slim" in out
+    check_output_dir(tmp_path / "o3")
+    assert (tmp_path / "o3" / "channels.png").is_file()

@@ -1,0 +1,162 @@
+"""Layer pruning end to end, optionally followed by channel pruning in the same run.
+
+`prune_layers_model` works in memory (tests, benchmark); `run` is what prune_layers.py calls: load,
+remove the blocks (layers.py), verify, then if channel flags were given run channel pruning on the
+compact model exactly as prune_channels.py would on the written files, and write `<stem>.cfg`,
+`<stem>.weights`, `<stem>.pt`, `prune_report.json`, `layers.png` (+ `channels.png`) into the output
+dir, reading the written cfg + weights back to check they reproduce the final model bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..cfg import net_channels, net_size, parse_cfg, save_cfg
+from ..errors import atomic_write_bytes
+from ..model import Darknet
+from ..report import _canvas, _save_png, _text, count_params, model_flops, plot_channels
+from .channels import (PruneOptions, _check_output_dir, _finite, _json_default, _max_abs, _sha256,
+                       evaluate_maps, prune_model)
+from .layers import (Block, analyze_blocks, apply_block_removal, block_scores, choose_blocks,
+                     compact_blocks, depth, removed_table, verify_blocks)
+
+
+@dataclass
+class LayerPruneResult:
+    compact: Darknet
+    folded: Darknet
+    removed: list[Block]
+    index: dict[int, int]          # old layer -> new layer (removed shortcut -> its input x)
+    scores: dict[int, float]       # every removable block, keyed by its shortcut layer
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def prune_layers_model(model: Darknet, shortcuts: int, rank: str = "mean",
+                       img_size: tuple[int, int] | None = None, seed: int = 0,
+                       check: bool = True) -> LayerPruneResult:
+    """Remove the `shortcuts` removable blocks with the smallest conv2 |γ| (model unchanged)."""
+    model = model.eval()
+    blocks, why = analyze_blocks(model.module_defs)
+    scores = block_scores(model, blocks, rank)
+    removed = choose_blocks(blocks, scores, shortcuts)
+    folded = copy.deepcopy(model)
+    apply_block_removal(folded, removed, fold=True)
+    compact, index = compact_blocks(folded, removed)
+    hw = tuple(img_size or net_size(model.module_defs))
+    rep: dict[str, Any] = {
+        "rank": rank, "shortcuts": shortcuts, "img_size": list(hw),
+        "depth": {"before": depth(model), "after": depth(compact)},
+        "layers": {"before": len(model.module_list), "after": len(compact.module_list)},
+        "removed_blocks": removed_table(removed, scores),
+        "removable_scores": scores,
+        "not_removable": why,
+        "params": {"before": count_params(model), "after": count_params(compact)},
+        "flops": {"before": model_flops(model, hw), "after": model_flops(compact, hw)},
+        "index_map": index,
+    }
+    if check:
+        rep["verification"] = verify_blocks(model, folded, compact, removed, hw, seed)
+    return LayerPruneResult(compact, folded, removed, index, scores, rep)
+
+
+def plot_blocks(scores: dict[int, float], removed: list[Block], path: str, title: str) -> None:
+    """One bar per removable block (x: its shortcut layer, height: score); red = removed."""
+    import cv2
+    gone = {b.shortcut for b in removed}
+    keys = sorted(scores)
+    n, top = max(1, len(keys)), max(list(scores.values()) + [1e-12])
+    bar, H, left, bottom, up = max(6, min(24, 900 // n)), 320, 60, 40, 30
+    img = _canvas(H, left + bar * n + 20)
+    for k, s in enumerate(keys):
+        x0, y = left + k * bar, H - bottom - int((H - bottom - up) * scores[s] / top)
+        color = (40, 40, 220) if s in gone else (180, 90, 30)
+        cv2.rectangle(img, (x0, y), (x0 + bar - 2, H - bottom), color, -1)
+        if n <= 30 or k % 2 == 0:
+            _text(img, str(s), (x0, H - bottom + 14), 0.3)
+    _text(img, f"{top:.3g}", (5, up + 5))
+    _text(img, title + "  (red: removed; x: shortcut layer)", (left, 18), 0.45)
+    _save_png(img, path)
+
+
+def _write(model: Darknet, out_dir: str, stem: str, manifest: dict, hw: tuple[int, int],
+           seed: int) -> tuple[dict[str, str], float]:
+    """Write cfg/weights/pt; read cfg + weights back as a fresh user would: max |Δ| (must be 0)."""
+    from ..weights import load_darknet_weights, save_checkpoint, save_darknet_weights
+    paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("cfg", "weights", "pt")}
+    save_cfg(model.module_defs, paths["cfg"])
+    save_darknet_weights(model, paths["weights"])
+    save_checkpoint(model, paths["pt"], prune_manifest=json.dumps(manifest, default=_json_default))
+    back = Darknet(parse_cfg(paths["cfg"])).eval()
+    load_darknet_weights(back, paths["weights"])
+    x = torch.rand(1, net_channels(back.module_defs), *hw, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        d = _max_abs(back.forward_raw(x), model.eval().forward_raw(x))
+    return {k: os.path.basename(p) for k, p in paths.items()}, d
+
+
+def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str = "mean",
+        channel_opts: PruneOptions | None = None, img_size: int | None = None, seed: int = 0,
+        data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
+    """Load, remove blocks (+ prune channels), verify, write the output dir; returns the report."""
+    from ..weights import load_model
+    model = load_model(cfg, weights)
+    stem = os.path.splitext(os.path.basename(cfg or weights))[0]
+    _check_output_dir(out_dir, stem, [cfg, weights])
+    hw = (img_size, img_size) if img_size else None
+    lres = prune_layers_model(model, shortcuts, rank, hw, seed)
+    rep, final = lres.report, lres.compact
+    hw = tuple(rep["img_size"])
+    if channel_opts is not None:
+        cres = prune_model(lres.compact, channel_opts, log=log)
+        final = cres.compact
+        rep["channel_pruning"] = {k: cres.report[k] for k in (
+            "strategy", "threshold", "options", "img_size", "params", "flops", "channels",
+            "raised_by_floor_or_rounding", "verification")}
+        rep["channel_pruning"]["kept_channels"] = cres.report["kept_channels"]
+    rep["final"] = {"depth": depth(final), "params": count_params(final),
+                    "flops": model_flops(final, hw)}
+    rep["manifest"] = {"cfg": cfg, "cfg_sha256": _sha256(cfg) if cfg else None, "weights": weights,
+                       "weights_sha256": _sha256(weights), "rank": rank,
+                       "removed_shortcuts": [b.shortcut for b in lres.removed],
+                       "channel_options": asdict(channel_opts) if channel_opts else None}
+    if data:
+        before, after = evaluate_maps([model, final], data, hw[1], batch_size)
+        rep["map"] = {"before": before, "after": after}
+    rep["files"], rep["verification"]["max_abs_reloaded"] = _write(final, out_dir, stem,
+                                                                   rep["manifest"], hw, seed + 1)
+    plot_blocks(lres.scores, lres.removed, os.path.join(out_dir, "layers.png"),
+                f"{stem}: {rank} |gamma| of conv before each shortcut")
+    if channel_opts is not None:
+        ch = rep["channel_pruning"]["channels"]
+        plot_channels(ch["before"], ch["after"], os.path.join(out_dir, "channels.png"),
+                      f"{stem} after layer pruning: {channel_opts.strategy}")
+    atomic_write_bytes(os.path.join(out_dir, "prune_report.json"),
+                       json.dumps(_finite(rep), indent=1, default=_json_default).encode())
+    return rep
+
+
+def summary_text(rep: dict[str, Any]) -> str:
+    v, p, f = rep["verification"], rep["params"], rep["flops"]
+    rm = ", ".join(f"{b['shortcut']} ({b['score']:.3g})" for b in rep["removed_blocks"]) or "none"
+    lines = [f"removed {len(rep['removed_blocks'])} blocks, shortcut ({rep['rank']} |gamma|): {rm}",
+             f"conv layers {rep['depth']['before']} -> {rep['depth']['after']}; "
+             f"params {p['before']:,} -> {p['after']:,}; FLOPs {f['before']:,} -> {f['after']:,} "
+             f"at {rep['img_size'][0]}x{rep['img_size'][1]}",
+             f"max |delta| compact vs folded: {v['max_abs_vs_folded']:.3g} (outputs up to "
+             f"{v['max_abs_output']:.3g}); vs unfolded masked (border effect): "
+             f"{v['max_abs_vs_masked_unfolded']:.3g}; reloaded files: {v.get('max_abs_reloaded', 0):.3g}"]
+    if "channel_pruning" in rep:
+        c, fin = rep["channel_pruning"], rep["final"]
+        cv = c["verification"]
+        lines.append(f"then channels ({c['strategy']}, threshold {c['threshold']:.6g}): params "
+                     f"{fin['params']:,} ({100 * fin['params'] / p['before']:.1f}%), FLOPs "
+                     f"{fin['flops']:,} ({100 * fin['flops'] / f['before']:.1f}%); max |delta| vs "
+                     f"folded {cv['max_abs_vs_folded']:.3g}, vs masked {cv['max_abs_vs_masked_unfolded']:.3g}")
+    if "map" in rep:
+        lines.append(f"mAP before {rep['map']['before']}  after {rep['map']['after']}")
+    return "\n".join(lines)
