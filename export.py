@@ -20,7 +20,7 @@ def parse_args(argv):
     p.add_argument("--format", choices=["weights", "pt", "onnx"], required=True)
     p.add_argument("--output", help="output file (default: next to --weights, new extension)")
     p.add_argument("--img-size", type=int, nargs="+", default=[416], help="S or H W (onnx)")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch for the onnx trace")
+    p.add_argument("--batch-size", type=int, default=1, help="onnx: trace batch; the fixed batch with --static")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--static", action="store_true", help="fixed batch size in the onnx graph")
     p.add_argument("--raw", action="store_true", help="export the raw head maps, not boxes")
@@ -28,7 +28,7 @@ def parse_args(argv):
     p.add_argument("--conf-thres", type=float, default=0.25, help="with --nms")
     p.add_argument("--iou-thres", type=float, default=0.45, help="with --nms")
     p.add_argument("--max-det", type=int, default=300, help="with --nms")
-    p.add_argument("--tol", type=float, default=1e-3, help="max |onnxruntime - torch| allowed")
+    p.add_argument("--tol", type=float, default=1e-3, help="max |onnxruntime - torch| / max(1, |torch|) allowed")
     return p.parse_args(argv)
 
 
@@ -49,7 +49,10 @@ def main(argv=None):
         save_checkpoint(model, out)
     else:
         from yolo_slim.export import export_onnx
-        export_onnx(model, out, args)
+        r = export_onnx(model, out, args)
+        print(f"onnx check: onnxruntime vs torch on a batch of {r['check_batch']}: "
+              f"max |delta| = {r['max_abs_delta']:.3g} (relative {r['max_rel_delta']:.3g}); "
+              f"outputs {', '.join(r['outputs'])}, opset {r['opset']}")
     print(f"wrote {out}")
 
 
