@@ -103,3 +103,55 @@ def freeze_teacher(teacher: Darknet) -> Darknet:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def make_distill_hook(student: Darknet, teacher: Darknet | None, cfg: DistillConfig,
+                      anchor_t: float = 4.0):
+    """The engine hook adding the distillation terms to the student's YOLO loss.
+
+    The KL terms use the YOLO loss's objectness/class gains (same image-size and head scaling),
+    so kd_weight=1 weighs soft targets like hard ones."""
+    from .engine import TrainHooks
+    from .loss import LossHyp, build_targets, decode_box
+
+    if cfg.mode == "none" or teacher is None:
+        return None
+    check_heads_match(student, teacher)
+    freeze_teacher(teacher)
+    hyp = LossHyp()
+
+    class DistillHook(TrainHooks):
+        def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor):
+            if next(teacher.parameters()).device != imgs.device:
+                teacher.to(imgs.device)
+            teacher.eval()  # its BN statistics never move, whatever the engine does
+            amp = torch.autocast("cuda", enabled=imgs.is_cuda)
+            with torch.no_grad(), amp:
+                t_raw = teacher.forward_raw(imgs)
+            H, W = imgs.shape[-2:]
+            heads = student.heads
+            nl, nc = len(heads), heads[0].nc
+            g_obj = hyp.obj * (H * W) / 640 ** 2 * 3 / nl
+            g_cls = hyp.cls * nc / 80 * 3 / nl
+            kl = imgs.new_zeros(())
+            for s, t in zip(raw, t_raw):
+                d = binary_kl_with_logits(s[..., 4:].float(), t[..., 4:].float(), cfg.temperature)
+                kl = kl + g_obj * d[..., 0].mean() + (g_cls * d[..., 1:].mean() if nc else 0)
+            loss = cfg.kd_weight * kl
+            logs = {"kd": float(loss.detach())}
+            if cfg.mode == "chen":
+                box, active, n = imgs.new_zeros(()), 0.0, 0
+                assigned = build_targets(raw, targets.to(imgs.device).float(), heads, (H, W),
+                                         anchor_t)
+                for h, s, t, (b, a, gj, gi, tbox, anc, _) in zip(heads, raw, t_raw, assigned):
+                    if not len(b):
+                        continue
+                    sb = decode_box(s[b, a, gj, gi].float(), anc, h)
+                    tb = decode_box(t[b, a, gj, gi].float(), anc, h)
+                    l, frac = bounded_box_loss(sb, tb, tbox, cfg.margin)
+                    box, active, n = box + l, active + float(frac) * len(b), n + len(b)
+                loss = loss + cfg.box_weight * box
+                logs.update(kd_box=float(cfg.box_weight * box.detach()), kd_box_active=active / max(n, 1))
+            return loss, logs
+
+    return DistillHook()

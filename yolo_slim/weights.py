@@ -163,3 +163,17 @@ def save_weights(model: Darknet, path: str) -> None:
         save_checkpoint(model, path)
     else:
         save_darknet_weights(model, path)
+
+
+def export_run_model(run_dir: str, stem: str) -> tuple[str, str]:
+    """Write a training run's best.pt (else last.pt) as <stem>.cfg + <stem>.weights in run_dir,
+    the plain darknet pair the next stage (prune, export, darknet itself) reads."""
+    from .cfg import save_cfg
+    src = os.path.join(run_dir, "best.pt")
+    if not os.path.isfile(src):
+        src = os.path.join(run_dir, "last.pt")
+    model = model_from_checkpoint(src)
+    cfg_path, w_path = os.path.join(run_dir, f"{stem}.cfg"), os.path.join(run_dir, f"{stem}.weights")
+    save_cfg(model.module_defs, cfg_path)
+    save_darknet_weights(model, w_path)
+    return cfg_path, w_path
