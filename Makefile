@@ -1,9 +1,24 @@
-# yolo-slim: `make demo` (set-up + the whole pipeline on synthetic data), `make test`.
+# yolo-slim
+#   make demo   set-up + the whole pipeline on the built-in synthetic data -> runs/demo/REPORT.md
+#   make test   set-up + the test suite
+# Stages (each reads the previous stage's files under RUN and can be run alone):
+#   make data baseline sparse prune prune-layers finetune export report bench
+# Override any variable on the command line, e.g.
+#   make sparse CFG=cfg/yolov3.cfg DATA=my.data WEIGHTS=yolov3.weights S=0.001 SPARSE_EPOCHS=100
+# Defaults live in one place, scripts/common.sh (`make help` prints them).
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
+export CFG DATA WEIGHTS RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
+       PRUNE STRATEGY PERCENT KEEP SHORTCUTS KD TEACHER T_CFG TRAIN_ARGS
 
-.PHONY: install test clean
+.PHONY: help install test data baseline sparse prune prune-layers finetune export report \
+        bench demo clean clean-run
+
+help:
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@echo "variables (scripts/common.sh):"
+	@grep -E '^[A-Z_]+=\$$\{' scripts/common.sh | sed -E 's/^([A-Z_]+)=\$$\{[A-Z_]+:-([^}]*)\}(.*)$$/  \1=\2\3/'
 
 install: $(STAMP)
 
@@ -17,6 +32,36 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest tests
+
+data: install
+	bash scripts/data.sh
+baseline: data
+	bash scripts/baseline.sh
+sparse: baseline
+	bash scripts/sparse.sh
+prune: sparse
+	bash scripts/prune.sh
+prune-layers: sparse
+	bash scripts/prune_layers.sh
+finetune: prune
+	bash scripts/finetune.sh
+export: finetune
+	bash scripts/export.sh
+report: export
+	bash scripts/report.sh
+
+# the whole chain; finished stages are skipped and an interrupted training stage resumes
+demo: install
+	bash scripts/pipeline.sh
+
+bench: install
+	$(PY) bench/latency.py --cfg $${CFG:-cfg/demo.cfg} \
+	    --pruned-cfg $$(ls $${RUN:-runs/demo}/finetune/*.cfg) \
+	    --pruned-weights $$(ls $${RUN:-runs/demo}/finetune/*.weights) \
+	    --out $${RUN:-runs/demo}/latency.md
+
+clean-run:
+	rm -rf $${RUN:-runs/demo}
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

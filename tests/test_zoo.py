@@ -81,7 +81,9 @@ def test_demo_model_shape(repo_root):
     defs = parse_cfg(str(repo_root / "cfg" / "demo.cfg"))
     assert defs[0]["width"] == defs[0]["height"] == "320"
     convs = [int(d["filters"]) for d in defs[1:] if d["type"] == "convolutional"]
-    assert convs[:7] == [16, 32, 64, 128, 256, 256, 256]
+    assert convs[:11] == [16, 32, 64, 32, 64, 128, 64, 128, 256, 256, 256]
+    # two residual blocks (1x1 half width, 3x3, shortcut) give layer pruning something to remove
+    assert [d["from"] for d in defs[1:] if d["type"] == "shortcut"] == ["-3", "-3"]
     pools = [(d["size"], d["stride"]) for d in defs[1:] if d["type"] == "maxpool"]
     assert pools[-1] == ("2", "1") and pools.count(("2", "2")) == 5
     heads = [d for d in defs[1:] if d["type"] == "yolo"]

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Defaults shared by every stage script and the Makefile. Override any of them from the
+# environment or the make command line, e.g.  make sparse S=0.005 EPOCHS=50
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PY=${PY:-.venv/bin/python}
+CFG=${CFG:-cfg/demo.cfg}                    # the model to slim
+DATA=${DATA:-data/shapes/shapes.data}       # darknet .data file (default: the synthetic set)
+WEIGHTS=${WEIGHTS:-}                        # optional pretrained start for the baseline
+RUN=${RUN:-runs/demo}                       # every stage reads/writes under this folder
+IMG=${IMG:-320}
+BATCH=${BATCH:-16}
+DEVICE=${DEVICE:-}                          # '' = auto (cuda if available), cpu, cuda:0
+WORKERS=${WORKERS:-2}
+EPOCHS=${EPOCHS:-12}                        # baseline epochs
+SPARSE_EPOCHS=${SPARSE_EPOCHS:-6}
+FT_EPOCHS=${FT_EPOCHS:-6}
+S=${S:-0.002}                               # sparsity rate (L1 on BN gamma)
+SPARSITY=${SPARSITY:-constant}              # constant | global-decay | local-decay
+PRUNE=${PRUNE:-1}                           # 0: no conv that meets a shortcut, 1: all (slim)
+STRATEGY=${STRATEGY:-slim}                  # normal | shortcut | slim
+PERCENT=${PERCENT:-0.7}                     # share of prunable channels (lowest |gamma|) cut
+KEEP=${KEEP:-0.1}                           # every layer keeps at least KEEP x its channels
+SHORTCUTS=${SHORTCUTS:-0}                   # residual blocks removed (layer pruning)
+KD=${KD:-chen}                              # none | hinton | chen
+TEACHER=${TEACHER:-$RUN/baseline/best.pt}   # distillation teacher (.pt or .weights)
+T_CFG=${T_CFG:-}                            # teacher cfg, not needed for a .pt teacher
+TRAIN_ARGS=${TRAIN_ARGS:-}                  # extra flags for every training stage
+
+# run a stage command, recording it in $RUN/commands.txt (REPORT.md shows them)
+log_run() {
+    mkdir -p "$RUN"
+    echo "$*" >>"$RUN/commands.txt"
+    "$@"
+}
+
+# the single file matching a pattern, or a clear error
+one_file() {
+    local matches=($1)
+    if [[ ${#matches[@]} -ne 1 || ! -f ${matches[0]} ]]; then
+        echo "error: expected exactly one $1 (run the previous stage first)" >&2
+        exit 2
+    fi
+    echo "${matches[0]}"
+}
+
+# stage_done DIR: true when DIR/.done exists (a finished stage is not run again)
+stage_done() { [[ -f $1/.done ]] && echo "$(basename "$1"): already done ($1); 'make clean-run' to redo" ; }
+
+# train_stage DIR CMD...: run a training command into DIR; if an earlier run was interrupted
+# (DIR/last.pt without DIR/.done) the same command continues it with --resume
+train_stage() {
+    local out=$1; shift
+    if [[ -f $out/last.pt ]]; then
+        echo "$(basename "$out"): resuming the interrupted run in $out"
+        "$@" --resume "$out/last.pt"
+    else
+        log_run "$@"
+    fi
+    touch "$out/.done"
+}

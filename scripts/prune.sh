@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stage 3: channel pruning of the sparse model (+ layer pruning when SHORTCUTS > 0)
+# -> $RUN/pruned/<stem>.cfg + .weights + prune_report.json + channels.png
+source "$(dirname "$0")/common.sh"
+OUT=$RUN/pruned
+stage_done "$OUT" && exit 0
+rm -rf "$OUT"
+if [[ $SHORTCUTS -gt 0 ]]; then
+    log_run "$PY" prune_layers.py --weights "$RUN/sparse/best.pt" --shortcuts "$SHORTCUTS" \
+        --strategy "$STRATEGY" --global-percent "$PERCENT" --layer-keep "$KEEP" \
+        --img-size "$IMG" --output-dir "$OUT"
+else
+    log_run "$PY" prune_channels.py --weights "$RUN/sparse/best.pt" --strategy "$STRATEGY" \
+        --global-percent "$PERCENT" --layer-keep "$KEEP" --img-size "$IMG" --output-dir "$OUT"
+fi
+touch "$OUT/.done"

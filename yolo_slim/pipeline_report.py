@@ -1,0 +1,133 @@
+"""REPORT.md for a pipeline run folder: baseline → sparse → pruned → fine-tuned, side by side.
+
+  python -m yolo_slim.pipeline_report --run runs/demo --data data/shapes/shapes.data --img-size 320
+
+For every stage found in the run folder: mAP@0.5 and mAP@0.5:0.95 on the valid list, params,
+FLOPs (report.model_flops), size of the darknet .weights on disk, and onnxruntime CPU latency
+(batch 1, median after warm-up) of the exported ONNX. Pictures and the commands that made the
+run (<run>/commands.txt, appended by the Makefile / scripts) are linked in.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import YoloSlimError, atomic_write_bytes, cli_main
+from .model import Darknet
+from .report import count_params, model_flops
+from .weights import darknet_weights_bytes, load_model
+
+# stage name, folder, how its model is stored (a run's best.pt, or a prune dir's cfg+weights)
+STAGES = [("baseline", "baseline", "run"), ("sparse", "sparse", "run"),
+          ("pruned", "pruned", "files"), ("fine-tuned", "finetune", "files")]
+PICTURES = [("sparse/gamma_hist.png", "|γ| of the prunable BN layers during sparse training"),
+            ("pruned/channels.png", "channels kept per layer"),
+            ("baseline/results.png", "baseline training curves"),
+            ("finetune/results.png", "fine-tuning curves")]
+
+
+def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str] | None:
+    """(cfg, weights) of a stage, or None when the stage has not run yet."""
+    d = os.path.join(run, folder)
+    if kind == "run":
+        pt = os.path.join(d, "best.pt")
+        return (None, pt) if os.path.isfile(pt) else None
+    cfgs, weights = glob.glob(os.path.join(d, "*.cfg")), glob.glob(os.path.join(d, "*.weights"))
+    if len(cfgs) == 1 and len(weights) == 1:
+        return cfgs[0], weights[0]
+    return None
+
+
+def onnx_latency_ms(model: Darknet, img_size: int, tmp_dir: str, runs: int = 30,
+                    warmup: int = 5) -> float:
+    """Median onnxruntime CPU latency (ms) of the exported model at batch 1."""
+    from .export import ExportOptions, export_onnx, ort_session
+    path = os.path.join(tmp_dir, "latency.onnx")
+    export_onnx(model, path, ExportOptions(img_size=img_size))
+    sess = ort_session(path, threads=os.cpu_count())
+    x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
+    times = []
+    for k in range(warmup + runs):
+        t = time.perf_counter()
+        sess.run(None, {"images": x})
+        if k >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    os.remove(path)
+    return statistics.median(times)
+
+
+def measure_stage(model: Darknet, loader: Any, img_size: int, tmp_dir: str) -> dict[str, Any]:
+    from .evaluate import evaluate
+    m = evaluate(model, loader, progress=False)
+    return {"map50": float(m["map50"]), "map": float(m["map"]), "params": count_params(model),
+            "flops": model_flops(model, (img_size, img_size)),
+            "size_mb": len(darknet_weights_bytes(model)) / 2 ** 20,
+            "onnx_ms": onnx_latency_ms(model, img_size, tmp_dir)}
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    base = rows[0][1]
+    out = ["| stage | mAP@0.5 | mAP@0.5:0.95 | params | FLOPs | .weights size | ONNX CPU latency (b1) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in rows:
+        rel = lambda k: f" ({r[k] / base[k]:.0%})" if name != rows[0][0] else ""  # noqa: E731
+        out.append(f"| {name} | {r['map50']:.3f} | {r['map']:.3f} | {r['params'] / 1e6:.3f} M{rel('params')} "
+                   f"| {r['flops'] / 1e9:.3f} G{rel('flops')} | {r['size_mb']:.2f} MB{rel('size_mb')} "
+                   f"| {r['onnx_ms']:.1f} ms{rel('onnx_ms')} |")
+    return "\n".join(out)
+
+
+def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
+    from .data import create_dataloader, parse_data_file
+    dc = parse_data_file(data)
+    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, nc=dc.classes,
+                                  workers=0, verbose=False)
+    rows = []
+    for name, folder, kind in STAGES:
+        found = find_stage_model(run, folder, kind)
+        if found is None:
+            continue
+        print(f"report: measuring {name} ({found[1]})", flush=True)
+        with torch.no_grad():
+            rows.append((name, measure_stage(load_model(*found), loader, img_size, run)))
+    if not rows:
+        raise YoloSlimError(f"{run}: no stage outputs found (run `make demo` or the stages first)")
+    parts = [f"# yolo-slim pipeline report: `{run}`", "",
+             f"Data: `{data}` (valid list, {len(loader.dataset)} images), {img_size} px. "
+             f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
+             "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
+             "median of 30 runs after 5 warm-up runs.", "", format_table(rows), ""]
+    for rel, caption in PICTURES:
+        if os.path.isfile(os.path.join(run, rel)):
+            parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
+    cmds = os.path.join(run, "commands.txt")
+    if os.path.isfile(cmds):
+        with open(cmds) as f:
+            parts += ["## Commands that produced this run", "", "```bash", f.read().strip(), "```", ""]
+    return "\n".join(parts)
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the pipeline's run folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--output", help="default: <run>/REPORT.md")
+    a = p.parse_args(argv)
+    text = build_report(a.run, a.data, a.img_size)
+    out = a.output or os.path.join(a.run, "REPORT.md")
+    atomic_write_bytes(out, text.encode())
+    print(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
