@@ -1,0 +1,379 @@
+"""Darknet datasets: `.data` files, image lists, YOLO txt labels, letterbox and augmentation.
+
+Bad data never stops a run and is never silent: a missing/unreadable image is dropped, a missing
+label file means "no objects", a label line with a class out of range or unparseable is skipped,
+coordinates outside 0-1 are clipped. Each case is counted and reported in one summary line when
+the dataset is built (`YoloDataset.summary`, counts in `YoloDataset.stats`).
+
+Augmentation randomness comes from a generator seeded by (seed, epoch, index), so a sample is
+the same whatever the worker count, the rank, or whether the run was resumed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .augment import PAD_VALUE, Augment, augment_hsv, letterbox, warp_boxes
+from .errors import YoloSlimError
+
+IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+STRIDE = 32
+cv2.setNumThreads(0)  # loader workers run in parallel already; OpenCV threads would oversubscribe
+
+
+@dataclass
+class DataConfig:
+    classes: int
+    train: str
+    valid: str
+    names: list[str] = field(default_factory=list)
+    path: str = ""
+
+
+def parse_data_file(path: str) -> DataConfig:
+    """Read a darknet `.data` file; list and names paths resolve relative to its folder."""
+    if not os.path.isfile(path):
+        raise YoloSlimError(f"data file not found: {path}")
+    root = os.path.dirname(os.path.abspath(path))
+    kv: dict[str, tuple[str, int]] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line[0] in "#;":
+                continue
+            if "=" not in line:
+                raise YoloSlimError(f"{path}:{n}: expected 'key = value', got {line!r}")
+            k, v = (s.strip() for s in line.split("=", 1))
+            kv[k] = (v, n)
+
+    def resolve(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(root, p)
+
+    for key in ("classes", "train"):
+        if key not in kv:
+            raise YoloSlimError(f"{path}: missing '{key}='")
+    v, n = kv["classes"]
+    if not v.isdigit() or int(v) < 1:
+        raise YoloSlimError(f"{path}:{n}: classes={v} must be a positive integer")
+    nc = int(v)
+    train = resolve(kv["train"][0])
+    valid = resolve(kv["valid"][0]) if "valid" in kv else train
+    names = [f"class{i}" for i in range(nc)]
+    if "names" in kv:
+        npath = resolve(kv["names"][0])
+        if not os.path.isfile(npath):
+            raise YoloSlimError(f"{path}:{kv['names'][1]}: names file not found: {npath}")
+        with open(npath, encoding="utf-8", errors="replace") as f:
+            got = [s.strip() for s in f if s.strip()]
+        if len(got) != nc:
+            raise YoloSlimError(f"{path}:{kv['names'][1]}: {npath} has {len(got)} names, "
+                                f"classes={nc}")
+        names = got
+    return DataConfig(nc, train, valid, names, os.path.abspath(path))
+
+
+def label_path_for(img_path: str) -> str:
+    """Darknet's rule: the last `/images/` becomes `/labels/`, the extension becomes `.txt`."""
+    p = img_path.replace(os.sep, "/")
+    i = p.rfind("/images/")
+    if i >= 0:
+        p = p[:i] + "/labels/" + p[i + len("/images/"):]
+    return os.path.splitext(p)[0] + ".txt"
+
+
+def image_hw(path: str) -> tuple[int, int] | None:
+    """(h, w) from a PNG/JPEG header without decoding; falls back to a full decode."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+            w, h = struct.unpack(">II", head[16:24])
+            return int(h), int(w)
+        if head[:2] == b"\xff\xd8":
+            i = 2
+            while i + 9 < len(head):
+                if head[i] != 0xFF:
+                    break
+                marker = head[i + 1]
+                seglen = struct.unpack(">H", head[i + 2:i + 4])[0]
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    h, w = struct.unpack(">HH", head[i + 5:i + 9])
+                    return int(h), int(w)
+                i += 2 + seglen
+    except OSError:
+        return None
+    img = cv2.imread(path)
+    return None if img is None else img.shape[:2]
+
+
+class BadData:
+    """Counts of each bad-data case, with the first example of each for the summary line."""
+    CASES = {"missing_image": "missing/unreadable images skipped",
+             "missing_label": "images without a label file (no objects)",
+             "bad_class": "label lines with a class out of range skipped",
+             "malformed": "malformed label lines skipped",
+             "clipped": "boxes clipped to 0-1",
+             "empty_box": "boxes of zero size skipped"}
+
+    def __init__(self) -> None:
+        self.counts = {k: 0 for k in self.CASES}
+        self.example: dict[str, str] = {}
+
+    def add(self, case: str, where: str) -> None:
+        self.counts[case] += 1
+        self.example.setdefault(case, where)
+
+    def summary(self, name: str, n_images: int, n_boxes: int) -> str:
+        bad = [f"{c} {self.CASES[k]} (e.g. {self.example[k]})"
+               for k, c in self.counts.items() if c]
+        return f"{name}: {n_images} images, {n_boxes} boxes" + (
+            "; " + "; ".join(bad) if bad else "; no bad data")
+
+
+def parse_labels(path: str, nc: int | None, bad: BadData) -> np.ndarray:
+    """[n, 5] float32 (cls, cx, cy, w, h) from a YOLO txt file, bad lines counted."""
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            where = f"{path}:{n}"
+            try:
+                c, cx, cy, w, h = (float(v) for v in parts[:5])
+                if len(parts) < 5 or not all(map(math.isfinite, (c, cx, cy, w, h))):
+                    raise ValueError
+            except ValueError:
+                bad.add("malformed", where)
+                continue
+            if c != int(c) or c < 0 or (nc is not None and c >= nc):
+                bad.add("bad_class", where)
+                continue
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+            box = np.clip([x1, y1, x2, y2], 0.0, 1.0)
+            if not np.allclose(box, [x1, y1, x2, y2], atol=1e-6):
+                bad.add("clipped", where)
+            x1, y1, x2, y2 = box
+            if x2 - x1 <= 0 or y2 - y1 <= 0:
+                bad.add("empty_box", where)
+                continue
+            out.append((c, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
+    return np.array(out, np.float32).reshape(-1, 5)
+
+
+def read_image_list(list_path: str, root: str | None = None) -> list[str]:
+    """Image paths from a list file; a relative path is tried against `root` (default: the
+    list file's folder) and then the working directory (darknet's own rule)."""
+    if not os.path.isfile(list_path):
+        raise YoloSlimError(f"image list not found: {list_path}")
+    if os.path.isdir(list_path):
+        raise YoloSlimError(f"{list_path}: expected an image list file, got a folder")
+    base = root or os.path.dirname(os.path.abspath(list_path))
+    paths = []
+    with open(list_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            p = line.strip()
+            if not p or p.startswith("#"):
+                continue
+            if not os.path.isabs(p):
+                cand = os.path.join(base, p)
+                p = cand if os.path.exists(cand) or not os.path.exists(p) else os.path.abspath(p)
+            paths.append(p)
+    return paths
+
+
+class YoloDataset(Dataset):
+    """Images from a darknet list file with their YOLO labels; see the interface in data_iface:
+    item = (img [3,H,W] float RGB 0-1, labels [n,6] (0,cls,cx,cy,w,h), path, shape_info)."""
+
+    def __init__(self, list_path: str, img_size: int = 416, augment: bool = False,
+                 aug: Augment | None = None, rect: bool = False, batch_size: int = 16,
+                 nc: int | None = None, seed: int = 0, root: str | None = None,
+                 limit: int | None = None):
+        if img_size % STRIDE:
+            raise YoloSlimError(f"--img-size {img_size} must be a multiple of {STRIDE}")
+        self.img_size, self.augment, self.rect, self.seed = img_size, augment, rect, seed
+        self.aug = aug or Augment()
+        self.epoch = 0
+        bad = BadData()
+        self.paths, self.labels, self.hw0 = [], [], []
+        for p in read_image_list(list_path, root)[:limit]:
+            hw = image_hw(p) if os.path.isfile(p) else None
+            if hw is None or min(hw) < 1:
+                bad.add("missing_image", p)
+                continue
+            lp = label_path_for(p)
+            if os.path.isfile(lp):
+                lab = parse_labels(lp, nc, bad)
+            else:
+                bad.add("missing_label", lp)
+                lab = np.zeros((0, 5), np.float32)
+            self.paths.append(p)
+            self.labels.append(lab)
+            self.hw0.append(hw)
+        name = os.path.basename(list_path)
+        self.stats = dict(bad.counts)
+        self.summary = bad.summary(name, len(self.paths), sum(len(x) for x in self.labels))
+        if not self.paths:
+            raise YoloSlimError(f"{list_path}: no readable images ({self.summary})")
+        self.batch_shapes: list[tuple[int, int]] | None = None
+        if rect:  # group similar aspect ratios so each batch pads as little as possible
+            ar = np.array([h / w for h, w in self.hw0])
+            order = np.argsort(ar, kind="stable")
+            self.paths = [self.paths[i] for i in order]
+            self.labels = [self.labels[i] for i in order]
+            self.hw0 = [self.hw0[i] for i in order]
+            ar = ar[order]
+            self.batch_shapes = []
+            for b in range(0, len(ar), batch_size):
+                lo, hi = ar[b:b + batch_size].min(), ar[b:b + batch_size].max()
+                # (h, w) as fractions of img_size: wide batches get shorter, tall ones narrower
+                s = (hi, 1.0) if hi < 1 else ((1.0, 1 / lo) if lo > 1 else (1.0, 1.0))
+                shp = tuple(int(math.ceil(img_size * v / STRIDE) * STRIDE) for v in s)
+                self.batch_shapes += [shp] * len(ar[b:b + batch_size])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, i: int) -> np.ndarray:
+        img = cv2.imread(self.paths[i])
+        if img is None:  # unreadable body behind a valid header: grey image, no objects
+            print(f"warning: cannot decode {self.paths[i]}; using a blank image")
+            img = np.full((*self.hw0[i], 3), PAD_VALUE, np.uint8)
+            self.labels[i] = np.zeros((0, 5), np.float32)
+        return img
+
+    def _fit(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image i resized so its long side is img_size; boxes as pixel xyxy on it."""
+        img = self.load(i)
+        r = self.img_size / max(img.shape[:2])
+        if r != 1:
+            img = cv2.resize(img, (max(1, round(img.shape[1] * r)), max(1, round(img.shape[0] * r))),
+                             interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+        h, w = img.shape[:2]
+        lab = self.labels[i]
+        xyxy = np.stack([(lab[:, 1] - lab[:, 3] / 2) * w, (lab[:, 2] - lab[:, 4] / 2) * h,
+                         (lab[:, 1] + lab[:, 3] / 2) * w, (lab[:, 2] + lab[:, 4] / 2) * h], 1)
+        return img, np.concatenate([lab[:, :1], xyxy.reshape(-1, 4)], 1)
+
+    def _augmented(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        s, a = self.img_size, self.aug
+        if a.mosaic > 0 and rng.random() < a.mosaic:
+            canvas = np.full((2 * s, 2 * s, 3), PAD_VALUE, np.uint8)
+            xc, yc = (int(v) for v in rng.uniform(0.5 * s, 1.5 * s, 2))
+            boxes = []
+            for k, j in enumerate([i, *rng.integers(0, len(self), 3)]):
+                img, lab = self._fit(int(j))
+                h, w = img.shape[:2]
+                x1, y1 = (xc - w if k in (0, 2) else xc), (yc - h if k in (0, 1) else yc)
+                cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x1 + w, 2 * s), min(y1 + h, 2 * s)
+                canvas[cy1:cy2, cx1:cx2] = img[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+                lab[:, [1, 3]] += x1
+                lab[:, [2, 4]] += y1
+                boxes.append(lab)
+            img, lab, centre = canvas, np.concatenate(boxes), (s, s)
+        else:
+            img, lab = self._fit(i)
+            centre = (img.shape[1] / 2, img.shape[0] / 2)
+        sc = rng.uniform(1 - a.scale, 1 + a.scale)
+        dx, dy = rng.uniform(-a.translate, a.translate, 2) * s
+        m = np.array([[sc, 0, s / 2 - sc * centre[0] + dx], [0, sc, s / 2 - sc * centre[1] + dy]])
+        img = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR,
+                             borderValue=(PAD_VALUE,) * 3)
+        xyxy, keep = warp_boxes(lab[:, 1:5].copy(), m, s, s)
+        lab = np.concatenate([lab[:, :1], xyxy], 1)[keep]
+        if a.hsv_h or a.hsv_s or a.hsv_v:
+            img = augment_hsv(img, rng, a.hsv_h, a.hsv_s, a.hsv_v)
+        if rng.random() < a.fliplr:
+            img = np.ascontiguousarray(img[:, ::-1])
+            lab[:, [1, 3]] = s - lab[:, [3, 1]]
+        return img, lab
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str, Any]:
+        h0, w0 = self.hw0[i]
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            img, lab = self._augmented(i, rng)
+            hw = img.shape[:2]
+            shape_info = ((h0, w0), (self.img_size / max(h0, w0), (0.0, 0.0)))
+            xyxy = lab[:, 1:5] / [hw[1], hw[0], hw[1], hw[0]]
+            lab = np.concatenate([lab[:, :1], (xyxy[:, :2] + xyxy[:, 2:]) / 2,
+                                  xyxy[:, 2:] - xyxy[:, :2]], 1)
+        else:
+            shape = self.batch_shapes[i] if self.batch_shapes else (self.img_size, self.img_size)
+            img, r, (left, top) = letterbox(self.load(i), shape)
+            hw = img.shape[:2]
+            lab = self.labels[i].copy()
+            lab[:, 1] = (lab[:, 1] * w0 * r + left) / hw[1]
+            lab[:, 2] = (lab[:, 2] * h0 * r + top) / hw[0]
+            lab[:, 3] *= w0 * r / hw[1]
+            lab[:, 4] *= h0 * r / hw[0]
+            shape_info = ((h0, w0), (r, (float(left), float(top))))
+        labels = torch.zeros((len(lab), 6))
+        labels[:, 1:] = torch.from_numpy(np.asarray(lab, np.float32).reshape(-1, 5))
+        img = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
+        return img.float().div_(255), labels, self.paths[i], shape_info
+
+
+def collate_fn(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+    imgs, labels, paths, shapes = zip(*batch)
+    for k, lab in enumerate(labels):
+        lab[:, 0] = k
+    return torch.stack(imgs), torch.cat(labels), paths, shapes
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffle by a generator seeded with (seed + epoch) and deal indices to ranks, so the
+    order depends only on the epoch (resume-safe); with world > 1 each rank gets an equal
+    share (padded by wrapping around, as DistributedSampler does)."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            idx = torch.randperm(self.n, generator=g).tolist()
+        else:
+            idx = list(range(self.n))
+        idx += idx[: self.per_rank * self.world - self.n]
+        return iter(idx[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def create_dataloader(list_path: str, img_size: int, batch_size: int, augment: bool,
+                      rect: bool = False, workers: int = 2, shuffle: bool | None = None,
+                      nc: int | None = None, rank: int = -1, seed: int = 0,
+                      aug: Augment | None = None, world: int | None = None,
+                      limit: int | None = None, verbose: bool = True) -> tuple[DataLoader, YoloDataset]:
+    """A DataLoader over a darknet image list. rank >= 0 deals the data to DDP ranks; the
+    summary line of bad data is printed once (by rank 0 or the single process)."""
+    ds = YoloDataset(list_path, img_size, augment, aug, rect, batch_size, nc, seed, limit=limit)
+    if verbose and rank <= 0:
+        print(ds.summary)
+    if world is None:
+        world = torch.distributed.get_world_size() if rank >= 0 else 1
+    shuffle = augment and not rect if shuffle is None else shuffle
+    sampler = EpochSampler(len(ds), shuffle, seed, max(rank, 0), world)
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                        drop_last=False)
+    return loader, ds

@@ -1,0 +1,342 @@
+"""The one training loop behind baseline, sparse and distillation training.
+
+`train(cfg, model, hooks)` runs epochs of: forward (AMP on CUDA) -> YOLO loss (+ hook loss
+terms) -> backward, accumulated to `nominal_batch` -> unscale -> hook gradient edits -> SGD
+step -> EMA. Rank 0 evaluates, logs results.csv/.png and writes last.pt/best.pt atomically.
+
+Hooks (subclass TrainHooks, override what you need):
+  extra_loss(imgs, raw, targets)   -> None or (loss tensor, {name: float}); e.g. distillation
+  after_backward(model, step)      after all-reduce and scaler.unscale_(), before step(); runs
+                                   once per optimizer step on every rank; e.g. L1 on BN gamma
+  epoch_start(epoch, model)        every rank; epoch_end(epoch, model) -> {column: float},
+                                   rank 0 only, may write plots into cfg.output_dir
+  state_dict() / load_state_dict() what the hook needs to continue after --resume
+
+Checkpoints: `model` is the EMA weights when --ema (what is evaluated, what best.pt holds and
+what the pruning stages read); last.pt adds train_model (raw weights), optimizer, scaler,
+ema_updates, epoch, best_fitness, results (the CSV rows), opt (this config), rng and hooks.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import device as dv
+from .cfg import net_size
+from .data import Augment, create_dataloader, parse_data_file
+from .errors import YoloSlimError, atomic_write_bytes
+from .loss import LossHyp, yolo_loss
+from .optim import ModelEMA, build_optimizer, lr_factor, set_lr
+from .plots import plot_results
+from .weights import load_checkpoint_into, read_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Every training flag; `--kebab-case` on the command line maps to the snake_case field."""
+    cfg: str = field(default="", metadata={"help": "darknet cfg (optional with --resume)"})
+    data: str = field(default="", metadata={"help": "darknet .data file"})
+    weights: str = field(default="", metadata={"help": "start from these weights, epoch 0"})
+    resume: str = field(default="", metadata={"help": "continue a run: a last.pt, or no value "
+                                              "= <output-dir>/last.pt", "nargs": "?", "const": "auto"})
+    output_dir: str = "runs/train"
+    img_size: int = field(default=0, metadata={"help": "0: the cfg's [net] width"})
+    batch_size: int = field(default=16, metadata={"help": "total over all DDP processes"})
+    nominal_batch: int = field(default=64, metadata={"help": "accumulate gradients to this"})
+    epochs: int = 100
+    device: str = field(default="", metadata={"help": "cpu, cuda, cuda:N or '' (auto)"})
+    workers: int = 2
+    seed: int = 0
+    lr0: float = 0.01
+    lrf: float = field(default=0.01, metadata={"help": "final LR as a fraction of lr0"})
+    lr_schedule: str = field(default="cosine", metadata={"choices": ["cosine", "step"]})
+    lr_steps: list = field(default_factory=lambda: [0.8, 0.9],
+                           metadata={"help": "step schedule: fractions of --epochs"})
+    momentum: float = 0.937
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    clip_grad: float = field(default=0.0, metadata={"help": "max grad norm, 0 = off"})
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    amp: bool = field(default=True, metadata={"help": "mixed precision (CUDA only)"})
+    multi_scale: bool = field(default=False, metadata={"help": "random size 0.5-1.5x per batch"})
+    box: float = 3.2
+    obj: float = 64.0
+    cls: float = 32.0
+    anchor_t: float = 4.0
+    iou_obj: float = 1.0
+    label_smoothing: float = 0.0
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+    scale: float = 0.5
+    translate: float = 0.1
+    mosaic: float = 0.0
+    eval_interval: int = field(default=1, metadata={"help": "evaluate every N epochs (+ last)"})
+    eval_subset: int = field(default=0, metadata={"help": "evaluate on the first N images"})
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    progress: bool = True
+    sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)"})
+    s: float = field(default=0.001, metadata={"help": "sparsity rate"})
+    prune: int = field(default=0, metadata={"help": "which BN layers --sr applies to"})
+    sparsity: str = field(default="", metadata={"help": "sparsity schedule"})
+
+    @classmethod
+    def add_args(cls, p: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            names = [flag, "-sr"] if f.name == "sr" else [flag]
+            if isinstance(default, bool):
+                p.add_argument(*names, action=argparse.BooleanOptionalAction, default=default,
+                               help=meta.get("help"))
+            elif isinstance(default, list):
+                p.add_argument(*names, type=float, nargs="+", default=default, help=meta.get("help"))
+            else:
+                extra = {k: meta[k] for k in ("nargs", "const", "choices") if k in meta}
+                p.add_argument(*names, type=type(default), default=default,
+                               help=meta.get("help"), **extra)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "TrainConfig":
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+class TrainHooks:
+    """Extension points of the loop; see the module docstring."""
+
+    def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, float]] | None:
+        return None
+
+    def after_backward(self, model: torch.nn.Module, step: int) -> None:
+        pass
+
+    def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
+        pass
+
+    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in last.pt and handed back to load_state_dict on --resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+RUNTIME_FIELDS = ("device", "workers", "resume", "progress")  # may change on --resume
+
+
+def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
+    """The saved config of the run being resumed (runtime-only fields from `cfg`)."""
+    path = os.path.join(cfg.output_dir, "last.pt") if cfg.resume in ("auto", "1", "True") else cfg.resume
+    saved = read_checkpoint(path).get("opt")
+    if not saved:
+        raise YoloSlimError(f"{path}: has no training state to resume (use --weights instead)")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    new = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    for k in RUNTIME_FIELDS:
+        setattr(new, k, getattr(cfg, k))
+    return new, path
+
+
+def _evaluate(model, loader, cfg: TrainConfig, device) -> dict[str, float]:
+    try:
+        from .evaluate import evaluate
+    except ImportError:  # evaluate.py is another module's job; until it exists, log zeros
+        return {"precision": 0.0, "recall": 0.0, "map50": 0.0, "map": 0.0}
+    r = evaluate(model, loader, conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres,
+                 device=device, half=False, progress=False)
+    return {k: float(r[k]) for k in ("precision", "recall", "map50", "map")}
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, keys, restval="")
+    w.writeheader()
+    w.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def train(cfg: TrainConfig, model: torch.nn.Module, hooks: Sequence[TrainHooks] = ()) -> dict[str, Any]:
+    """Train `model` (already holding --weights, if any) as `cfg` says; returns a summary.
+    With cfg.resume, the run's saved config and state replace `cfg`'s and the model's."""
+    ckpt_path = None
+    if cfg.resume:
+        cfg, ckpt_path = resume_config(cfg)
+    rank, world, local = dv.ddp_env()
+    device = dv.select_device(cfg.device, local)
+    dv.init_distributed(device, world)
+    main = rank <= 0
+    try:
+        return _train(cfg, model, list(hooks), ckpt_path, rank, world, device, main)
+    finally:
+        dv.cleanup_distributed()
+
+
+def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str, Any]:
+    data = parse_data_file(cfg.data)
+    if model.num_classes != data.classes:
+        raise YoloSlimError(f"the cfg's [yolo] layers have classes={model.num_classes} but "
+                            f"{cfg.data} has classes={data.classes}")
+    img_size = cfg.img_size or net_size(model.module_defs)[1]
+    if img_size % 32:
+        raise YoloSlimError(f"--img-size {img_size} must be a multiple of 32")
+    if cfg.batch_size % world:
+        raise YoloSlimError(f"--batch-size {cfg.batch_size} must divide by the {world} processes")
+    bs = cfg.batch_size // world
+    amp = cfg.amp and device.type == "cuda"
+    aug = Augment(cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.fliplr, cfg.scale, cfg.translate, cfg.mosaic)
+    loader, train_ds = create_dataloader(data.train, img_size, bs, True, workers=cfg.workers,
+                                         nc=data.classes, rank=rank, seed=cfg.seed, aug=aug,
+                                         world=world, verbose=main)
+    val_loader = None
+    if main:
+        val_loader, _ = create_dataloader(data.valid, img_size, bs, False, rect=True,
+                                          workers=cfg.workers, nc=data.classes,
+                                          limit=cfg.eval_subset or None)
+    dv.seed_all(cfg.seed)
+    model.to(device)
+    opt = build_optimizer(model, cfg.lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    hyp = LossHyp(cfg.box, cfg.obj, cfg.cls, cfg.anchor_t, cfg.iou_obj, cfg.label_smoothing)
+    start, best, rows = 0, -1.0, []
+    if ckpt_path:
+        ck = read_checkpoint(ckpt_path)
+        load_checkpoint_into(model, {**ck, "model": ck["train_model"]}, ckpt_path)
+        opt.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        if ema is not None:
+            load_checkpoint_into(ema.ema, ck, ckpt_path)
+            ema.updates = ck["ema_updates"]
+        start, best, rows = ck["epoch"] + 1, ck["best_fitness"], ck["results"]
+        dv.set_rng_state(ck["rng"])
+        for h, st in zip(hooks, ck.get("hooks", [])):
+            h.load_state_dict(st)
+        if main:
+            print(f"resuming {ckpt_path} at epoch {start}")
+    out = cfg.output_dir
+    accumulate = max(round(cfg.nominal_batch / cfg.batch_size), 1)
+    nb = len(loader)
+    n_warm = round(cfg.warmup_epochs * nb)
+    if main:
+        os.makedirs(out, exist_ok=True)
+        resolved = {**dataclasses.asdict(cfg), "img_size": img_size, "device": str(device),
+                    "world_size": world, "accumulate": accumulate, "amp": amp}
+        atomic_write_bytes(os.path.join(out, "opt.json"), json.dumps(resolved, indent=2).encode())
+    raw_model = model
+    if world > 1:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    last, best_pt = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        for h in hooks:
+            h.epoch_start(epoch, raw_model)
+        loader.sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        opt.zero_grad(set_to_none=True)
+        bar = loader
+        if main and cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=True)
+        for i, (imgs, targets, _, _) in enumerate(bar):
+            ni = i + nb * epoch
+            lr = set_lr(opt, ni, n_warm, cfg.lr0,
+                        lr_factor(ni / nb, cfg.epochs, cfg.lr_schedule, cfg.lrf, cfg.lr_steps),
+                        cfg.momentum, cfg.warmup_momentum, cfg.warmup_bias_lr)
+            imgs = imgs.to(device, non_blocking=True)
+            if cfg.multi_scale:  # the size depends only on (seed, epoch, i): resume-safe
+                r = np.random.default_rng([cfg.seed, epoch, i, 1])
+                s = int(r.integers(img_size // 64, img_size * 3 // 64 + 1)) * 32
+                imgs = F.interpolate(imgs, size=(s, s), mode="bilinear", align_corners=False)
+            group = i // accumulate
+            n_acc = min(accumulate, nb - group * accumulate)  # the epoch's last step may be short
+            sync = (i + 1) % accumulate == 0 or i == nb - 1
+            nosync = model.no_sync() if world > 1 and not sync else contextlib.nullcontext()
+            with nosync:
+                with torch.autocast(device.type, enabled=amp):
+                    raw = model(imgs)
+                    loss, items = yolo_loss(raw, targets, raw_model, tuple(imgs.shape[-2:]), hyp)
+                    logs = dict(zip(("box", "obj", "cls"), items[:3].tolist()))
+                    for h in hooks:
+                        extra = h.extra_loss(imgs, raw, targets)
+                        if extra is not None:
+                            loss = loss + extra[0]
+                            logs.update(extra[1])
+                if not dv.all_finite(loss.detach(), world):
+                    where = last if os.path.isfile(last) else "nowhere yet (no epoch finished)"
+                    raise YoloSlimError(f"non-finite loss at epoch {epoch} step {i} "
+                                        f"({', '.join(f'{k}={v:.4g}' for k, v in logs.items())}); "
+                                        f"last good checkpoint kept at {where}")
+                logs["total"] = float(loss.detach())
+                scaler.scale(loss / n_acc).backward()
+            if sync:
+                scaler.unscale_(opt)  # hooks see true gradients, not AMP-scaled ones
+                for h in hooks:
+                    h.after_backward(raw_model, ni)
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(raw_model)
+            raw_model.seen += imgs.shape[0] * world
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not loader:
+                bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}"})
+        if main:
+            final = ema.ema if ema is not None else raw_model
+            final.seen = raw_model.seen
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            row.update({k: v / max(nb, 1) for k, v in sums.items()})
+            metrics = None
+            if (epoch + 1) % max(cfg.eval_interval, 1) == 0 or epoch == cfg.epochs - 1:
+                metrics = _evaluate(final, val_loader, cfg, device)
+                row.update(metrics)
+            for h in hooks:
+                row.update(h.epoch_end(epoch, raw_model))
+            row["time_s"] = round(time.time() - t0, 2)
+            rows.append(row)
+            _write_csv(os.path.join(out, "results.csv"), rows)
+            plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
+            fitness = 0.1 * metrics["map50"] + 0.9 * metrics["map"] if metrics else None
+            is_best = fitness is not None and fitness > best
+            best = fitness if is_best else best
+            save_checkpoint(final, last, epoch=epoch, best_fitness=best, results=rows,
+                            opt=dataclasses.asdict(cfg),
+                            train_model={k: v.detach().cpu() for k, v in raw_model.state_dict().items()},
+                            optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                            ema_updates=ema.updates if ema else 0, rng=dv.rng_state(),
+                            hooks=[h.state_dict() for h in hooks])
+            if is_best:
+                save_checkpoint(final, best_pt, epoch=epoch, best_fitness=best, metrics=metrics)
+        dv.barrier(world)
+    return {"output_dir": out, "best_fitness": best, "results": rows, "last": last,
+            "best": best_pt}
