@@ -1,7 +1,10 @@
-r"""Channel pruning by BN |γ| with exact β folding; writes a darknet cfg + weights.
+r"""Channel pruning by BN |γ| (or --importance l1|rank) with exact β folding; writes a darknet
+cfg + weights.
 
   python prune_channels.py --cfg cfg/yolov3.cfg --weights sparse.weights --output-dir runs/p \
       --strategy slim --global-percent 0.5 --layer-keep 0.01 [--round-to 8] [--data x.data]
+  python prune_channels.py ... --importance rank --data x.data --target-flops 0.5
+  python prune_channels.py ... --layer-ratios runs/sens/ratios.json   # from yolo_slim.sensitivity
 """
 from __future__ import annotations
 

@@ -190,3 +190,24 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
     print(f"sparsity: L1 s={schedule.s} ({schedule.kind}) on {len(layers)} prunable BN layers "
           f"({sum(g.numel() for g in hook.sp.gammas)} channels, strategy '{strategy}')")
     return hook
+
+
+PRUNE_STRATEGY = {0: "normal", 1: "shortcut"}  # --prune 0|1, the names users know
+
+
+def make_train_hooks(cfg, model: Darknet) -> list:
+    """train_sparse.py --sr: the sparsity hook configured from the TrainConfig flags."""
+    from .errors import YoloSlimError
+    if cfg.prune not in PRUNE_STRATEGY:
+        raise YoloSlimError(f"--prune must be 0 (normal) or 1 (shortcut/slim), not {cfg.prune}")
+    kind = cfg.sparsity or "constant"
+    if kind not in SCHEDULES:
+        raise YoloSlimError(f"--sparsity must be one of {', '.join(SCHEDULES)}, not {kind!r}")
+    if cfg.s <= 0:
+        raise YoloSlimError(f"--s must be positive, not {cfg.s}")
+    schedule = SparsitySchedule(s=cfg.s, kind=kind,
+                                decay_start=getattr(cfg, "sparsity_decay_start", 0.5),
+                                decay_factor=getattr(cfg, "sparsity_decay_factor", 0.01),
+                                keep_fraction=getattr(cfg, "sparsity_keep_fraction", 0.15))
+    return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
+                               cfg.output_dir)]

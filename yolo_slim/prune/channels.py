@@ -25,7 +25,7 @@ from ..model import Darknet
 from ..report import count_params, model_flops, plot_channels, plot_gamma_hist
 from .compact import compact_model
 from .fold import apply_masks
-from .masks import MaskSolver, assert_consistent, kept_channels, node_gammas
+from .masks import MaskSolver, assert_consistent, kept_channels
 
 
 @dataclass
@@ -38,6 +38,11 @@ class PruneOptions:
     round_to: int = 1
     img_size: tuple[int, int] | None = None  # (h, w) for FLOPs and verification; cfg's if None
     seed: int = 0
+    importance: str = "bn"  # bn | l1 | rank: the per-channel score (yolo_slim/importance.py)
+    layer_ratios: dict[int, float] | None = None  # per conv: fraction to cut (per unit, not global)
+    rank_data: str | None = None  # .data whose train images give --importance rank its maps
+    rank_batches: int = 2
+    rank_batch_size: int = 8
 
 
 @dataclass
@@ -48,12 +53,17 @@ class PruneResult:
     keep_node: np.ndarray
     threshold: float
     report: dict[str, Any] = field(default_factory=dict)
+    scores: np.ndarray | None = None  # per-node importance scores the masks were cut by
 
 
 def choose_threshold(solver: MaskSolver, opts: PruneOptions) -> float:
-    given = [k for k in ("global_percent", "threshold", "target_flops") if getattr(opts, k) is not None]
+    given = [k for k in ("global_percent", "threshold", "target_flops", "layer_ratios")
+             if getattr(opts, k) is not None]
     if len(given) != 1:
-        raise YoloSlimError("give exactly one of --global-percent, --threshold, --target-flops")
+        raise YoloSlimError("give exactly one of --global-percent, --threshold, --target-flops, "
+                            "--layer-ratios")
+    if opts.layer_ratios is not None:
+        return math.nan  # no global threshold: prune_model cuts per unit
     if opts.threshold is not None:
         if opts.threshold < 0 or math.isnan(opts.threshold):
             raise YoloSlimError(f"--threshold must be >= 0, got {opts.threshold}")
@@ -87,20 +97,28 @@ def verify(model: Darknet, folded: Darknet, compact: Darknet, g: ChannelGraph,
 
 
 def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
-                log=lambda *a: None) -> PruneResult:
-    """Prune `model` (unchanged) by its BN |γ|; returns the compact model and a report dict.
-    `log` receives the |γ| picture before anything is cut."""
+                log=lambda *a: None, scores: np.ndarray | None = None) -> PruneResult:
+    """Prune `model` (unchanged) by its BN |γ| (or opts.importance, or the given per-node
+    `scores`); returns the compact model and a report dict. `log` receives the score picture
+    before anything is cut."""
+    from ..importance import node_scores
     model = model.eval()
     g = build_graph(model.module_defs)
     img_hw = tuple(opts.img_size or net_size(model.module_defs))
-    solver = MaskSolver(g, node_gammas(model, g), opts.strategy, opts.layer_keep,
-                        opts.round_to, img_hw)
+    if scores is None:
+        scores = node_scores(model, g, opts.importance, opts.rank_data, img_hw,
+                             opts.rank_batches, opts.rank_batch_size)
+    solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep, opts.round_to, img_hw)
     stats = solver.gamma_stats()
-    log(_gamma_text(stats))
+    log(_gamma_text(stats, opts.importance))
     thr = choose_threshold(solver, opts)
-    keep_node = solver.keep(thr)
+    if opts.layer_ratios is not None:
+        keep_node = solver.ratio_keep(opts.layer_ratios)
+        bare = solver.ratio_keep(opts.layer_ratios, enforce=False)
+    else:
+        keep_node = solver.keep(thr)
+        bare = solver.keep(thr, enforce=False)  # which layers only the floor / rounding filled up
     assert_consistent(g, keep_node)
-    bare = solver.keep(thr, enforce=False)  # which layers only the floor / rounding filled up
     raised = [i for i, n in g.conv_nodes.items() if keep_node[n].sum() != bare[n].sum()]
     if raised:
         log(f"--layer-keep/--round-to/at-least-1 raised {len(raised)} layers: {raised}")
@@ -110,7 +128,8 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     before = {i: len(n) for i, n in g.conv_nodes.items()}
     after = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
     report: dict[str, Any] = {
-        "strategy": opts.strategy, "threshold": thr, "options": asdict(opts),
+        "strategy": opts.strategy, "importance": opts.importance, "threshold": thr,
+        "options": asdict(opts),
         "img_size": list(img_hw),
         "params": {"before": count_params(model), "after": count_params(compact)},
         "flops": {"before": model_flops(model, img_hw), "after": model_flops(compact, img_hw)},
@@ -122,7 +141,7 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     }
     if check:
         report["verification"] = verify(model, folded, compact, g, keep_node, img_hw, opts.seed)
-    return PruneResult(compact, folded, g, keep_node, thr, report)
+    return PruneResult(compact, folded, g, keep_node, thr, report, scores)
 
 
 def _sha256(path: str) -> str:
@@ -195,10 +214,12 @@ def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
     before, after = rep["channels"]["before"], rep["channels"]["after"]
     plot_channels(before, after, os.path.join(out_dir, "channels.png"),
                   f"{stem}: {opts.strategy}, threshold {res.threshold:.4g}")
-    gam = node_gammas(model, res.graph)
+    gam = res.scores
     prunable = [res.graph.conv_nodes[i] for i in rep["prunable_convs"]]
     gam = gam[np.concatenate(prunable)] if prunable else np.zeros(0)
-    plot_gamma_hist(gam, os.path.join(out_dir, "gamma_hist.png"), res.threshold, title=f"{stem} |gamma|")
+    name = "|gamma|" if opts.importance == "bn" else f"{opts.importance} score"
+    plot_gamma_hist(gam, os.path.join(out_dir, "gamma_hist.png"),
+                    res.threshold if math.isfinite(res.threshold) else None, title=f"{stem} {name}")
     atomic_write_bytes(os.path.join(out_dir, "prune_report.json"),
                        json.dumps(_finite(rep), indent=1, default=_json_default).encode())
     return rep
@@ -225,8 +246,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o))
 
 
-def _gamma_text(stats: dict[str, Any]) -> str:
-    lines = ["|gamma| per prunable conv:  layer  min  q25  median  q75  max"]
+def _gamma_text(stats: dict[str, Any], importance: str = "bn") -> str:
+    name = "|gamma|" if importance == "bn" else f"{importance} score"
+    lines = [f"{name} per prunable conv:  layer  min  q25  median  q75  max"]
     for i, q in stats["quantiles"].items():
         lines.append(f"  {i:5d}  " + "  ".join(f"{v:.4g}" for v in q))
     lines.append(f"largest threshold that empties no layer (without --layer-keep): "
@@ -238,7 +260,8 @@ def summary_text(rep: dict[str, Any]) -> str:
     from ..report import channel_table
     p, f, v = rep["params"], rep["flops"], rep["verification"]
     lines = [channel_table(rep["channels"]["before"], rep["channels"]["after"]),
-             f"threshold {rep['threshold']:.6g} ({rep['strategy']})",
+             f"threshold {rep['threshold']:.6g} ({rep['strategy']}, importance "
+             f"{rep.get('importance', 'bn')})",
              f"params {p['before']:,} -> {p['after']:,} ({100 * p['after'] / p['before']:.1f}%)",
              f"FLOPs  {f['before']:,} -> {f['after']:,} ({100 * f['after'] / f['before']:.1f}%) "
              f"at {rep['img_size'][0]}x{rep['img_size'][1]}",

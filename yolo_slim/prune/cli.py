@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from typing import Sequence
 
 from ..errors import YoloSlimError
@@ -11,12 +13,18 @@ from .channels import PruneOptions
 
 
 def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--strategy, one of --global-percent/--threshold/--target-flops, --layer-keep, --round-to."""
+    """--strategy, one of --global-percent/--threshold/--target-flops/--layer-ratios,
+    --layer-keep, --round-to, --importance, --rank-batches."""
     p.add_argument("--strategy", choices=list(STRATEGIES), default="slim")
     what = p.add_mutually_exclusive_group(required=required)
     what.add_argument("--global-percent", type=float, help="fraction of prunable |γ| to cut")
     what.add_argument("--threshold", type=float, help="cut channels with |γ| < T")
     what.add_argument("--target-flops", type=float, help="at most F x the original FLOPs")
+    what.add_argument("--layer-ratios", metavar="JSON",
+                      help="per-conv fractions to cut, e.g. from yolo_slim.sensitivity")
+    p.add_argument("--importance", choices=["bn", "l1", "rank"], default="bn",
+                   help="channel score: BN |γ|, BN-scaled filter L1, or HRank (needs --data)")
+    p.add_argument("--rank-batches", type=int, default=2, help="--importance rank: batches of --data")
     p.add_argument("--layer-keep", type=float, default=0.0,
                    help="keep at least this fraction (and at least 1) of every layer")
     p.add_argument("--round-to", type=int, default=1, help="channel counts multiple of N")
@@ -34,14 +42,43 @@ def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> N
 
 
 def wants_channels(a: argparse.Namespace) -> bool:
-    return any(getattr(a, k) is not None for k in ("global_percent", "threshold", "target_flops"))
+    return any(getattr(a, k, None) is not None
+               for k in ("global_percent", "threshold", "target_flops", "layer_ratios"))
+
+
+def read_layer_ratios(path: str) -> dict[int, float]:
+    """{"layers": {"12": 0.3, ...}} (what yolo_slim.sensitivity writes) or a flat {"12": 0.3}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise YoloSlimError(f"--layer-ratios: file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise YoloSlimError(f"--layer-ratios: {path}: not valid JSON ({e})") from None
+    obj = obj.get("layers", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict):
+        raise YoloSlimError(f"--layer-ratios: {path}: expected an object of layer -> ratio")
+    out = {}
+    for k, v in obj.items():
+        try:
+            i, r = int(k), float(v)
+        except (TypeError, ValueError):
+            raise YoloSlimError(f"--layer-ratios: {path}: bad entry {k!r}: {v!r}") from None
+        if not 0.0 <= r <= 1.0 or math.isnan(r):
+            raise YoloSlimError(f"--layer-ratios: {path}: layer {i}: ratio {r} is not in [0, 1]")
+        out[i] = r
+    return out
 
 
 def channel_options(a: argparse.Namespace) -> PruneOptions:
     return PruneOptions(strategy=a.strategy, global_percent=a.global_percent,
                         threshold=a.threshold, target_flops=a.target_flops,
                         layer_keep=a.layer_keep, round_to=a.round_to,
-                        img_size=(a.img_size, a.img_size) if a.img_size else None, seed=a.seed)
+                        img_size=(a.img_size, a.img_size) if a.img_size else None, seed=a.seed,
+                        importance=a.importance, rank_batches=a.rank_batches,
+                        rank_data=getattr(a, "data", None),
+                        layer_ratios=read_layer_ratios(a.layer_ratios) if a.layer_ratios else None,
+                        rank_batch_size=getattr(a, "batch_size", 8))
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:

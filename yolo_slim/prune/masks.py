@@ -1,4 +1,4 @@
-"""Channel masks from BN |γ|: thresholds (absolute, global percent, FLOPs target), the
+"""Channel masks from BN |γ| (or any per-channel score, see importance.py): thresholds (absolute, global percent, FLOPs target), the
 per-layer floor (--layer-keep), rounding to multiples (--round-to), and the classes of the
 channel graph (a class of tied channels is kept or cut as one).
 
@@ -8,6 +8,9 @@ Strategies decide a class from the |γ| of its *deciders*:
 - slim: every prunable conv decides, and the class is kept if any member is above the
   threshold (union of the group's masks).
 A class with a must-keep node, or without any decider, is kept.
+
+`ratio_keep` is the per-unit alternative to one global threshold (--layer-ratios, sensitivity):
+each unit (shortcut group or single conv) cuts its own fraction of its lowest-scored classes.
 """
 from __future__ import annotations
 
@@ -115,6 +118,76 @@ class MaskSolver:
                     if int(keep_node[nodes].sum()) >= need:
                         break
                 changed = True
+
+    # ---- per-unit ratios (--layer-ratios, sensitivity) ----------------------------------------
+    def cuttable_roots(self) -> np.ndarray:
+        """Per class root: True when the class may be cut (has a decider, nothing forces it)."""
+        return self.has_dec_root & ~self.must_root
+
+    def units(self) -> list[list[int]]:
+        """Prunable units: convs whose cuttable classes are tied (a shortcut group shares one mask,
+        a conv sliced by [route] groups= ties its own halves) form one unit; others are alone.
+        A ratio applies to a unit as a whole, because its members can only be cut together."""
+        cut = self.cuttable_roots()
+        owner: dict[int, int] = {}  # class root -> first conv seen
+        parent: dict[int, int] = {}
+
+        def find(a: int) -> int:
+            while parent.setdefault(a, a) != a:
+                a = parent[a]
+            return a
+        for i, nodes in self.g.conv_nodes.items():
+            roots = np.unique(self.g.root[nodes])
+            for r in roots[cut[roots]].tolist():
+                find(i)
+                if r in owner:
+                    a, b = find(owner[r]), find(i)
+                    parent[max(a, b)] = min(a, b)
+                else:
+                    owner[r] = i
+        groups: dict[int, list[int]] = {}
+        for i in parent:
+            groups.setdefault(find(i), []).append(i)
+        return sorted(sorted(v) for v in groups.values())
+
+    def class_scores(self) -> np.ndarray:
+        """Per class root: the largest decider score (the slim union: a class stays while any
+        member needs it); -inf where no decider."""
+        score = np.full(len(self.g.root), -math.inf)
+        np.maximum.at(score, self.g.root[self.deciders], self.gamma[self.deciders])
+        return score
+
+    def ratio_keep(self, layer_ratios: dict[int, float], enforce: bool = True) -> np.ndarray:
+        """Per-node keep vector cutting, in every unit, the given fraction of its cuttable classes
+        with the lowest class score. A unit takes the smallest ratio given for any of its convs
+        (keep = union of what the members ask, as in the slim strategy); convs not listed: 0."""
+        units = self.units()
+        unit_of = {i: k for k, u in enumerate(units) for i in u}
+        ratio: dict[int, float] = {}
+        for i, r in layer_ratios.items():
+            i, r = int(i), float(r)
+            if not 0.0 <= r <= 1.0 or math.isnan(r):
+                raise YoloSlimError(f"--layer-ratios: layer {i}: ratio {r} is not in [0, 1]")
+            if i not in unit_of:
+                if r > 0:
+                    what = "not a conv" if i not in self.g.conv_nodes else \
+                        f"not prunable with strategy {self.strategy}"
+                    raise YoloSlimError(f"--layer-ratios: layer {i} is {what}")
+                continue
+            k = unit_of[i]
+            ratio[k] = min(ratio.get(k, r), r)
+        g, cut_ok, score = self.g, self.cuttable_roots(), self.class_scores()
+        keep_root = np.ones(len(g.root), bool)
+        for k, r in ratio.items():
+            roots = np.unique(np.concatenate([g.root[g.conv_nodes[i]] for i in units[k]]))
+            roots = roots[cut_ok[roots]]
+            n_cut = min(len(roots), math.floor(r * len(roots) + 0.5))
+            order = np.argsort(score[roots], kind="stable")  # ties: lower class id cut first
+            keep_root[roots[order[:n_cut]]] = False
+        keep_node = keep_root[g.root]
+        if enforce:
+            self._enforce(keep_root, keep_node)
+        return keep_node
 
     # ---- FLOPs and statistics ----------------------------------------------------------------
     def flops(self, keep_node: np.ndarray) -> int:

@@ -1,0 +1,142 @@
+"""Iterative pruning: rounds shrink FLOPs by the per-round factor, every round's files stay, early
+stop on --max-drop, and a run interrupted mid fine-tune resumes (completed rounds skipped, the
+fine-tune continued from last.pt) to the same weights as an uninterrupted run."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from netgen import randomize_bn  # noqa: E402
+
+from yolo_slim import engine  # noqa: E402
+from yolo_slim.cfg import parse_cfg_text  # noqa: E402
+from yolo_slim.errors import YoloSlimError  # noqa: E402
+from yolo_slim.iterate import IterateOptions, parse_train_overrides, run  # noqa: E402
+from yolo_slim.model import Darknet  # noqa: E402
+from yolo_slim.weights import read_checkpoint, save_darknet_weights  # noqa: E402
+from test_sensitivity import TINY  # noqa: E402
+
+TRAIN = {"workers": 0, "device": "cpu", "nominal_batch": 4, "ema": False}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from yolo_slim.synthetic import make_shapes_dataset
+    root = tmp_path_factory.mktemp("iter")
+    data = make_shapes_dataset(str(root / "s"), 8, 4, 64, 0)
+    cfg = root / "tiny.cfg"
+    cfg.write_text(TINY)
+    torch.manual_seed(0)
+    m = Darknet(parse_cfg_text(TINY))
+    randomize_bn(m, 7)
+    save_darknet_weights(m, str(root / "tiny.weights"))
+    return root, str(cfg), str(root / "tiny.weights"), data
+
+
+def opts(**kw) -> IterateOptions:
+    base = dict(rounds=2, per_round_flops=0.8, epochs_per_round=2, max_drop=1.0, batch_size=4,
+                eval_images=4, train=dict(TRAIN))
+    return IterateOptions(**{**base, **kw})
+
+
+class Interrupt(engine.TrainHooks):
+    """Raises at the end of the n-th epoch overall (before that epoch's checkpoint)."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def epoch_end(self, epoch, model):
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+        return {}
+
+
+def epochs_of(run_dir: str) -> list[int]:
+    with open(os.path.join(run_dir, "results.csv")) as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def test_rounds_resume_after_interruption(setup, monkeypatch):
+    root, cfg, wts, data = setup
+    ref = run(cfg, wts, data, str(root / "ref"), opts(), log=lambda *a: None)
+    assert [r["round"] for r in ref["rounds"]] == [1, 2] and ref["stopped"] is None
+    f1, f2 = (r["flops_fraction"] for r in ref["rounds"])
+    assert f1 <= 0.8 and f2 <= 0.8 * f1 + 1e-12  # each round cuts the current model
+    for k in (1, 2):
+        rd = root / "ref" / f"round_{k}"
+        assert {"tiny.cfg", "tiny.weights", "prune_report.json"} <= set(os.listdir(rd / "prune"))
+        assert {"last.pt", "tiny.cfg", "tiny.weights"} <= set(os.listdir(rd / "train"))
+        assert epochs_of(str(rd / "train")) == [0, 1]
+
+    out = str(root / "int")
+    with pytest.raises(KeyboardInterrupt):  # dies at the end of round 2's second epoch
+        run(cfg, wts, data, out, opts(), log=lambda *a: None, hooks=[Interrupt(4)])
+    assert os.path.isfile(os.path.join(out, "round_1", "round.json"))
+    assert not os.path.isfile(os.path.join(out, "round_2", "round.json"))
+    assert read_checkpoint(os.path.join(out, "round_2", "train", "last.pt"))["epoch"] == 0
+    r1_mtime = os.path.getmtime(os.path.join(out, "round_1", "round.json"))
+
+    calls = []
+    real = engine.train
+
+    def counting(cfg_t, model, hooks=()):
+        calls.append((cfg_t.output_dir, cfg_t.resume))
+        return real(cfg_t, model, hooks)
+    monkeypatch.setattr(engine, "train", counting)
+    res = run(cfg, wts, data, out, opts(), log=lambda *a: None)
+    assert calls == [(os.path.join(out, "round_2", "train"),
+                      os.path.join(out, "round_2", "train", "last.pt"))]
+    assert os.path.getmtime(os.path.join(out, "round_1", "round.json")) == r1_mtime
+    assert epochs_of(os.path.join(out, "round_2", "train")) == [0, 1]
+    a = read_checkpoint(os.path.join(out, "round_2", "train", "last.pt"))["model"]
+    b = read_checkpoint(str(root / "ref" / "round_2" / "train" / "last.pt"))["model"]
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) == 0.0
+    assert res["rounds"][1]["map50"] == pytest.approx(ref["rounds"][1]["map50"], abs=1e-12)
+    # a third run does nothing at all
+    calls.clear()
+    run(cfg, wts, data, out, opts(), log=lambda *a: None)
+    assert calls == []
+    with pytest.raises(YoloSlimError, match="other inputs or options"):
+        run(cfg, wts, data, out, opts(rounds=3), log=lambda *a: None)
+
+
+def test_early_stop_keeps_files(setup):
+    root, cfg, wts, data = setup
+    # a negative --max-drop: any round "drops too much", so the loop stops after round 1
+    res = run(cfg, wts, data, str(root / "stop"), opts(max_drop=-1.0, epochs_per_round=1),
+              log=lambda *a: None)
+    assert len(res["rounds"]) == 1 and "max-drop" in res["stopped"]
+    assert res["best_within_drop"] is None
+    summary = json.loads((root / "stop" / "summary.json").read_text())
+    assert summary["rounds"][0]["round"] == 1
+    assert os.path.isfile(res["rounds"][0]["weights"])
+    assert not (root / "stop" / "round_2").exists()
+
+
+def test_train_overrides():
+    assert parse_train_overrides(["lr0=0.002", "workers=0", "ema=false", "lr-steps=0.5,0.7"]) == \
+        {"lr0": 0.002, "workers": 0, "ema": False, "lr_steps": [0.5, 0.7]}
+    for bad in (["nope=1"], ["lr0"], ["epochs=3"], ["workers=x"], ["ema=maybe"]):
+        with pytest.raises(YoloSlimError):
+            parse_train_overrides(bad)
+
+
+def test_cli_errors_and_script(setup, repo_root):
+    import subprocess
+    root, cfg, wts, data = setup
+    from yolo_slim.iterate import main
+    assert main(["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir",
+                 str(root / "e"), "--per-round-flops", "1.5"]) == 2
+    assert main(["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir",
+                 str(root / "e"), "--train", "bogus=1"]) == 2
+    p = subprocess.run([str(repo_root / "scripts" / "iterate.sh"), "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "--per-round-flops" in p.stdout

@@ -1,0 +1,252 @@
+r"""Iterative pruning: N rounds of prune a little -> fine-tune a few epochs, with early stop.
+
+  python -m yolo_slim.iterate --cfg c.cfg --weights w.weights --data d.data --rounds 3 \
+      --per-round-flops 0.8 --epochs-per-round 2 --max-drop 0.05 --output-dir runs/iter \
+      [--importance l1] [--kd hinton] [--train lr0=0.002 --train workers=0]
+
+Layout of --output-dir (every round's files are kept):
+  iterate.json              the options (a resumed run must be started with the same ones)
+  baseline.json             mAP@0.5 / FLOPs of the input model (the reference for --max-drop)
+  round_k/prune/            prune_channels output of round k: <stem>.cfg/.weights, prune_report.json
+  round_k/train/            the fine-tune run (engine: last.pt, best.pt, results.csv) and the
+                            fine-tuned <stem>.cfg + <stem>.weights that round k+1 starts from
+  round_k/round.json        written last: the round is complete
+  summary.json              all rounds, and the last one within --max-drop
+
+Each round cuts the *current* model to --per-round-flops x its FLOPs (so 3 rounds of 0.8 end near
+0.51 of the original), fine-tunes it through the same engine as train_sparse.py / distill.py
+(with --kd, the *original* model is the teacher), and evaluates mAP@0.5 on the first
+--eval-images validation images. The loop stops after a round whose mAP@0.5 is more than
+--max-drop below the baseline; that round's files stay, summary.json names the best round.
+
+Resume: run the same command again. Rounds with round.json are skipped; a pruned round is not
+pruned again; a half-finished fine-tune continues from its last.pt via the engine's --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from .errors import YoloSlimError, atomic_write_bytes, cli_main
+from .graph import STRATEGIES
+from .importance import IMPORTANCE
+
+
+@dataclass
+class IterateOptions:
+    rounds: int = 3
+    per_round_flops: float = 0.8
+    epochs_per_round: int = 2
+    max_drop: float = 0.05
+    strategy: str = "slim"
+    importance: str = "bn"
+    layer_keep: float = 0.0
+    round_to: int = 1
+    img_size: int = 0  # 0: the cfg's width
+    batch_size: int = 16
+    eval_images: int = 0  # 0: the whole validation list
+    rank_batches: int = 2
+    kd: str = "none"
+    train: dict[str, Any] = field(default_factory=dict)  # extra TrainConfig fields
+
+
+# fine-tuning defaults that differ from training from scratch: no warm-up (the model is trained;
+# warm-up's high bias LR would undo that) and a smaller LR
+FINETUNE_DEFAULTS = {"lr0": 0.005, "warmup_epochs": 0.0}
+
+
+def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """['lr0=0.002', 'workers=0', 'ema=false'] -> typed TrainConfig fields."""
+    from .engine import TrainConfig
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        k = k.strip().lstrip("-").replace("-", "_")
+        if not sep or k not in fields:
+            raise YoloSlimError(f"--train {it!r}: expected FIELD=VALUE with a training flag name")
+        if k in ("cfg", "weights", "data", "resume", "output_dir", "epochs"):
+            raise YoloSlimError(f"--train {k}=...: set by the iterative loop itself")
+        f = fields[k]
+        d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        try:
+            if isinstance(d, bool):
+                if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(v)
+                out[k] = v.lower() in ("1", "true", "yes")
+            elif isinstance(d, list):
+                out[k] = [float(x) for x in v.split(",")]
+            else:
+                out[k] = type(d)(v)
+        except ValueError:
+            raise YoloSlimError(f"--train {it!r}: bad value for {k}") from None
+    return out
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
+
+
+def _finetune(rd: str, cfg: str, weights: str, data: str, opts: IterateOptions, teacher,
+              hooks: Sequence[Any]) -> str:
+    """Fine-tune round `rd`'s pruned model (or resume it); returns the run dir."""
+    from . import engine
+    from .weights import load_model, model_from_checkpoint, read_checkpoint
+    td = os.path.join(rd, "train")
+    last = os.path.join(td, "last.pt")
+    cfg_t = engine.TrainConfig(**{**FINETUNE_DEFAULTS, "progress": False, **opts.train,
+                                  "cfg": cfg, "weights": weights, "data": data,
+                                  "output_dir": td, "epochs": opts.epochs_per_round,
+                                  "img_size": opts.img_size, "batch_size": opts.batch_size,
+                                  "eval_subset": opts.eval_images})
+    if os.path.isfile(last):
+        if read_checkpoint(last).get("epoch", -1) >= opts.epochs_per_round - 1:
+            return td  # finished before the interruption
+        cfg_t = dataclasses.replace(cfg_t, resume=last)
+        model = model_from_checkpoint(last)
+    else:
+        model = load_model(cfg, weights)
+    all_hooks = list(hooks)
+    if teacher is not None:
+        from .distill import DistillConfig, make_distill_hook
+        all_hooks.insert(0, make_distill_hook(model, teacher, DistillConfig(opts.kd)))
+    engine.train(cfg_t, model, all_hooks)
+    return td
+
+
+def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOptions,
+        log=print, hooks: Sequence[Any] = (),
+        metric: Callable[[Any], float] | None = None) -> dict[str, Any]:
+    """The loop (see module docstring); `hooks` go to every fine-tune (tests use them)."""
+    from .cfg import net_size
+    from .prune.channels import PruneOptions, run as prune_run
+    from .report import model_flops
+    from .weights import export_run_model, load_model
+    if opts.rounds < 1 or opts.epochs_per_round < 1 or not 0 < opts.per_round_flops < 1:
+        raise YoloSlimError("--rounds and --epochs-per-round must be >= 1, --per-round-flops in (0, 1)")
+    if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
+        raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
+    os.makedirs(out_dir, exist_ok=True)
+    saved = _read_json(os.path.join(out_dir, "iterate.json"))
+    mine = {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)}
+    if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(mine)):
+        raise YoloSlimError(f"{out_dir} holds an iterative run with other inputs or options "
+                            "(see its iterate.json); use a new --output-dir")
+    _write_json(os.path.join(out_dir, "iterate.json"), mine)
+    model = load_model(cfg, weights)
+    img = opts.img_size or net_size(model.module_defs)[1]
+    hw = (img, img)
+    if metric is None:
+        from .sensitivity import map50_metric
+        metric = map50_metric(data, img, opts.eval_images, opts.batch_size)
+    base_path = os.path.join(out_dir, "baseline.json")
+    base = _read_json(base_path)
+    if base is None:
+        base = {"map50": metric(model), "flops": model_flops(model, hw)}
+        _write_json(base_path, base)
+    log(f"baseline: mAP@0.5 {base['map50']:.4f}, {base['flops']:,} FLOPs")
+    teacher = model if opts.kd != "none" else None
+    stem = os.path.splitext(os.path.basename(cfg or weights))[0]
+    cur_cfg, cur_w = cfg, weights
+    rounds: list[dict[str, Any]] = []
+    stop = None
+    for k in range(1, opts.rounds + 1):
+        rd = os.path.join(out_dir, f"round_{k}")
+        done = _read_json(os.path.join(rd, "round.json"))
+        if done is None:
+            pd = os.path.join(rd, "prune")
+            if _read_json(os.path.join(pd, "prune_report.json")) is None:
+                try:
+                    prune_run(cur_cfg, cur_w, pd, PruneOptions(
+                        strategy=opts.strategy, target_flops=opts.per_round_flops,
+                        layer_keep=opts.layer_keep, round_to=opts.round_to, img_size=hw,
+                        importance=opts.importance, rank_data=data,
+                        rank_batches=opts.rank_batches, rank_batch_size=opts.batch_size),
+                        log=lambda *a: None)
+                except YoloSlimError as e:
+                    stop = f"round {k}: cannot prune further ({e})"
+                    break
+            p_cfg, p_w = os.path.join(pd, f"{stem}.cfg"), os.path.join(pd, f"{stem}.weights")
+            pruned = load_model(p_cfg, p_w)
+            map_pruned = metric(pruned)
+            td = _finetune(rd, p_cfg, p_w, data, opts, teacher, hooks)
+            f_cfg, f_w = export_run_model(td, stem)
+            tuned = load_model(f_cfg, f_w)
+            m = metric(tuned)
+            done = {"round": k, "cfg": f_cfg, "weights": f_w, "map50_pruned": map_pruned,
+                    "map50": m, "drop": base["map50"] - m,
+                    "flops_fraction": model_flops(tuned, hw) / base["flops"],
+                    "params": sum(p.numel() for p in tuned.parameters())}
+            _write_json(os.path.join(rd, "round.json"), done)
+        else:
+            log(f"round {k}: complete, skipped")
+        rounds.append(done)
+        log(f"round {k}: FLOPs {done['flops_fraction']:.3f} of the original, mAP@0.5 "
+            f"{done['map50_pruned']:.4f} pruned -> {done['map50']:.4f} fine-tuned "
+            f"(drop {done['drop']:+.4f})")
+        cur_cfg, cur_w = done["cfg"], done["weights"]
+        if done["drop"] > opts.max_drop:
+            stop = f"round {k}: mAP@0.5 drop {done['drop']:.4f} > --max-drop {opts.max_drop}"
+            break
+    ok = [r for r in rounds if r["drop"] <= opts.max_drop]
+    summary = {"baseline": base, "rounds": rounds, "stopped": stop,
+               "best_within_drop": ok[-1]["round"] if ok else None}
+    _write_json(os.path.join(out_dir, "summary.json"), summary)
+    if stop:
+        log(f"stopped early: {stop}")
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m yolo_slim.iterate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--output-dir", required=True)
+    d = IterateOptions()
+    for f in dataclasses.fields(IterateOptions):
+        if f.name == "train":
+            continue
+        kw: dict[str, Any] = {"type": type(getattr(d, f.name)), "default": getattr(d, f.name)}
+        if f.name == "strategy":
+            kw["choices"] = list(STRATEGIES)
+        elif f.name == "importance":
+            kw["choices"] = list(IMPORTANCE)
+        elif f.name == "kd":
+            kw["choices"] = ["none", "hinton", "chen"]
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any train_sparse.py flag for the fine-tunes, e.g. lr0=0.002 (repeat)")
+    return p
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    from .prune.cli import parse
+    a = parse(parser(), argv)
+    if a is None:
+        return 0
+    names = {f.name for f in dataclasses.fields(IterateOptions)} - {"train"}
+    opts = IterateOptions(**{k: getattr(a, k) for k in names},
+                          train=parse_train_overrides(a.train))
+    s = run(a.cfg, a.weights, a.data, a.output_dir, opts)
+    print(f"done: {len(s['rounds'])} rounds in {a.output_dir}; best within --max-drop: "
+          f"round {s['best_within_drop']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

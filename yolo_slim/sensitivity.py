@@ -1,0 +1,283 @@
+r"""Sensitivity analysis: prune one unit at a time, measure the metric drop, then choose per-unit
+ratios for a FLOPs target under a maximum drop and write them for `prune_channels.py`.
+
+  python -m yolo_slim.sensitivity --cfg c.cfg --weights w.weights --data d.data \
+      --ratios 0.1 0.3 0.5 0.7 --target-flops 0.5 --max-drop 0.02 --output-dir runs/sens
+  python prune_channels.py --cfg c.cfg --weights w.weights --layer-ratios runs/sens/ratios.json ...
+
+A *unit* is what can only be cut together (masks.MaskSolver.units: a shortcut group, else one
+conv). For every unit and ratio r, the unit alone loses the fraction r of its lowest-scored
+channels (by --importance), the compact model is evaluated (mAP@0.5 on the first --eval-images
+validation images) and the drop from the unpruned model is recorded: sensitivity.csv/.md/.png.
+
+Choice (greedy, on the joint FLOPs of all units' cuts): a unit may go up to the largest ratio
+whose drop, and every smaller ratio's drop, is at most --max-drop (the largest cut it tolerates
+alone). Starting from no cut, repeatedly take the one-step increase with the most FLOPs saved per
+unit of measured drop added, until the FLOPs target is met. Drops are measured one unit at a time
+and do not add up exactly when several units are cut: the choice is a starting point for
+fine-tuning, not a guarantee on the combined drop. ratios.json holds the chosen per-conv ratios
+and the options that reproduce the same masks (strategy, importance, --layer-keep, --round-to).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import YoloSlimError, atomic_write_bytes, cli_main
+from .graph import STRATEGIES, build_graph
+from .importance import IMPORTANCE, node_scores
+from .model import Darknet
+from .prune.compact import compact_model
+from .prune.fold import apply_masks
+from .prune.masks import MaskSolver
+
+
+@dataclass
+class SensitivityOptions:
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
+    target_flops: float | None = None
+    max_drop: float = 0.02
+    strategy: str = "slim"
+    importance: str = "bn"
+    layer_keep: float = 0.0
+    round_to: int = 1
+    img_size: int | None = None
+    eval_images: int = 100
+    batch_size: int = 8
+    rank_batches: int = 2
+
+
+def pruned_copy(model: Darknet, g, keep: np.ndarray) -> Darknet:
+    folded = copy.deepcopy(model)
+    apply_masks(folded, g, keep, fold=True)
+    return compact_model(folded, g, keep).eval()
+
+
+def measure(model: Darknet, solver: MaskSolver, ratios: Sequence[float],
+            metric: Callable[[Darknet], float], log=print) -> dict[str, Any]:
+    """Per unit and ratio: FLOPs fraction, metric and drop (unit pruned alone)."""
+    base = float(metric(model))
+    units = solver.units()
+    rows = []
+    for k, u in enumerate(units):
+        for r in ratios:
+            keep = solver.ratio_keep({u[0]: r})
+            n = sum(len(solver.g.conv_nodes[i]) for i in u)
+            kept = sum(int(keep[solver.g.conv_nodes[i]].sum()) for i in u)
+            val = base if keep.all() else float(metric(pruned_copy(model, solver.g, keep)))
+            rows.append({"unit": k, "layers": u, "ratio": r, "channels": n, "kept": kept,
+                         "flops": solver.flops(keep) / solver.flops_full,
+                         "metric": val, "drop": base - val})
+            log(f"unit {k} layers {u}: cut {r:.2f} -> keep {kept}/{n}, metric {val:.4f} "
+                f"(drop {base - val:+.4f})")
+    return {"base": base, "units": units, "ratios": list(ratios), "rows": rows}
+
+
+def choose_ratios(solver: MaskSolver, table: dict[str, Any], target: float,
+                  max_drop: float) -> tuple[list[float], float]:
+    """Greedy per-unit ratios meeting `target` x FLOPs (see module docstring); returns the ratio
+    per unit and the FLOPs fraction reached. Raises if the tolerated cuts cannot reach it."""
+    if not 0.0 < target <= 1.0:
+        raise YoloSlimError(f"--target-flops must be in (0, 1], got {target}")
+    units, levels = table["units"], [0.0] + sorted(table["ratios"])
+    drop = {(r["unit"], r["ratio"]): r["drop"] for r in table["rows"]}
+    allowed = []
+    for k in range(len(units)):
+        a = 0
+        while a + 1 < len(levels) and drop[(k, levels[a + 1])] <= max_drop:
+            a += 1
+        allowed.append(a)
+
+    def flops(state: list[int]) -> int:
+        return solver.flops(solver.ratio_keep({u[0]: levels[s] for u, s in zip(units, state)}))
+    state = [0] * len(units)
+    cur, goal = flops(state), target * solver.flops_full
+    while cur > goal:
+        best = None
+        for k in range(len(units)):
+            if state[k] >= allowed[k]:
+                continue
+            nxt = state.copy()
+            nxt[k] += 1
+            f = flops(nxt)
+            d0 = drop[(k, levels[state[k]])] if state[k] else 0.0
+            cost = max(drop[(k, levels[nxt[k]])] - d0, 0.0) + 1e-4
+            value = (cur - f) / cost
+            if best is None or value > best[0]:
+                best = (value, k, f)
+        if best is None:
+            raise YoloSlimError(f"--target-flops {target} is out of reach under --max-drop "
+                                f"{max_drop}: every unit at its largest tolerated cut leaves "
+                                f"{cur / solver.flops_full:.4f} of the FLOPs")
+        state[best[1]] += 1
+        cur = best[2]
+    return [levels[s] for s in state], cur / solver.flops_full
+
+
+def layer_ratio_map(units: list[list[int]], unit_ratios: list[float]) -> dict[str, float]:
+    return {str(i): r for u, r in zip(units, unit_ratios) if r > 0 for i in u}
+
+
+def table_text(table: dict[str, Any], chosen: list[float] | None = None) -> tuple[str, str]:
+    """(CSV, markdown): one CSV row per unit and ratio; markdown = drop per unit x ratio."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["unit", "layers", "channels", "ratio", "kept", "flops_fraction", "map50", "drop"])
+    for r in table["rows"]:
+        w.writerow([r["unit"], " ".join(map(str, r["layers"])), r["channels"], r["ratio"],
+                    r["kept"], f"{r['flops']:.4f}", f"{r['metric']:.4f}", f"{r['drop']:.4f}"])
+    ratios = table["ratios"]
+    md = [f"baseline mAP@0.5 {table['base']:.4f}; cells: drop when the unit alone is cut by the "
+          "ratio" + ("; **bold** = chosen" if chosen else ""), "",
+          "| unit | layers | ch | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+          "|---|---|---|" + "---|" * len(ratios)]
+    for k, u in enumerate(table["units"]):
+        cells = []
+        for r in ratios:
+            row = next(x for x in table["rows"] if x["unit"] == k and x["ratio"] == r)
+            s = f"{row['drop']:+.3f}"
+            cells.append(f"**{s}**" if chosen and chosen[k] == r else s)
+        ch = next(x["channels"] for x in table["rows"] if x["unit"] == k)
+        md.append(f"| {k} | {','.join(map(str, u))} | {ch} | " + " | ".join(cells) + " |")
+    return buf.getvalue(), "\n".join(md) + "\n"
+
+
+def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
+                 chosen: list[float] | None = None) -> None:
+    """Rows = units, columns = ratios, colour green (no drop) -> red (>= 2x max-drop)."""
+    import cv2
+    from .report import _canvas, _save_png, _text
+    units, ratios = table["units"], table["ratios"]
+    cw, chh, left, top = 70, 20, 170, 40
+    img = _canvas(top + chh * len(units) + 30, left + cw * len(ratios) + 20)
+    scale = max(2 * max_drop, 1e-6)
+    for c, r in enumerate(ratios):
+        _text(img, f"cut {r:g}", (left + c * cw + 8, top - 8))
+    for k, u in enumerate(units):
+        y = top + k * chh
+        label = ",".join(map(str, u))
+        _text(img, f"{k}: {label[:22]}", (4, y + 14), 0.35)
+        for c, r in enumerate(ratios):
+            row = next(x for x in table["rows"] if x["unit"] == k and x["ratio"] == r)
+            t = min(max(row["drop"] / scale, 0.0), 1.0)
+            color = (60, int(200 * (1 - t)) + 30, int(220 * t) + 30)
+            x = left + c * cw
+            cv2.rectangle(img, (x, y), (x + cw - 2, y + chh - 2), color, -1)
+            if chosen and chosen[k] == r:
+                cv2.rectangle(img, (x, y), (x + cw - 2, y + chh - 2), (0, 0, 0), 2)
+            _text(img, f"{row['drop']:+.3f}", (x + 6, y + 14), 0.35)
+    _text(img, f"mAP@0.5 drop per unit cut alone (base {table['base']:.3f}; red >= {scale:.3g})",
+          (4, 14), 0.4)
+    _save_png(img, path)
+
+
+def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) -> Callable:
+    """mAP@0.5 on the first `eval_images` validation images (loaded once, kept in memory)."""
+    from .data import create_dataloader, parse_data_file
+    from .evaluate import evaluate
+    dc = parse_data_file(data)
+    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, workers=0,
+                                  nc=dc.classes, limit=eval_images or None, verbose=False)
+    batches = list(loader)
+    return lambda m: float(evaluate(m, batches, progress=False, nc=dc.classes)["map50"])
+
+
+def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: SensitivityOptions,
+        log=print) -> dict[str, Any]:
+    from .cfg import net_size
+    from .weights import load_model
+    if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
+        raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
+    if not opts.ratios or any(not 0 < r <= 1 for r in opts.ratios):
+        raise YoloSlimError(f"--ratios must be in (0, 1], got {opts.ratios}")
+    model = load_model(cfg, weights).eval()
+    hw = (opts.img_size,) * 2 if opts.img_size else net_size(model.module_defs)
+    g = build_graph(model.module_defs)
+    scores = node_scores(model, g, opts.importance, data, hw, opts.rank_batches, opts.batch_size)
+    solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep, opts.round_to, hw)
+    metric = map50_metric(data, hw[1], opts.eval_images, opts.batch_size)
+    os.makedirs(out_dir, exist_ok=True)
+    table = measure(model, solver, sorted(opts.ratios), metric, log)
+    result: dict[str, Any] = {"options": asdict(opts), "img_size": list(hw), **table}
+    chosen, err = None, None
+    if opts.target_flops is not None:
+        try:
+            chosen, frac = choose_ratios(solver, table, opts.target_flops, opts.max_drop)
+        except YoloSlimError as e:
+            err = e  # the table is still worth writing
+        else:
+            ratios = {"layers": layer_ratio_map(table["units"], chosen), "flops_fraction": frac,
+                      "target_flops": opts.target_flops, "max_drop": opts.max_drop,
+                      "strategy": opts.strategy, "importance": opts.importance,
+                      "layer_keep": opts.layer_keep, "round_to": opts.round_to,
+                      "img_size": list(hw), "unit_ratios": chosen}
+            atomic_write_bytes(os.path.join(out_dir, "ratios.json"),
+                               json.dumps(ratios, indent=1).encode())
+            result["chosen"] = ratios
+    csv_text, md = table_text(table, chosen)
+    atomic_write_bytes(os.path.join(out_dir, "sensitivity.csv"), csv_text.encode())
+    atomic_write_bytes(os.path.join(out_dir, "sensitivity.md"), md.encode())
+    atomic_write_bytes(os.path.join(out_dir, "sensitivity.json"), json.dumps(result, indent=1).encode())
+    plot_heatmap(table, os.path.join(out_dir, "sensitivity.png"), opts.max_drop, chosen)
+    if err is not None:
+        raise err
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m yolo_slim.sensitivity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--output-dir", required=True)
+    d = SensitivityOptions()
+    p.add_argument("--ratios", type=float, nargs="+", default=d.ratios)
+    p.add_argument("--target-flops", type=float, help="choose ratios for at most F x FLOPs")
+    p.add_argument("--max-drop", type=float, default=d.max_drop, help="largest mAP@0.5 drop per unit")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy)
+    p.add_argument("--importance", choices=list(IMPORTANCE), default=d.importance)
+    p.add_argument("--layer-keep", type=float, default=d.layer_keep)
+    p.add_argument("--round-to", type=int, default=d.round_to)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--eval-images", type=int, default=d.eval_images, help="0 = all")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--rank-batches", type=int, default=d.rank_batches)
+    return p
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    from .prune.cli import parse
+    a = parse(parser(), argv)
+    if a is None:
+        return 0
+    names = {f for f in SensitivityOptions.__dataclass_fields__}
+    opts = SensitivityOptions(**{k: v for k, v in vars(a).items() if k in names})
+    res = run(a.cfg, a.weights, a.data, a.output_dir, opts)
+    print(table_text(res, (res.get("chosen") or {}).get("unit_ratios"))[1])
+    if "chosen" in res:
+        c = res["chosen"]
+        print(f"chosen ratios reach {c['flops_fraction']:.4f} of the FLOPs; next:\n"
+              f"  python prune_channels.py --cfg {a.cfg} --weights {a.weights} --output-dir OUT "
+              f"--layer-ratios {os.path.join(a.output_dir, 'ratios.json')} --strategy {a.strategy} "
+              f"--importance {a.importance} --layer-keep {a.layer_keep} --round-to {a.round_to}"
+              + (f" --img-size {a.img_size}" if a.img_size else "")
+              + (f" --data {a.data} --rank-batches {a.rank_batches} --batch-size {a.batch_size}"
+                 if a.importance == "rank" else ""))
+    print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in
+                             ("sensitivity.csv", "sensitivity.md", "sensitivity.png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
