@@ -9,24 +9,26 @@ CFG=${CFG:-cfg/demo.cfg}                    # the model to slim
 DATA=${DATA:-data/shapes/shapes.data}       # darknet .data file (default: the synthetic set)
 WEIGHTS=${WEIGHTS:-}                        # optional pretrained start for the baseline
 RUN=${RUN:-runs/demo}                       # every stage reads/writes under this folder
-IMG=${IMG:-320}
+IMG=${IMG:-256}
 BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-}                          # '' = auto (cuda if available), cpu, cuda:0
 WORKERS=${WORKERS:-2}
-EPOCHS=${EPOCHS:-12}                        # baseline epochs
-SPARSE_EPOCHS=${SPARSE_EPOCHS:-6}
+EPOCHS=${EPOCHS:-20}                        # baseline epochs
+SPARSE_EPOCHS=${SPARSE_EPOCHS:-5}
 FT_EPOCHS=${FT_EPOCHS:-6}
-S=${S:-0.002}                               # sparsity rate (L1 on BN gamma)
+S=${S:-0.005}                               # sparsity rate (L1 on BN gamma)
 SPARSITY=${SPARSITY:-constant}              # constant | global-decay | local-decay
 PRUNE=${PRUNE:-1}                           # 0: no conv that meets a shortcut, 1: all (slim)
 STRATEGY=${STRATEGY:-slim}                  # normal | shortcut | slim
-PERCENT=${PERCENT:-0.7}                     # share of prunable channels (lowest |gamma|) cut
+PERCENT=${PERCENT:-0.6}                     # share of prunable channels (lowest |gamma|) cut
 KEEP=${KEEP:-0.1}                           # every layer keeps at least KEEP x its channels
-SHORTCUTS=${SHORTCUTS:-0}                   # residual blocks removed (layer pruning)
+SHORTCUTS=${SHORTCUTS:-1}                   # residual blocks removed (layer pruning; 0 = none)
 KD=${KD:-chen}                              # none | hinton | chen
 TEACHER=${TEACHER:-$RUN/baseline/best.pt}   # distillation teacher (.pt or .weights)
 T_CFG=${T_CFG:-}                            # teacher cfg, not needed for a .pt teacher
-TRAIN_ARGS=${TRAIN_ARGS:-}                  # extra flags for every training stage
+# extra flags for every training stage; the default is the short-schedule recipe the demo
+# needs on 2 CPU cores (no gradient accumulation, higher LR and class gain, 1 warm-up epoch)
+TRAIN_ARGS=${TRAIN_ARGS:---nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25 --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5}
 
 # run a stage command, recording it in $RUN/commands.txt (REPORT.md shows them)
 log_run() {

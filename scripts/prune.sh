@@ -6,11 +6,11 @@ OUT=$RUN/pruned
 stage_done "$OUT" && exit 0
 rm -rf "$OUT"
 if [[ $SHORTCUTS -gt 0 ]]; then
-    log_run "$PY" prune_layers.py --weights "$RUN/sparse/best.pt" --shortcuts "$SHORTCUTS" \
+    log_run "$PY" prune_layers.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --shortcuts "$SHORTCUTS" \
         --strategy "$STRATEGY" --global-percent "$PERCENT" --layer-keep "$KEEP" \
         --img-size "$IMG" --output-dir "$OUT"
 else
-    log_run "$PY" prune_channels.py --weights "$RUN/sparse/best.pt" --strategy "$STRATEGY" \
+    log_run "$PY" prune_channels.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --strategy "$STRATEGY" \
         --global-percent "$PERCENT" --layer-keep "$KEEP" --img-size "$IMG" --output-dir "$OUT"
 fi
 touch "$OUT/.done"

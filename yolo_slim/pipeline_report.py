@@ -29,6 +29,7 @@ STAGES = [("baseline", "baseline", "run"), ("sparse", "sparse", "run"),
           ("pruned", "pruned", "files"), ("fine-tuned", "finetune", "files")]
 PICTURES = [("sparse/gamma_hist.png", "|γ| of the prunable BN layers during sparse training"),
             ("pruned/channels.png", "channels kept per layer"),
+            ("pruned/layers.png", "residual blocks removed (layer pruning)"),
             ("baseline/results.png", "baseline training curves"),
             ("finetune/results.png", "fine-tuning curves")]
 
