@@ -50,13 +50,14 @@ def main(argv=None):
     if cfg.resume:
         from yolo_slim.engine import resume_config
         from yolo_slim.weights import model_from_checkpoint
-        model = model_from_checkpoint(resume_config(cfg)[1])
+        saved, ckpt = resume_config(cfg)
+        model, src = model_from_checkpoint(ckpt), saved.cfg or saved.weights
     else:
-        model = load_model(cfg.cfg or None, cfg.weights)
+        model, src = load_model(cfg.cfg or None, cfg.weights), cfg.cfg or cfg.weights
     teacher = load_model(ns.t_cfg or None, ns.t_weights) if kd.mode != "none" else None
     hook = make_distill_hook(model, teacher, kd, cfg.anchor_t)
     summary = train(cfg, model, [hook] if hook else [])
-    stem = os.path.splitext(os.path.basename(cfg.cfg or cfg.weights))[0]
+    stem = os.path.splitext(os.path.basename(src))[0] or "student"  # --resume alone names no file
     cfg_out, w_out = export_run_model(summary["output_dir"], stem)
     last = summary["results"][-1] if summary["results"] else {}
     print(f"done: {w_out} + {cfg_out}; last epoch map50={last.get('map50', 0):.4f} "

@@ -12,19 +12,8 @@ written to <output-dir>/opt.json next to last.pt, best.pt, results.csv and resul
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 from yolo_slim.errors import YoloSlimError, cli_main
-
-
-def sparsity_hooks(cfg, model) -> list:
-    if importlib.util.find_spec("yolo_slim.sparsity") is None:
-        raise YoloSlimError("--sr: sparsity training is not available in this build "
-                            "(yolo_slim.sparsity is missing)")
-    from yolo_slim import sparsity
-    if not hasattr(sparsity, "make_train_hooks"):
-        raise YoloSlimError("--sr: yolo_slim.sparsity has no make_train_hooks(cfg, model)")
-    return list(sparsity.make_train_hooks(cfg, model))
 
 
 @cli_main
@@ -46,7 +35,8 @@ def main(argv=None):
             raise YoloSlimError("--cfg is required (unless --weights is a yolo-slim .pt)")
         model = load_model(cfg.cfg or None, cfg.weights or None)
         cfg_for_hooks = cfg
-    hooks = sparsity_hooks(cfg_for_hooks, model) if cfg_for_hooks.sr else []
+    from yolo_slim.sparsity import make_train_hooks
+    hooks = list(make_train_hooks(cfg_for_hooks, model)) if cfg_for_hooks.sr else []
     summary = train(cfg, model, hooks)
     last = summary["results"][-1] if summary["results"] else {}
     print(f"done: {summary['output_dir']} (last.pt, best.pt, results.csv); "

@@ -20,19 +20,17 @@ import math
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
-import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from yolo_slim.cfg import parse_cfg, write_cfg  # noqa: E402
+from yolo_slim.cfg import parse_cfg  # noqa: E402
 from yolo_slim.errors import YoloSlimError, atomic_write_bytes, cli_main  # noqa: E402
-from yolo_slim.export import export_onnx, ort_session  # noqa: E402
+from yolo_slim.export import export_onnx, median_ms, ort_session  # noqa: E402
 from yolo_slim.model import Darknet  # noqa: E402
+from yolo_slim.report import model_flops  # noqa: E402
 from yolo_slim.weights import load_model  # noqa: E402
 
 
@@ -43,35 +41,6 @@ def shrunk_model(cfg: str, ratio: float) -> Darknet:
         d = defs[i + 1]
         d["filters"] = str(max(8, 8 * math.ceil(int(d["filters"]) * ratio / 8)))
     return Darknet(defs)
-
-
-def flops(model: Darknet, hw: tuple[int, int]) -> int:
-    try:
-        from yolo_slim.report import model_flops
-        return model_flops(model, hw)
-    except ImportError:  # report.py absent: 2 * MACs of the convs, measured with hooks
-        total = 0
-
-        def hook(m, inp, out):
-            nonlocal total
-            total += 2 * out.shape[2] * out.shape[3] * m.weight.numel()
-        hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-        with torch.no_grad():
-            model.forward_raw(torch.zeros(1, 3, *hw))
-        for h in hs:
-            h.remove()
-        return total
-
-
-def median_ms(fn, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def bench_model(model: Darknet, sizes, batches, runs, warmup, threads, tmp) -> list[dict]:
@@ -87,7 +56,7 @@ def bench_model(model: Darknet, sizes, batches, runs, warmup, threads, tmp) -> l
             with torch.no_grad():
                 t_ms = median_ms(lambda: model(x), runs, warmup)
             o_ms = median_ms(lambda: sess.run(None, {"images": xn}), runs, warmup)
-            rows.append(dict(size=s, batch=b, flops=flops(model, (s, s)), torch_ms=t_ms, ort_ms=o_ms))
+            rows.append(dict(size=s, batch=b, flops=model_flops(model, (s, s)), torch_ms=t_ms, ort_ms=o_ms))
             print(f"  {s}x{s} b{b}: torch {t_ms:.1f} ms, onnxruntime {o_ms:.1f} ms", flush=True)
     return rows
 

@@ -147,3 +147,27 @@ def randomize_bn(model, seed: int, zero_fraction: float = 0.0) -> None:
                 m.weight[torch.rand(n, generator=gen) < zero_fraction] = 0
         elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
             m.bias.copy_(torch.randn(m.out_channels, generator=gen) * 0.2)
+
+
+def random_model(seed: int, text: str | None = None, name: str | None = None, **kw):
+    """Eval-mode Darknet of `text` (default: random_darknet(seed, **kw)): conv weights from torch
+    seed `seed`, BN statistics from randomize_bn(seed) -- the same model for the same seed."""
+    from yolo_slim.cfg import parse_cfg_text
+    from yolo_slim.model import Darknet
+    torch.manual_seed(seed)
+    m = Darknet(parse_cfg_text(text or random_darknet(seed, **kw), name or f"<random {seed}>")).eval()
+    randomize_bn(m, seed)
+    return m
+
+
+def write_random_net(out_dir, seed: int, text: str | None = None, stem: str = "n"):
+    """random_model(seed, text) written as <out_dir>/<stem>.cfg + .weights: (cfg, weights, model)."""
+    from pathlib import Path
+
+    from yolo_slim.weights import save_darknet_weights
+    text = text or random_darknet(seed)
+    cfg, wts = Path(out_dir) / f"{stem}.cfg", Path(out_dir) / f"{stem}.weights"
+    cfg.write_text(text)
+    m = random_model(seed, text)
+    save_darknet_weights(m, str(wts))
+    return cfg, wts, m

@@ -16,43 +16,10 @@ from yolo_slim.model import Darknet
 from yolo_slim.synthetic import make_shapes_dataset
 from yolo_slim.weights import save_checkpoint
 
-TINY_CFG = """[net]
-width=64
-height=64
-channels=3
+from cfgs import ANCHORS_10, conv_section, maxpool_section, tiny_detector_cfg
 
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-filters=30
-size=1
-stride=1
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,10, 20,20, 40,40
-classes=5
-num=3
-"""
+TINY_CFG = tiny_detector_cfg(conv_section(8, 3, 2), conv_section(8, 3, 2), maxpool_section(2, 2),
+                             anchors=ANCHORS_10, channels=3, head_pad=None)
 
 
 def tiny_model(seed=0):

@@ -29,12 +29,6 @@ def model(width: int, seed: int, **kw) -> Darknet:
     return Darknet(parse_cfg_text(cfg_text(width, **kw)))
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> str:
-    from yolo_slim.synthetic import make_shapes_dataset
-    return make_shapes_dataset(str(tmp_path_factory.mktemp("kd")), 8, 4, 64, 0)
-
-
 def train_cfg(data: str, out, **kw) -> TrainConfig:
     base = dict(data=data, output_dir=str(out), img_size=64, batch_size=4, nominal_batch=4,
                 epochs=3, workers=0, device="cpu", progress=False, warmup_epochs=0.0,
@@ -51,13 +45,13 @@ def test_mismatched_heads_are_refused_clearly():
 
 
 @pytest.mark.parametrize("mode", ["hinton", "chen"])
-def test_teacher_frozen_student_learns(shapes, tmp_path, mode):
+def test_teacher_frozen_student_learns(shapes_data, tmp_path, mode):
     student, teacher = model(4, 0), model(8, 1)
     teacher.train()  # the hook must put it in eval mode: its BN statistics never move
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in student.state_dict().items()}
     hook = make_distill_hook(student, teacher, DistillConfig(mode, kd_weight=1.0, margin=0.0))
-    train(train_cfg(shapes, tmp_path, ema=False), student, [hook])
+    train(train_cfg(shapes_data, tmp_path, ema=False), student, [hook])
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     changed = [k for k, v in s_before.items() if not torch.equal(v, student.state_dict()[k])]
@@ -70,11 +64,11 @@ def test_teacher_frozen_student_learns(shapes, tmp_path, mode):
         assert all(0.0 <= v <= 1.0 for v in frac) and max(frac) > 0
 
 
-def test_a_few_steps_lower_the_distillation_objective(shapes, tmp_path):
+def test_a_few_steps_lower_the_distillation_objective(shapes_data, tmp_path):
     from yolo_slim.data import create_dataloader, parse_data_file
     student, teacher = model(4, 0), model(8, 1)
     hook = make_distill_hook(student, teacher, DistillConfig("chen", margin=0.0))
-    loader, _ = create_dataloader(parse_data_file(shapes).train, 64, 8, augment=False,
+    loader, _ = create_dataloader(parse_data_file(shapes_data).train, 64, 8, augment=False,
                                   workers=0, shuffle=False, verbose=False)
     imgs, targets, _, _ = next(iter(loader))
 
@@ -86,19 +80,19 @@ def test_a_few_steps_lower_the_distillation_objective(shapes, tmp_path):
         return float(loss)
 
     before = objective()
-    train(train_cfg(shapes, tmp_path, epochs=6, ema=False, fliplr=0.0, hsv_h=0, hsv_s=0,
+    train(train_cfg(shapes_data, tmp_path, epochs=6, ema=False, fliplr=0.0, hsv_h=0, hsv_s=0,
                     hsv_v=0, scale=0.0, translate=0.0), student, [hook])
     after = objective()
     assert after < 0.8 * before, (before, after)
 
 
-def test_distill_script_end_to_end_and_mismatch_exit_code(shapes, tmp_path, run_script):
+def test_distill_script_end_to_end_and_mismatch_exit_code(shapes_data, tmp_path, run_script):
     student, teacher = model(4, 0), model(8, 1)
     s_pt, t_pt = str(tmp_path / "s.pt"), str(tmp_path / "t.pt")
     save_checkpoint(student, s_pt)
     save_checkpoint(teacher, t_pt)
     out = tmp_path / "run"
-    rc, so, se = run_script("distill.py", "--weights", s_pt, "--t-weights", t_pt, "--data", shapes,
+    rc, so, se = run_script("distill.py", "--weights", s_pt, "--t-weights", t_pt, "--data", shapes_data,
                             "--kd", "hinton", "--epochs", "1", "--img-size", "64", "--batch-size", "4",
                             "--workers", "0", "--device", "cpu", "--no-progress",
                             "--output-dir", str(out))
@@ -106,7 +100,7 @@ def test_distill_script_end_to_end_and_mismatch_exit_code(shapes, tmp_path, run_
     assert sorted(f for f in os.listdir(out) if f.endswith((".cfg", ".weights"))) == ["s.cfg", "s.weights"]
     bad = model(8, 1, classes=3)
     save_checkpoint(bad, t_pt)
-    rc, so, se = run_script("distill.py", "--weights", s_pt, "--t-weights", t_pt, "--data", shapes,
+    rc, so, se = run_script("distill.py", "--weights", s_pt, "--t-weights", t_pt, "--data", shapes_data,
                             "--epochs", "1", "--img-size", "64", "--device", "cpu",
                             "--output-dir", str(tmp_path / "run2"))
     assert rc == 2 and "heads do not match" in se and "Traceback" not in se

@@ -1,12 +1,8 @@
 """Distillation losses on hand-made tensors."""
-import math
-
 import pytest
 import torch
 
-from yolo_slim.distill import (binary_kl_with_logits, bounded_box_loss, check_heads_match,
-                               hinton_loss)
-from yolo_slim.errors import YoloSlimError
+from yolo_slim.distill import binary_kl_with_logits, bounded_box_loss, hinton_loss
 
 
 def test_binary_kl_matches_the_closed_form_and_is_zero_at_equality():

@@ -19,48 +19,9 @@ from yolo_slim.errors import YoloSlimError
 from yolo_slim.model import Darknet
 from yolo_slim.weights import model_from_checkpoint, read_checkpoint
 
-TINY = """[net]
-width=64
-height=64
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=30
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=8,8, 16,16, 32,32
-classes=5
-num=3
-"""
+from cfgs import conv_section, tiny_detector_cfg
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> str:
-    from yolo_slim.synthetic import make_shapes_dataset
-    return make_shapes_dataset(str(tmp_path_factory.mktemp("shapes")), 8, 4, 64, 0)
+TINY = tiny_detector_cfg(conv_section(8, 3, 2), conv_section(16, 3, 2), conv_section(16, 3, 2))
 
 
 def tiny_model(seed: int = 0) -> Darknet:
@@ -96,9 +57,9 @@ class Recorder(TrainHooks):
         return {"gamma_mean": model.module_list[0].bn.weight.detach().abs().mean().item()}
 
 
-def test_training_lowers_loss_and_writes_outputs(shapes, tmp_path):
+def test_training_lowers_loss_and_writes_outputs(shapes_data, tmp_path):
     hooks = Recorder()
-    cfg = config(shapes, tmp_path, epochs=12, batch_size=2, nominal_batch=4, lr0=0.02,
+    cfg = config(shapes_data, tmp_path, epochs=12, batch_size=2, nominal_batch=4, lr0=0.02,
                  warmup_epochs=0.5, eval_interval=6, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0,
                  scale=0, translate=0)
     out = train(cfg, tiny_model(), [hooks])
@@ -131,13 +92,13 @@ class StopAt(TrainHooks):
             raise KeyboardInterrupt
 
 
-def test_resume_equals_uninterrupted_run(shapes, tmp_path):
+def test_resume_equals_uninterrupted_run(shapes_data, tmp_path):
     kw = dict(epochs=2, batch_size=2, nominal_batch=4, mosaic=0.5, eval_interval=1,
               multi_scale=True)
     straight = tiny_model()
-    train(config(shapes, tmp_path / "a", **kw), straight)
+    train(config(shapes_data, tmp_path / "a", **kw), straight)
     with pytest.raises(KeyboardInterrupt):
-        train(config(shapes, tmp_path / "b", **kw), tiny_model(), [StopAt(1)])
+        train(config(shapes_data, tmp_path / "b", **kw), tiny_model(), [StopAt(1)])
     assert read_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
     resumed = model_from_checkpoint(str(tmp_path / "b" / "last.pt"))
     # the resumed run takes its config from the checkpoint; runtime flags may differ
@@ -166,18 +127,18 @@ class NaNAt(TrainHooks):
         return (torch.tensor(float("nan")), {}) if self.epoch == 1 else None
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shapes, tmp_path):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shapes_data, tmp_path):
     with pytest.raises(YoloSlimError, match=r"non-finite loss at epoch 1 step 0 .*last good "
                                             r"checkpoint kept at .*last\.pt"):
-        train(config(shapes, tmp_path, epochs=3), tiny_model(), [NaNAt()])
+        train(config(shapes_data, tmp_path, epochs=3), tiny_model(), [NaNAt()])
     ck = read_checkpoint(str(tmp_path / "last.pt"))
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values()
                                     if v.dtype.is_floating_point)
 
 
-def test_cli_weights_is_a_fresh_start(shapes, tmp_path, run_script):
+def test_cli_weights_is_a_fresh_start(shapes_data, tmp_path, run_script):
     (tmp_path / "tiny.cfg").write_text(TINY)
-    args = ["--cfg", tmp_path / "tiny.cfg", "--data", shapes, "--img-size", "64", "--batch-size", "4",
+    args = ["--cfg", tmp_path / "tiny.cfg", "--data", shapes_data, "--img-size", "64", "--batch-size", "4",
             "--workers", "0", "--device", "cpu", "--no-progress", "--epochs", "1"]
     rc, so, se = run_script("train_sparse.py", *args, "--output-dir", tmp_path / "r1")
     assert rc == 0, se
@@ -208,12 +169,12 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, log_dir: 
                os.path.join(log_dir, f"rank{rank}.pt"))
 
 
-def test_ddp_two_cpu_processes(shapes, tmp_path):
+def test_ddp_two_cpu_processes(shapes_data, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "run")
-    mp.spawn(_ddp_worker, args=(2, port, shapes, out, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, shapes_data, out, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for a, b in zip(r0["params"], r1["params"]):
         assert torch.equal(a, b)

@@ -11,6 +11,8 @@ import torch
 from yolo_slim.evaluate import (box_iou, compute_map, evaluate, format_metrics, nms_indices,
                                 non_max_suppression)
 
+from cfgs import ANCHORS_10, conv_section, tiny_detector_cfg
+
 
 def reference_nms(boxes, scores, classes, thr):
     """Textbook greedy NMS, one box at a time."""
@@ -197,30 +199,7 @@ def test_evaluate_perfect_and_shifted_predictor():
     assert m["map50"] == pytest.approx(1.0) and m["map"] == pytest.approx(0.7, abs=1e-9)
 
 
-TINY_CFG = """[net]
-width=64
-height=64
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=4
-pad=1
-activation=leaky
-
-[convolutional]
-filters=30
-size=1
-stride=2
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,10, 20,20, 40,40
-classes=5
-num=3
-"""
+TINY_CFG = tiny_detector_cfg(conv_section(8, 3, 4), anchors=ANCHORS_10, head_stride=2, head_pad=None)
 
 
 def test_evaluate_cli_on_generated_set(tmp_path, run_script):

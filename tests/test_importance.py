@@ -16,23 +16,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netgen import random_darknet, randomize_bn  # noqa: E402
+from netgen import random_model, write_random_net  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg_text  # noqa: E402
 from yolo_slim.errors import YoloSlimError  # noqa: E402
 from yolo_slim.graph import build_graph, shortcut_groups  # noqa: E402
 from yolo_slim.importance import l1_scores, node_scores, rank_images, rank_scores  # noqa: E402
-from yolo_slim.model import Darknet, conv_layers  # noqa: E402
+from yolo_slim.model import conv_layers  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
 from yolo_slim.prune.masks import MaskSolver  # noqa: E402
 from yolo_slim.report import layer_shapes  # noqa: E402
-from yolo_slim.weights import save_darknet_weights  # noqa: E402
-
-
-def rand_model(seed: int, **kw) -> Darknet:
-    m = Darknet(parse_cfg_text(random_darknet(seed, **kw), f"<random {seed}>")).eval()
-    randomize_bn(m, seed)
-    return m
 
 
 def raw(m, x):
@@ -55,7 +47,7 @@ def images(seed: int, n: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("importance", ["l1", "rank"])
 def test_criteria_masks_are_exact(seed, importance):
-    m = rand_model(seed)
+    m = random_model(seed)
     g = build_graph(m.module_defs)
     scores = rank_scores(m, g, images(seed)) if importance == "rank" else None
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
@@ -76,7 +68,7 @@ def test_criteria_masks_are_exact(seed, importance):
 
 def test_target_flops_with_each_criterion():
     for seed in range(4):
-        m = rand_model(seed)
+        m = random_model(seed)
         g = build_graph(m.module_defs)
         for imp in ("bn", "l1", "rank"):
             sc = rank_scores(m, g, images(seed)) if imp == "rank" else None
@@ -85,7 +77,7 @@ def test_target_flops_with_each_criterion():
 
 
 def test_l1_is_bn_scaled_filter_norm_per_layer_mean_one():
-    m = rand_model(2)
+    m = random_model(2)
     g = build_graph(m.module_defs)
     sc = l1_scores(m, g)
     for i, c in conv_layers(m):
@@ -103,7 +95,7 @@ def test_l1_is_bn_scaled_filter_norm_per_layer_mean_one():
 
 
 def test_rank_deterministic_and_bounded():
-    m = rand_model(4)
+    m = random_model(4)
     g = build_graph(m.module_defs)
     x = images(4, 4)
     a, b = rank_scores(m, g, x), rank_scores(m, g, x.clone())
@@ -125,7 +117,7 @@ def test_rank_images_from_data_are_fixed(tmp_path):
     data = make_shapes_dataset(str(tmp_path / "s"), 6, 2, 64, 0)
     a, b = rank_images(data, 64, 2, 2), rank_images(data, 64, 2, 2)
     assert a.shape == (4, 3, 64, 64) and torch.equal(a, b)
-    m = rand_model(1)
+    m = random_model(1)
     g = build_graph(m.module_defs)
     s1 = node_scores(m, g, "rank", data, (64, 64), batches=2, batch_size=2)
     s2 = node_scores(m, g, "rank", data, (64, 64), batches=2, batch_size=2)
@@ -137,7 +129,7 @@ def test_rank_images_from_data_are_fixed(tmp_path):
 def test_group_score_is_max_over_members():
     """slim: a shortcut-group channel is kept iff the max of its members' scores >= threshold."""
     for seed in range(12):
-        m = rand_model(seed)
+        m = random_model(seed)
         g = build_graph(m.module_defs)
         groups = shortcut_groups(m.module_defs)
         if not groups:
@@ -157,7 +149,7 @@ def test_group_score_is_max_over_members():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_layer_ratios_cut_per_unit_and_stay_exact(seed):
-    m = rand_model(seed)
+    m = random_model(seed)
     g = build_graph(m.module_defs)
     solver = MaskSolver(g, node_scores(m, g, "bn"), "slim")
     units = solver.units()
@@ -178,10 +170,7 @@ def test_layer_ratios_cut_per_unit_and_stay_exact(seed):
 
 def test_cli_importance_and_layer_ratios(tmp_path, run_script):
     import prune_channels
-    m = rand_model(3)
-    cfg = tmp_path / "n.cfg"
-    cfg.write_text(random_darknet(3))
-    save_darknet_weights(m, str(tmp_path / "n.weights"))
+    cfg, wts, m = write_random_net(tmp_path, 3)
     args = ["--cfg", str(cfg), "--weights", str(tmp_path / "n.weights")]
     assert prune_channels.main(args + ["--output-dir", str(tmp_path / "a"), "--importance", "l1",
                                        "--target-flops", "0.5"]) == 0

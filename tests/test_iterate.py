@@ -21,16 +21,14 @@ from yolo_slim.errors import YoloSlimError  # noqa: E402
 from yolo_slim.iterate import IterateOptions, parse_train_overrides, run  # noqa: E402
 from yolo_slim.model import Darknet  # noqa: E402
 from yolo_slim.weights import read_checkpoint, save_darknet_weights  # noqa: E402
-from test_sensitivity import TINY  # noqa: E402
+from cfgs import TINY_RESIDUAL as TINY  # noqa: E402
 
 TRAIN = {"workers": 0, "device": "cpu", "nominal_batch": 4, "ema": False}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from yolo_slim.synthetic import make_shapes_dataset
-    root = tmp_path_factory.mktemp("iter")
-    data = make_shapes_dataset(str(root / "s"), 8, 4, 64, 0)
+def setup(tmp_path_factory, shapes_data):
+    root, data = tmp_path_factory.mktemp("iter"), shapes_data
     cfg = root / "tiny.cfg"
     cfg.write_text(TINY)
     torch.manual_seed(0)

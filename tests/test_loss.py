@@ -12,60 +12,21 @@ from yolo_slim.cfg import parse_cfg_text
 from yolo_slim.loss import LossHyp, bbox_giou, build_targets, yolo_loss
 from yolo_slim.model import Darknet
 
-TWO_HEADS = """[net]
-width=64
-height=64
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-size=1
-stride=1
-pad=1
-filters={f}
-activation=linear
-[yolo]
-mask=0,1
-anchors=6,6, 12,12, 24,24, 40,40
-classes={nc}
-num=4
-[route]
-layers=-3
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-size=1
-stride=1
-pad=1
-filters={f}
-activation=linear
-[yolo]
-mask=2,3
-anchors=6,6, 12,12, 24,24, 40,40
-classes={nc}
-num=4
-"""
+from cfgs import conv_section, head_sections, net_section, route_section
+
+ANCHORS_4 = ((6, 6), (12, 12), (24, 24), (40, 40))
+
+
+def two_heads_cfg(nc: int) -> str:
+    """Two heads of 2 anchors each: stride 4 (anchors 6, 12) and, routed back, stride 8 (24, 40)."""
+    return "".join([net_section(), conv_section(8, 3, 2), conv_section(8, 3, 2),
+                    head_sections(nc, ANCHORS_4, mask=[0, 1]), route_section(-3),
+                    conv_section(8, 3, 2), head_sections(nc, ANCHORS_4, mask=[2, 3])])
 
 
 def model(nc: int = 3) -> Darknet:
     torch.manual_seed(0)
-    return Darknet(parse_cfg_text(TWO_HEADS.format(f=2 * (5 + nc), nc=nc)))
+    return Darknet(parse_cfg_text(two_heads_cfg(nc)))
 
 
 TARGETS = torch.tensor([[0, 0, 0.30, 0.40, 0.20, 0.15],   # 12.8 x 9.6 px -> small anchors

@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import struct
 import sys
 from pathlib import Path
 
@@ -18,14 +16,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netgen import random_darknet, randomize_bn  # noqa: E402
+from netgen import random_model, randomize_bn, write_random_net  # noqa: E402
+from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg, parse_cfg_text  # noqa: E402
+from yolo_slim.cfg import parse_cfg  # noqa: E402
 from yolo_slim.graph import shortcut_groups  # noqa: E402
 from yolo_slim.model import Darknet, conv_layers  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model, run  # noqa: E402
 from yolo_slim.report import model_flops  # noqa: E402
-from yolo_slim.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
 
 STRATEGIES = ["normal", "shortcut", "slim"]
 STANDARD = ["yolov3-tiny", "yolov4-tiny", "yolov3", "yolov3-spp", "yolov4"]
@@ -41,25 +39,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def rand_model(seed: int, **kw) -> Darknet:
-    m = Darknet(parse_cfg_text(random_darknet(seed, **kw), f"<random {seed}>")).eval()
-    randomize_bn(m, seed)
-    return m
-
-
-def raw(m: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return m.eval().forward_raw(x)
-
-
-def max_abs(a, b) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b))
-
-
-def tol(ref) -> float:
-    return 1e-5 * max(float(r.abs().max()) for r in ref) + 1e-6
-
-
 def conv_counts(m: Darknet) -> dict[int, int]:
     return {i: c.conv.out_channels for i, c in conv_layers(m)}
 
@@ -68,7 +47,7 @@ def conv_counts(m: Darknet) -> dict[int, int]:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_compact_equals_folded(seed):
-    m = rand_model(seed)
+    m = random_model(seed)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
     for s in STRATEGIES:
         r = prune_model(m, PruneOptions(strategy=s, global_percent=0.3 + 0.1 * (seed % 5),
@@ -88,7 +67,7 @@ def test_fold_exact_without_borders(seed):
     """With 1x1 convs only there are no zero-padded borders, so the model with the cut channels'
     γ zeroed (outputting act(β)) and *no* folding must equal the compact model: this checks the
     β arithmetic itself (constants through routes, shortcuts, maxpool, upsample)."""
-    m = rand_model(seed, only_1x1=True)
+    m = random_model(seed, only_1x1=True)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
     for s in STRATEGIES:
         r = prune_model(m, PruneOptions(strategy=s, global_percent=0.5))
@@ -100,7 +79,7 @@ def test_fold_exact_without_borders(seed):
 def test_zero_gamma_beta_is_lossless(seed):
     """When the cut channels have γ = β = 0 they output act(0) = 0 (leaky/mish/swish/linear):
     pruning them must not change the model at all."""
-    m = rand_model(seed)
+    m = random_model(seed)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
     for s in STRATEGIES:
         first = prune_model(m, PruneOptions(strategy=s, global_percent=0.4), check=False)
@@ -118,7 +97,7 @@ def test_zero_gamma_beta_is_lossless(seed):
 
 def test_target_flops_round_to_layer_keep():
     for seed in range(8):
-        m = rand_model(seed)
+        m = random_model(seed)
         full = model_flops(m, (64, 64))
         for s, f in zip(STRATEGIES, (0.8, 0.6, 0.5)):
             try:
@@ -137,7 +116,7 @@ def test_target_flops_round_to_layer_keep():
 
 
 def test_everything_cut_keeps_one_channel():
-    m = rand_model(3)
+    m = random_model(3)
     r = prune_model(m, PruneOptions(strategy="slim", threshold=1e9, round_to=4), check=False)
     for i, c in conv_counts(r.compact).items():
         assert c >= 1 and (c == conv_counts(m)[i] or c % 4 == 0)
@@ -190,26 +169,12 @@ def test_standard_cfgs(standard_models, name):
 # ---- files --------------------------------------------------------------------------------------
 
 def test_run_writes_exact_darknet_files(tmp_path):
-    m = rand_model(5)
-    cfg = tmp_path / "net.cfg"
-    cfg.write_text(random_darknet(5))
-    wts = tmp_path / "net.weights"
-    save_darknet_weights(m, str(wts))
+    cfg, wts, m = write_random_net(tmp_path, 5, stem="net")
     out = tmp_path / "out"
     rep = run(str(cfg), str(wts), str(out), PruneOptions(strategy="slim", global_percent=0.5),
               log=lambda *a: None)
-    files = sorted(os.listdir(out))
-    assert [f for f in files if f.endswith((".cfg", ".weights"))] == ["net.cfg", "net.weights"]
-    assert {"net.pt", "prune_report.json", "channels.png", "gamma_hist.png"} <= set(files)
     # an independent reader: header 0,2,5 + int64 seen, then exactly the floats the cfg needs
-    back = Darknet(parse_cfg(str(out / "net.cfg"))).eval()
-    data = (out / "net.weights").read_bytes()
-    assert struct.unpack("<iiiq", data[:20]) == (0, 2, 5, 0)
-    need = sum(p.numel() for _, c in conv_layers(back) for p in
-               ([c.bn.bias, c.bn.weight, c.bn.running_mean, c.bn.running_var] if c.bn is not None
-                else [c.conv.bias]) + [c.conv.weight])
-    assert len(data) == 20 + 4 * need
-    load_darknet_weights(back, str(out / "net.weights"))
+    back = read_output_dir(out, {"net.pt", "prune_report.json", "channels.png", "gamma_hist.png"})
     x = torch.rand(1, 3, 64, 64)
     pruned = prune_model(m, PruneOptions(strategy="slim", global_percent=0.5), check=False)
     assert max_abs(raw(back, x), raw(pruned.compact, x)) == 0.0
@@ -232,10 +197,7 @@ def test_run_writes_exact_darknet_files(tmp_path):
 
 
 def test_cli_errors(tmp_path, run_script):
-    m = rand_model(1)
-    cfg = tmp_path / "n.cfg"
-    cfg.write_text(random_darknet(1))
-    save_darknet_weights(m, str(tmp_path / "n.weights"))
+    cfg, wts, m = write_random_net(tmp_path, 1)
     import prune_channels
     args = ["--cfg", str(cfg), "--weights", str(tmp_path / "n.weights")]
     assert prune_channels.main(args + ["--output-dir", str(tmp_path / "o"), "--global-percent", "0.5",

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
-import struct
 import sys
 from pathlib import Path
 
@@ -20,16 +18,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netgen import random_darknet, randomize_bn  # noqa: E402
+from netgen import random_darknet, random_model, randomize_bn, write_random_net  # noqa: E402
+from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 
-from yolo_slim.cfg import get_ints, parse_cfg, parse_cfg_text  # noqa: E402
+from yolo_slim.cfg import get_ints, parse_cfg  # noqa: E402
 from yolo_slim.layers import Route, Shortcut, YOLOLayer  # noqa: E402
 from yolo_slim.model import Darknet, conv_layers, route_sources, shortcut_sources  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions  # noqa: E402
 from yolo_slim.prune.channels import run as run_channels  # noqa: E402
 from yolo_slim.prune.layer_run import prune_layers_model, run  # noqa: E402
 from yolo_slim.prune.layers import analyze_blocks, compact_blocks  # noqa: E402
-from yolo_slim.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
 
 STANDARD = ["yolov3", "yolov3-spp", "yolov4"]
 QUIET = dict(log=lambda *a: None)
@@ -113,13 +111,6 @@ def residual_net(seed: int, size: int = 32, only_1x1: bool = False) -> str:
     return "\n".join(L)
 
 
-def model_of(text: str, seed: int, name: str = "<net>") -> Darknet:
-    torch.manual_seed(seed)
-    m = Darknet(parse_cfg_text(text, name)).eval()
-    randomize_bn(m, seed)
-    return m
-
-
 @pytest.fixture(scope="module")
 def standard_models(corpus_dir):
     out = {}
@@ -149,19 +140,6 @@ def all_outputs(m: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
     return outs
 
 
-def raw(m: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return m.eval().forward_raw(x)
-
-
-def max_abs(a, b) -> float:
-    return max(float((p - q).abs().max()) for p, q in zip(a, b))
-
-
-def tol(ref) -> float:
-    return 1e-5 * max(float(r.abs().max()) for r in ref) + 1e-6
-
-
 def check_result(m: Darknet, r, x: torch.Tensor) -> None:
     """compact == folded on every surviving tensor; routes/shortcuts read the same tensors."""
     fo, co = all_outputs(r.folded, x), all_outputs(r.compact, x)
@@ -185,7 +163,7 @@ def check_result(m: Darknet, r, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_random_compact_equals_folded(seed):
-    m = model_of(residual_net(seed), seed)
+    m = random_model(seed, residual_net(seed))
     blocks, why = analyze_blocks(m.module_defs)
     assert len(blocks) >= 3
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -205,7 +183,7 @@ def test_random_compact_equals_folded(seed):
 def test_fold_exact_without_borders(seed):
     """Only 1x1 convs: no zero padding, so compact == masked (γ₂ = 0, β₂ kept, nothing
     folded): this checks the offset arithmetic through maxpool/upsample/routes/shortcuts."""
-    m = model_of(residual_net(seed, only_1x1=True), seed)
+    m = random_model(seed, residual_net(seed, only_1x1=True))
     r = prune_layers_model(m, len(analyze_blocks(m.module_defs)[0]), img_size=(32, 32))
     v = r.report["verification"]
     assert v["max_abs_vs_masked_unfolded"] <= 1e-5 * v["max_abs_output"] + 1e-6, v
@@ -219,7 +197,7 @@ def test_fold_exact_without_borders(seed):
 def test_zero_gamma_beta_is_lossless(seed):
     """Removed blocks with conv2 γ = β = 0 contribute act(0) = 0: the compact model must equal
     the original (only `x + 0` is skipped, so bit for bit here)."""
-    m = model_of(residual_net(seed), seed)
+    m = random_model(seed, residual_net(seed))
     first = prune_layers_model(m, 3, check=False)
     with torch.no_grad():
         for b in first.removed:
@@ -235,7 +213,7 @@ def test_netgen_networks():
     """The shared random generator's nets: whatever blocks qualify are removed exactly."""
     seen = 0
     for seed in range(12):
-        m = model_of(random_darknet(seed, size=32), seed)
+        m = random_model(seed, random_darknet(seed, size=32))
         blocks, _ = analyze_blocks(m.module_defs)
         if blocks:
             r = prune_layers_model(m, len(blocks), img_size=(32, 32))
@@ -269,36 +247,17 @@ def test_standard_cfgs(standard_models, name):
 
 # ---- files, combined mode, CLI --------------------------------------------------------------------
 
+LAYER_FILES = {"net.pt", "prune_report.json", "layers.png"}
+
+
 def write_net(tmp_path: Path, seed: int = 1) -> tuple[Path, Path, Darknet]:
-    text = residual_net(seed)
-    m = model_of(text, seed)
-    cfg, wts = tmp_path / "net.cfg", tmp_path / "net.weights"
-    cfg.write_text(text)
-    save_darknet_weights(m, str(wts))
-    return cfg, wts, m
-
-
-def check_output_dir(out: Path) -> Darknet:
-    """Independent reader: exactly one .cfg and one .weights, header 0,2,5 + int64 seen, then
-    exactly the floats the cfg needs."""
-    files = sorted(os.listdir(out))
-    assert [f for f in files if f.endswith((".cfg", ".weights"))] == ["net.cfg", "net.weights"]
-    assert {"net.pt", "prune_report.json", "layers.png"} <= set(files)
-    back = Darknet(parse_cfg(str(out / "net.cfg"))).eval()
-    data = (out / "net.weights").read_bytes()
-    assert struct.unpack("<iiiq", data[:20]) == (0, 2, 5, 0)
-    need = sum(p.numel() for _, c in conv_layers(back) for p in
-               ([c.bn.bias, c.bn.weight, c.bn.running_mean, c.bn.running_var] if c.bn is not None
-                else [c.conv.bias]) + [c.conv.weight])
-    assert len(data) == 20 + 4 * need
-    load_darknet_weights(back, str(out / "net.weights"))
-    return back
+    return write_random_net(tmp_path, seed, residual_net(seed), stem="net")
 
 
 def test_run_writes_exact_darknet_files(tmp_path):
     cfg, wts, m = write_net(tmp_path)
     rep = run(str(cfg), str(wts), str(tmp_path / "out"), 4, img_size=32, **QUIET)
-    back = check_output_dir(tmp_path / "out")
+    back = read_output_dir(tmp_path / "out", LAYER_FILES)
     x = torch.rand(1, 3, 32, 32)
     r = prune_layers_model(m, 4, check=False)
     assert max_abs(raw(back, x), raw(r.compact, x)) == 0.0
@@ -323,7 +282,7 @@ def test_combined_equals_sequential(tmp_path, thr):
     run_channels(str(tmp_path / "l" / "net.cfg"), str(tmp_path / "l" / "net.weights"), str(b), opts, **QUIET)
     assert (a / "net.cfg").read_text() == (b / "net.cfg").read_text()
     assert (a / "net.weights").read_bytes() == (b / "net.weights").read_bytes()
-    back = check_output_dir(a)
+    back = read_output_dir(a, LAYER_FILES)
     c = rep["channel_pruning"]
     assert c["threshold"] == thr and c["verification"]["rel_vs_folded"] <= 1e-5
     assert rep["final"]["params"] < rep["params"]["after"] < rep["params"]["before"]
@@ -356,5 +315,5 @@ def test_cli(tmp_path, run_script):
                               "--img-size", "32")
     assert rc == 0, err
     assert "removed 3 blocks" in out and "then channels (slim" in out
-    check_output_dir(tmp_path / "o3")
+    read_output_dir(tmp_path / "o3", LAYER_FILES)
     assert (tmp_path / "o3" / "channels.png").is_file()

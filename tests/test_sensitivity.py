@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netgen import random_darknet, randomize_bn  # noqa: E402
+from netgen import random_model, randomize_bn  # noqa: E402
 
 from yolo_slim.cfg import parse_cfg_text  # noqa: E402
 from yolo_slim.errors import YoloSlimError  # noqa: E402
@@ -26,14 +26,9 @@ from yolo_slim.report import model_flops  # noqa: E402
 from yolo_slim.sensitivity import (SensitivityOptions, choose_ratios, layer_ratio_map,  # noqa: E402
                                    measure, run)
 from yolo_slim.weights import save_darknet_weights  # noqa: E402
+from cfgs import TINY_RESIDUAL as TINY  # noqa: E402
 
 RATIOS = [0.25, 0.5, 0.75]
-
-
-def rand_model(seed: int) -> Darknet:
-    m = Darknet(parse_cfg_text(random_darknet(seed))).eval()
-    randomize_bn(m, seed)
-    return m
 
 
 def solver_of(m: Darknet, **kw) -> MaskSolver:
@@ -51,7 +46,7 @@ def fake_table(solver: MaskSolver, base: float = 0.5) -> dict:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_chosen_ratios_meet_target(seed):
-    m = rand_model(seed)
+    m = random_model(seed)
     solver = solver_of(m, round_to=[1, 2][seed % 2])
     table = fake_table(solver)
     max_drop = 0.16
@@ -73,13 +68,13 @@ def test_chosen_ratios_meet_target(seed):
 
 
 def test_unreachable_target_raises():
-    solver = solver_of(rand_model(1))
+    solver = solver_of(random_model(1))
     with pytest.raises(YoloSlimError, match="out of reach"):
         choose_ratios(solver, fake_table(solver), 0.05, 0.0001)
 
 
 def test_measure_counts_and_drops():
-    m = rand_model(0)
+    m = random_model(0)
     solver = solver_of(m)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -98,61 +93,6 @@ def test_measure_counts_and_drops():
         rs = [r for r in t["rows"] if r["unit"] == k]
         assert [r["kept"] for r in rs] == sorted([r["kept"] for r in rs], reverse=True)
         assert [r["flops"] for r in rs] == sorted([r["flops"] for r in rs], reverse=True)
-
-
-TINY = """[net]
-width=64
-height=64
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=8
-size=1
-stride=1
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-[shortcut]
-from=-3
-activation=linear
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=30
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=8,8, 16,16, 32,32
-classes=5
-num=3
-"""
 
 
 def test_end_to_end_files_and_prune_channels(tmp_path):

@@ -6,34 +6,10 @@ from yolo_slim.cfg import parse_cfg_text
 from yolo_slim.model import Darknet, conv_layers
 from yolo_slim.sparsity import BNSparsity, GammaHistory, SparsitySchedule
 
-TINY = """
-[net]
-width=64
-height=64
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=6
-size=3
-stride=1
-pad=1
-activation=leaky
-[convolutional]
-filters=6
-size=1
-stride=1
-activation=linear
-[yolo]
-mask=0
-anchors=10,14
-classes=1
-"""
+from cfgs import conv_section, net_section, yolo_section
+
+TINY = (net_section() + conv_section(8, 3, 2) + conv_section(6, 3, 1)
+        + conv_section(6, 1, 1, bn=False, act="linear", pad=None) + yolo_section([0], [(10, 14)], 1))
 
 
 def tiny_model(seed=0):

@@ -13,20 +13,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netgen import random_darknet, randomize_bn  # noqa: E402
+from netgen import random_model, write_random_net  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg, parse_cfg_text  # noqa: E402
+from yolo_slim.cfg import parse_cfg  # noqa: E402
 from yolo_slim.errors import YoloSlimError  # noqa: E402
 from yolo_slim.model import Darknet, conv_layers  # noqa: E402
 from yolo_slim.unstructured import magnitude_prune, run  # noqa: E402
-from yolo_slim.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
-
-
-def rand_model(seed: int) -> Darknet:
-    torch.manual_seed(seed)
-    m = Darknet(parse_cfg_text(random_darknet(seed))).eval()
-    randomize_bn(m, seed)
-    return m
+from yolo_slim.weights import load_darknet_weights  # noqa: E402
 
 
 def conv_weights(m: Darknet) -> torch.Tensor:
@@ -36,7 +29,7 @@ def conv_weights(m: Darknet) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.77, 1.0])
 def test_exact_sparsity_smallest_weights(seed, amount):
-    m = rand_model(seed)
+    m = random_model(seed)
     before = conv_weights(m).clone()
     rep = magnitude_prune(m, amount)
     after = conv_weights(m)
@@ -58,14 +51,11 @@ def test_exact_sparsity_smallest_weights(seed, amount):
 
 def test_bad_amount():
     with pytest.raises(YoloSlimError):
-        magnitude_prune(rand_model(0), 1.5)
+        magnitude_prune(random_model(0), 1.5)
 
 
 def test_run_files_sizes_and_latency(tmp_path):
-    m = rand_model(2)
-    cfg = tmp_path / "n.cfg"
-    cfg.write_text(random_darknet(2))
-    save_darknet_weights(m, str(tmp_path / "n.weights"))
+    cfg, wts, m = write_random_net(tmp_path, 2)
     out = tmp_path / "u"
     rep = run(str(cfg), str(tmp_path / "n.weights"), str(out), 0.5, structured_flops=0.5,
               runs=2, warmup=1, onnx=True, log=lambda *a: None)
@@ -94,10 +84,7 @@ def test_run_files_sizes_and_latency(tmp_path):
 
 
 def test_cli(tmp_path, run_script):
-    m = rand_model(1)
-    cfg = tmp_path / "n.cfg"
-    cfg.write_text(random_darknet(1))
-    save_darknet_weights(m, str(tmp_path / "n.weights"))
+    cfg, wts, m = write_random_net(tmp_path, 1)
     from yolo_slim.unstructured import main
     args = ["--cfg", str(cfg), "--weights", str(tmp_path / "n.weights")]
     assert main(args + ["--output-dir", str(tmp_path / "a"), "--amount", "-0.1"]) == 2

@@ -162,10 +162,7 @@ def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
 
 
 def _evaluate(model, loader, cfg: TrainConfig, device) -> dict[str, float]:
-    try:
-        from .evaluate import evaluate
-    except ImportError:  # evaluate.py is another module's job; until it exists, log zeros
-        return {"precision": 0.0, "recall": 0.0, "map50": 0.0, "map": 0.0}
+    from .evaluate import evaluate
     r = evaluate(model, loader, conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres,
                  device=device, half=False, progress=False)
     return {k: float(r[k]) for k in ("precision", "recall", "map50", "map")}

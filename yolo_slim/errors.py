@@ -33,6 +33,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
         except FileNotFoundError as e:
             print(f"error: file not found: {e.filename or e}", file=sys.stderr)
             return 2
+        except OSError as e:  # permission denied, a file where a folder must be, disk full, ...
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -43,9 +47,14 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write a file via temp + rename so an interrupted write never leaves a half file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (disk full, interrupt) leaves no temp file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def require_file(path: str, what: str = "file") -> str:

@@ -37,6 +37,8 @@ import argparse
 import copy
 import dataclasses
 import os
+import statistics
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -242,6 +244,19 @@ def ort_session(path: str, threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def median_ms(fn: Callable[[], Any], runs: int, warmup: int) -> float:
+    """Median wall time of `fn()` in ms over `runs` calls, after `warmup` untimed calls (the
+    median, not the mean: one preempted call on a shared machine must not move the number)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
 
 
 _MISH_REGISTERED = False

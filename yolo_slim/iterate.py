@@ -210,12 +210,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m yolo_slim.iterate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--output-dir", required=True)
+    from .prune.cli import module_parser
+    p = module_parser("python -m yolo_slim.iterate", __doc__)
     d = IterateOptions()
     for f in dataclasses.fields(IterateOptions):
         if f.name == "train":

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import statistics
-import time
 from typing import Any
 
 import numpy as np
@@ -49,19 +47,15 @@ def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str]
 def onnx_latency_ms(model: Darknet, img_size: int, tmp_dir: str, runs: int = 30,
                     warmup: int = 5) -> float:
     """Median onnxruntime CPU latency (ms) of the exported model at batch 1."""
-    from .export import ExportOptions, export_onnx, ort_session
+    from .export import ExportOptions, export_onnx, median_ms, ort_session
     path = os.path.join(tmp_dir, "latency.onnx")
     export_onnx(model, path, ExportOptions(img_size=img_size))
     sess = ort_session(path, threads=os.cpu_count())
-    x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
-    times = []
-    for k in range(warmup + runs):
-        t = time.perf_counter()
-        sess.run(None, {"images": x})
-        if k >= warmup:
-            times.append((time.perf_counter() - t) * 1e3)
-    os.remove(path)
-    return statistics.median(times)
+    feed = {"images": np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)}
+    try:
+        return median_ms(lambda: sess.run(None, feed), runs, warmup)
+    finally:
+        os.remove(path)
 
 
 def measure_stage(model: Darknet, loader: Any, img_size: int, tmp_dir: str) -> dict[str, Any]:

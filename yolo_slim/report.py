@@ -91,16 +91,16 @@ def channel_table(before: dict[int, int], after: dict[int, int]) -> str:
 
 # ---- plots (OpenCV, no matplotlib) -----------------------------------------------------------
 
-def _canvas(h: int, w: int) -> np.ndarray:
+def canvas(h: int, w: int) -> np.ndarray:
     return np.full((h, w, 3), 255, np.uint8)
 
 
-def _text(img: np.ndarray, s: str, xy: tuple[int, int], scale: float = 0.4) -> None:
+def put_text(img: np.ndarray, s: str, xy: tuple[int, int], scale: float = 0.4) -> None:
     import cv2
     cv2.putText(img, s, xy, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def _save_png(img: np.ndarray, path: str) -> None:
+def save_png(img: np.ndarray, path: str) -> None:
     import cv2
     from .errors import atomic_write_bytes
     ok, buf = cv2.imencode(".png", img)
@@ -115,9 +115,10 @@ def plot_channels(before: dict[int, int], after: dict[int, int], path: str,
     import cv2
     layers = sorted(before)
     n = max(1, len(layers))
-    bar = max(3, min(14, 1100 // n))
-    W, H, left, bottom, top = 70 + bar * n + 20, 360, 60, 40, 30
-    img = _canvas(H, W)
+    bar = max(3, min(32, 1100 // n))
+    # at least 640 px wide so the title and legend fit, however few layers there are
+    W, H, left, bottom, top = max(640, 70 + bar * n + 20), 360, 60, 40, 30
+    img = canvas(H, W)
     vmax = max(before.values()) if before else 1
     ph = H - bottom - top
     for k, i in enumerate(layers):
@@ -126,12 +127,14 @@ def plot_channels(before: dict[int, int], after: dict[int, int], path: str,
             y = H - bottom - int(ph * v / vmax)
             cv2.rectangle(img, (x0, y), (x0 + bar - 2, H - bottom), color, -1)
         if n <= 40 or k % max(1, n // 20) == 0:
-            _text(img, str(i), (x0, H - bottom + 14), 0.3)
+            put_text(img, str(i), (x0, H - bottom + 14), 0.3)
+        if bar >= 24:  # room for the kept count above each bar
+            put_text(img, str(after.get(i, before[i])), (x0, H - bottom - int(ph * after.get(i, before[i]) / vmax) - 4), 0.3)
     cv2.line(img, (left - 2, top), (left - 2, H - bottom), (0, 0, 0), 1)
-    _text(img, str(vmax), (5, top + 5))
-    _text(img, "0", (left - 15, H - bottom))
-    _text(img, title + "  (grey: before, blue: after; x: layer)", (left, 18), 0.45)
-    _save_png(img, path)
+    put_text(img, str(vmax), (5, top + 5))
+    put_text(img, "0", (left - 15, H - bottom))
+    put_text(img, title + "  (grey: before, blue: after; x: layer)", (left, 18), 0.45)
+    save_png(img, path)
 
 
 def plot_gamma_hist(gammas: Sequence[float] | np.ndarray, path: str, threshold: float | None = None,
@@ -140,7 +143,7 @@ def plot_gamma_hist(gammas: Sequence[float] | np.ndarray, path: str, threshold: 
     import cv2
     g = np.abs(np.asarray(gammas, dtype=np.float64).ravel())
     W, H, left, bottom, top = 640, 320, 50, 40, 30
-    img = _canvas(H, W)
+    img = canvas(H, W)
     hi = float(g.max()) if g.size else 1.0
     hi = hi if hi > 0 else 1.0
     counts, edges = np.histogram(g, bins=bins, range=(0.0, hi))
@@ -154,8 +157,8 @@ def plot_gamma_hist(gammas: Sequence[float] | np.ndarray, path: str, threshold: 
     if threshold is not None and 0 <= threshold <= hi:
         x = int(left + pw * threshold / hi)
         cv2.line(img, (x, top), (x, H - bottom), (0, 0, 255), 2)
-        _text(img, f"thr {threshold:.4g}", (min(x + 4, W - 90), top + 12))
-    _text(img, "0", (left, H - bottom + 15))
-    _text(img, f"{hi:.3g}", (W - 60, H - bottom + 15))
-    _text(img, f"{title}  (n={g.size}, log count)", (left, 18), 0.45)
-    _save_png(img, path)
+        put_text(img, f"thr {threshold:.4g}", (min(x + 4, W - 90), top + 12))
+    put_text(img, "0", (left, H - bottom + 15))
+    put_text(img, f"{hi:.3g}", (W - 60, H - bottom + 15))
+    put_text(img, f"{title}  (n={g.size}, log count)", (left, 18), 0.45)
+    save_png(img, path)

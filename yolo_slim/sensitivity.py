@@ -155,17 +155,17 @@ def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
                  chosen: list[float] | None = None) -> None:
     """Rows = units, columns = ratios, colour green (no drop) -> red (>= 2x max-drop)."""
     import cv2
-    from .report import _canvas, _save_png, _text
+    from .report import canvas, put_text, save_png
     units, ratios = table["units"], table["ratios"]
     cw, chh, left, top = 70, 20, 170, 40
-    img = _canvas(top + chh * len(units) + 30, left + cw * len(ratios) + 20)
+    img = canvas(top + chh * len(units) + 30, left + cw * len(ratios) + 20)
     scale = max(2 * max_drop, 1e-6)
     for c, r in enumerate(ratios):
-        _text(img, f"cut {r:g}", (left + c * cw + 8, top - 8))
+        put_text(img, f"cut {r:g}", (left + c * cw + 8, top - 8))
     for k, u in enumerate(units):
         y = top + k * chh
         label = ",".join(map(str, u))
-        _text(img, f"{k}: {label[:22]}", (4, y + 14), 0.35)
+        put_text(img, f"{k}: {label[:22]}", (4, y + 14), 0.35)
         for c, r in enumerate(ratios):
             row = next(x for x in table["rows"] if x["unit"] == k and x["ratio"] == r)
             t = min(max(row["drop"] / scale, 0.0), 1.0)
@@ -174,10 +174,10 @@ def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
             cv2.rectangle(img, (x, y), (x + cw - 2, y + chh - 2), color, -1)
             if chosen and chosen[k] == r:
                 cv2.rectangle(img, (x, y), (x + cw - 2, y + chh - 2), (0, 0, 0), 2)
-            _text(img, f"{row['drop']:+.3f}", (x + 6, y + 14), 0.35)
-    _text(img, f"mAP@0.5 drop per unit cut alone (base {table['base']:.3f}; red >= {scale:.3g})",
+            put_text(img, f"{row['drop']:+.3f}", (x + 6, y + 14), 0.35)
+    put_text(img, f"mAP@0.5 drop per unit cut alone (base {table['base']:.3f}; red >= {scale:.3g})",
           (4, 14), 0.4)
-    _save_png(img, path)
+    save_png(img, path)
 
 
 def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) -> Callable:
@@ -234,12 +234,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: Sensitivit
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m yolo_slim.sensitivity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--output-dir", required=True)
+    from .prune.cli import module_parser
+    p = module_parser("python -m yolo_slim.sensitivity", __doc__)
     d = SensitivityOptions()
     p.add_argument("--ratios", type=float, nargs="+", default=d.ratios)
     p.add_argument("--target-flops", type=float, help="choose ratios for at most F x FLOPs")

@@ -22,10 +22,8 @@ import gzip
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Sequence
 
 import torch
@@ -56,22 +54,11 @@ def magnitude_prune(model: Darknet, amount: float) -> dict[str, Any]:
             "per_layer": {i: {**v, "sparsity": v["zeros"] / v["total"]} for i, v in per_layer.items()}}
 
 
-def median_ms(fn, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def latency(model: Darknet, hw: tuple[int, int], runs: int = 20, warmup: int = 3,
             onnx: bool = True, threads: int | None = None) -> dict[str, float]:
     """Median ms per batch-1 forward: torch (eval, no_grad) and onnxruntime (checked export)."""
-    from .export import export_onnx, ort_session
+    from .export import export_onnx, median_ms, ort_session
     model = copy.deepcopy(model).eval()
     x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     out = {"torch_ms": median_ms(lambda: model(x), runs, warmup)}
@@ -93,11 +80,12 @@ def run(cfg: str | None, weights: str, out_dir: str, amount: float,
         img_size: int | None = None, structured_flops: float | None = 0.5, runs: int = 20,
         warmup: int = 3, onnx: bool = True, threads: int | None = None, log=print) -> dict[str, Any]:
     from .cfg import net_size, save_cfg
-    from .prune.channels import PruneOptions, _check_output_dir, prune_model
+    from .prune.channels import PruneOptions, prune_model
+    from .prune.outputs import check_output_dir
     from .weights import darknet_weights_bytes, load_model
     model = load_model(cfg, weights).eval()
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
-    _check_output_dir(out_dir, stem, [cfg, weights])
+    check_output_dir(out_dir, stem, [cfg, weights])
     hw = (img_size, img_size) if img_size else net_size(model.module_defs)
     sparse = copy.deepcopy(model)
     rep: dict[str, Any] = {"sparsity": magnitude_prune(sparse, amount), "img_size": list(hw)}
@@ -150,12 +138,8 @@ def summary_text(rep: dict[str, Any]) -> str:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prune.cli import parse
-    p = argparse.ArgumentParser(prog="python -m yolo_slim.unstructured", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--output-dir", required=True)
+    from .prune.cli import module_parser, parse
+    p = module_parser("python -m yolo_slim.unstructured", __doc__, data=False)
     p.add_argument("--amount", type=float, required=True, help="fraction of conv weights to zero")
     p.add_argument("--img-size", type=int)
     p.add_argument("--structured-flops", type=float, default=0.5, help="0 = no structured model")

@@ -8,8 +8,6 @@ written cfg + weights back to check they reproduce the compact model bit for bit
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -18,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cfg import net_channels, net_size, parse_cfg, save_cfg
-from ..errors import YoloSlimError, atomic_write_bytes
+from ..cfg import net_channels, net_size
+from ..errors import YoloSlimError
 from ..graph import ChannelGraph, build_graph
 from ..model import Darknet
 from ..report import count_params, model_flops, plot_channels, plot_gamma_hist
 from .compact import compact_model
 from .fold import apply_masks
 from .masks import MaskSolver, assert_consistent, kept_channels
+from .outputs import check_output_dir, max_abs, sha256_file, write_model_files, write_report
 
 
 @dataclass
@@ -73,10 +72,6 @@ def choose_threshold(solver: MaskSolver, opts: PruneOptions) -> float:
     return solver.target_flops_threshold(opts.target_flops)
 
 
-def _max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return float(max((x - y).abs().max() for x, y in zip(a, b)))
-
-
 @torch.no_grad()
 def verify(model: Darknet, folded: Darknet, compact: Darknet, g: ChannelGraph,
            keep_node: np.ndarray, img_hw: tuple[int, int], seed: int = 0) -> dict[str, float]:
@@ -91,7 +86,7 @@ def verify(model: Darknet, folded: Darknet, compact: Darknet, g: ChannelGraph,
     ref = folded.forward_raw(x)
     out = compact.forward_raw(x)
     scale = float(max(r.abs().max() for r in ref))
-    d_fold, d_mask = _max_abs(out, ref), _max_abs(out, masked.forward_raw(x))
+    d_fold, d_mask = max_abs(out, ref), max_abs(out, masked.forward_raw(x))
     return {"max_abs_vs_folded": d_fold, "max_abs_vs_masked_unfolded": d_mask,
             "max_abs_output": scale, "rel_vs_folded": d_fold / max(scale, 1e-12)}
 
@@ -144,28 +139,6 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     return PruneResult(compact, folded, g, keep_node, thr, report, scores)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _check_output_dir(out_dir: str, stem: str, inputs: list[str]) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    ours = {f"{stem}.cfg", f"{stem}.weights"}
-    other = [f for f in os.listdir(out_dir) if f.endswith((".cfg", ".weights")) and f not in ours]
-    if other:
-        raise YoloSlimError(f"--output-dir {out_dir} already holds {other[0]}; use an empty "
-                            "directory (it must hold exactly one .cfg and one .weights)")
-    for p in inputs:
-        for name in ours:
-            if p and os.path.exists(os.path.join(out_dir, name)) and \
-                    os.path.samefile(p, os.path.join(out_dir, name)):
-                raise YoloSlimError(f"--output-dir would overwrite the input {p}")
-
-
 def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: int) -> list[dict]:
     """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list (lazy imports:
     evaluation is optional for pruning)."""
@@ -183,14 +156,14 @@ def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: i
 def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
         data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
     """Load, prune, verify, write the output dir; returns the report."""
-    from ..weights import load_darknet_weights, load_model, save_checkpoint, save_darknet_weights
+    from ..weights import load_model
     model = load_model(cfg, weights)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
-    _check_output_dir(out_dir, stem, [cfg, weights])
+    check_output_dir(out_dir, stem, [cfg, weights])
     res = prune_model(model, opts, log=log)
     rep = res.report
-    rep["manifest"] = {"cfg": cfg, "cfg_sha256": _sha256(cfg) if cfg else None,
-                       "weights": weights, "weights_sha256": _sha256(weights),
+    rep["manifest"] = {"cfg": cfg, "cfg_sha256": sha256_file(cfg) if cfg else None,
+                       "weights": weights, "weights_sha256": sha256_file(weights),
                        "strategy": opts.strategy, "threshold": res.threshold,
                        "kept_channels": rep.pop("kept_channels"),
                        "kept_channels_note": "conv layers not listed keep all their channels"}
@@ -198,19 +171,8 @@ def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
         hw = rep["img_size"]
         before, after = evaluate_maps([model, res.compact], data, hw[1], batch_size)
         rep["map"] = {"before": before, "after": after}
-    paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("cfg", "weights", "pt")}
-    save_cfg(res.compact.module_defs, paths["cfg"])
-    save_darknet_weights(res.compact, paths["weights"])
-    save_checkpoint(res.compact, paths["pt"], prune_manifest=json.dumps(rep["manifest"]))
-    # read the files back as a fresh user would: they must give the compact model exactly
-    back = Darknet(parse_cfg(paths["cfg"])).eval()
-    load_darknet_weights(back, paths["weights"])
-    x = torch.rand(1, net_channels(back.module_defs), *rep["img_size"],
-                   generator=torch.Generator().manual_seed(opts.seed + 1))
-    with torch.no_grad():
-        rep["verification"]["max_abs_reloaded"] = _max_abs(back.forward_raw(x),
-                                                           res.compact.eval().forward_raw(x))
-    rep["files"] = {k: os.path.basename(p) for k, p in paths.items()}
+    rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(
+        res.compact, out_dir, stem, rep["manifest"], rep["img_size"], opts.seed + 1)
     before, after = rep["channels"]["before"], rep["channels"]["after"]
     plot_channels(before, after, os.path.join(out_dir, "channels.png"),
                   f"{stem}: {opts.strategy}, threshold {res.threshold:.4g}")
@@ -220,30 +182,8 @@ def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
     name = "|gamma|" if opts.importance == "bn" else f"{opts.importance} score"
     plot_gamma_hist(gam, os.path.join(out_dir, "gamma_hist.png"),
                     res.threshold if math.isfinite(res.threshold) else None, title=f"{stem} {name}")
-    atomic_write_bytes(os.path.join(out_dir, "prune_report.json"),
-                       json.dumps(_finite(rep), indent=1, default=_json_default).encode())
+    write_report(rep, os.path.join(out_dir, "prune_report.json"))
     return rep
-
-
-def _finite(o: Any) -> Any:
-    """inf/nan are not JSON: write them as strings ("inf" = e.g. a threshold that cuts all)."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o))
 
 
 def _gamma_text(stats: dict[str, Any], importance: str = "bn") -> str:

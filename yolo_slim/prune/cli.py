@@ -41,6 +41,19 @@ def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> N
     p.add_argument("--seed", type=int, default=0, help="seed of the verification input")
 
 
+def module_parser(prog: str, doc: str | None, data: bool = True) -> argparse.ArgumentParser:
+    """The parser a `python -m yolo_slim.<tool>` starts from: --cfg, --weights, [--data],
+    --output-dir (all but --cfg required)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg")
+    p.add_argument("--weights", required=True)
+    if data:
+        p.add_argument("--data", required=True)
+    p.add_argument("--output-dir", required=True)
+    return p
+
+
 def wants_channels(a: argparse.Namespace) -> bool:
     return any(getattr(a, k, None) is not None
                for k in ("global_percent", "threshold", "target_flops", "layer_ratios"))

@@ -9,21 +9,17 @@ dir, reading the written cfg + weights back to check they reproduce the final mo
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
-from ..cfg import net_channels, net_size, parse_cfg, save_cfg
-from ..errors import atomic_write_bytes
+from ..cfg import net_size
 from ..model import Darknet
-from ..report import _canvas, _save_png, _text, count_params, model_flops, plot_channels
-from .channels import (PruneOptions, _check_output_dir, _finite, _json_default, _max_abs, _sha256,
-                       evaluate_maps, prune_model)
+from ..report import canvas, count_params, model_flops, plot_channels, put_text, save_png
+from .channels import PruneOptions, evaluate_maps, prune_model
 from .layers import (Block, analyze_blocks, apply_block_removal, block_scores, choose_blocks,
                      compact_blocks, depth, removed_table, verify_blocks)
+from .outputs import check_output_dir, sha256_file, write_model_files, write_report
 
 
 @dataclass
@@ -71,32 +67,16 @@ def plot_blocks(scores: dict[int, float], removed: list[Block], path: str, title
     keys = sorted(scores)
     n, top = max(1, len(keys)), max(list(scores.values()) + [1e-12])
     bar, H, left, bottom, up = max(6, min(24, 900 // n)), 320, 60, 40, 30
-    img = _canvas(H, left + bar * n + 20)
+    img = canvas(H, left + bar * n + 20)
     for k, s in enumerate(keys):
         x0, y = left + k * bar, H - bottom - int((H - bottom - up) * scores[s] / top)
         color = (40, 40, 220) if s in gone else (180, 90, 30)
         cv2.rectangle(img, (x0, y), (x0 + bar - 2, H - bottom), color, -1)
         if n <= 30 or k % 2 == 0:
-            _text(img, str(s), (x0, H - bottom + 14), 0.3)
-    _text(img, f"{top:.3g}", (5, up + 5))
-    _text(img, title + "  (red: removed; x: shortcut layer)", (left, 18), 0.45)
-    _save_png(img, path)
-
-
-def _write(model: Darknet, out_dir: str, stem: str, manifest: dict, hw: tuple[int, int],
-           seed: int) -> tuple[dict[str, str], float]:
-    """Write cfg/weights/pt; read cfg + weights back as a fresh user would: max |Δ| (must be 0)."""
-    from ..weights import load_darknet_weights, save_checkpoint, save_darknet_weights
-    paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("cfg", "weights", "pt")}
-    save_cfg(model.module_defs, paths["cfg"])
-    save_darknet_weights(model, paths["weights"])
-    save_checkpoint(model, paths["pt"], prune_manifest=json.dumps(manifest, default=_json_default))
-    back = Darknet(parse_cfg(paths["cfg"])).eval()
-    load_darknet_weights(back, paths["weights"])
-    x = torch.rand(1, net_channels(back.module_defs), *hw, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        d = _max_abs(back.forward_raw(x), model.eval().forward_raw(x))
-    return {k: os.path.basename(p) for k, p in paths.items()}, d
+            put_text(img, str(s), (x0, H - bottom + 14), 0.3)
+    put_text(img, f"{top:.3g}", (5, up + 5))
+    put_text(img, title + "  (red: removed; x: shortcut layer)", (left, 18), 0.45)
+    save_png(img, path)
 
 
 def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str = "mean",
@@ -106,7 +86,7 @@ def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str =
     from ..weights import load_model
     model = load_model(cfg, weights)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
-    _check_output_dir(out_dir, stem, [cfg, weights])
+    check_output_dir(out_dir, stem, [cfg, weights])
     hw = (img_size, img_size) if img_size else None
     lres = prune_layers_model(model, shortcuts, rank, hw, seed)
     rep, final = lres.report, lres.compact
@@ -120,23 +100,22 @@ def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str =
         rep["channel_pruning"]["kept_channels"] = cres.report["kept_channels"]
     rep["final"] = {"depth": depth(final), "params": count_params(final),
                     "flops": model_flops(final, hw)}
-    rep["manifest"] = {"cfg": cfg, "cfg_sha256": _sha256(cfg) if cfg else None, "weights": weights,
-                       "weights_sha256": _sha256(weights), "rank": rank,
+    rep["manifest"] = {"cfg": cfg, "cfg_sha256": sha256_file(cfg) if cfg else None, "weights": weights,
+                       "weights_sha256": sha256_file(weights), "rank": rank,
                        "removed_shortcuts": [b.shortcut for b in lres.removed],
                        "channel_options": asdict(channel_opts) if channel_opts else None}
     if data:
         before, after = evaluate_maps([model, final], data, hw[1], batch_size)
         rep["map"] = {"before": before, "after": after}
-    rep["files"], rep["verification"]["max_abs_reloaded"] = _write(final, out_dir, stem,
-                                                                   rep["manifest"], hw, seed + 1)
+    rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(
+        final, out_dir, stem, rep["manifest"], hw, seed + 1)
     plot_blocks(lres.scores, lres.removed, os.path.join(out_dir, "layers.png"),
                 f"{stem}: {rank} |gamma| of conv before each shortcut")
     if channel_opts is not None:
         ch = rep["channel_pruning"]["channels"]
         plot_channels(ch["before"], ch["after"], os.path.join(out_dir, "channels.png"),
                       f"{stem} after layer pruning: {channel_opts.strategy}")
-    atomic_write_bytes(os.path.join(out_dir, "prune_report.json"),
-                       json.dumps(_finite(rep), indent=1, default=_json_default).encode())
+    write_report(rep, os.path.join(out_dir, "prune_report.json"))
     return rep
 
 

@@ -23,16 +23,6 @@ from ..graph import INPUT, ChannelGraph, prunable_of
 from ..report import conv_flops_table
 
 
-def node_gammas(model, g: ChannelGraph) -> np.ndarray:
-    """|γ| of every BN conv node (NaN for nodes without γ)."""
-    out = np.full(len(g.root), np.nan)
-    for i, nodes in g.conv_nodes.items():
-        bn = model.module_list[i].bn
-        if bn is not None:
-            out[nodes] = bn.weight.detach().abs().double().cpu().numpy()
-    return out
-
-
 class MaskSolver:
     """Everything needed to turn a threshold into a per-node keep vector, fast enough to be
     called inside the --target-flops search."""
