@@ -67,12 +67,12 @@ def main(argv=None) -> int:
     rows = []
     if a.what == "sparsity":
         base = os.path.join(a.run, "baseline", "best.pt")
-        variants = [("baseline (no --sr)", [])] + [
+        variants = [("no-sr", [])] + [
             (f"--sr {k}", ["-sr", "--s", str(a.s), "--prune", "1", "--sparsity", k])
             for k in ("constant", "global-decay", "local-decay")]
         rows.append(("starting checkpoint", None, gamma_share(base), 0.0, base))
         for name, extra in variants:
-            out = os.path.join(out_root, name.split()[-1].strip("()-"))
+            out = os.path.join(out_root, name.split()[-1])
             wall = run([py, "train_sparse.py", "--weights", base, *extra, *common, "--output-dir", out])
             rows.append((name, last_row(out), gamma_share(os.path.join(out, "last.pt")), wall, out))
     else:
