@@ -163,7 +163,10 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, log_dir: 
 
     os.replace = spy
     model = tiny_model(seed=rank)  # different inits: DDP must broadcast rank 0's
-    train(config(data, out, epochs=1, batch_size=4, nominal_batch=4), model)
+    # with the sparsity hook on: the L1 step runs after the all-reduce, identically per rank
+    from yolo_slim.sparsity import make_train_hooks
+    cfg = config(data, out, epochs=1, batch_size=4, nominal_batch=4, sr=True, s=0.01, prune=1)
+    train(cfg, model, make_train_hooks(cfg, model))
     os.replace = real_replace
     torch.save({"params": [p.detach() for p in model.parameters()], "written": written},
                os.path.join(log_dir, f"rank{rank}.pt"))
@@ -179,8 +182,10 @@ def test_ddp_two_cpu_processes(shapes_data, tmp_path):
     for a, b in zip(r0["params"], r1["params"]):
         assert torch.equal(a, b)
     assert r1["written"] == [] and {os.path.basename(p) for p in r0["written"]} >= {
-        "opt.json", "results.csv", "results.png", "last.pt", "best.pt"}
+        "opt.json", "results.csv", "results.png", "last.pt", "best.pt", "gamma_hist.png"}
+    with open(os.path.join(out, "results.csv")) as f:
+        assert float(next(csv.DictReader(f))["s_mean"]) == pytest.approx(0.01)
     ck = read_checkpoint(os.path.join(out, "last.pt"))
     assert ck["seen"] == 8  # 2 steps x 2 ranks x 2 images
     assert json.loads(open(os.path.join(out, "opt.json")).read())["world_size"] == 2
-    assert not dataclasses.asdict(TrainConfig())["sr"]
+    assert not dataclasses.asdict(TrainConfig())["sr"]  # the default run has no sparsity
