@@ -171,3 +171,19 @@ def write_random_net(out_dir, seed: int, text: str | None = None, stem: str = "n
     m = random_model(seed, text)
     save_darknet_weights(m, str(wts))
     return cfg, wts, m
+
+
+def standard_model(name: str, corpus_dir, size: int = 64, bn_seed: int = 1):
+    """A standard cfg (the project's cfg/, else the corpus copy) at `size` px, in eval mode,
+    seed-0 conv init and random BN statistics — the same model for every test module."""
+    from pathlib import Path
+
+    from yolo_slim.cfg import parse_cfg
+    from yolo_slim.model import Darknet
+    local = Path(__file__).resolve().parents[1] / "cfg" / f"{name}.cfg"
+    defs = parse_cfg(str(local if local.is_file() else Path(corpus_dir) / "AlexeyAB" / f"{name}.cfg"))
+    defs[0]["width"] = defs[0]["height"] = str(size)
+    torch.manual_seed(0)
+    m = Darknet(defs).eval()
+    randomize_bn(m, bn_seed)
+    return m

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netgen import random_darknet, random_model, randomize_bn, write_random_net  # noqa: E402
+from netgen import random_darknet, random_model, standard_model, write_random_net  # noqa: E402
 from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 
 from yolo_slim.cfg import get_ints, parse_cfg  # noqa: E402
@@ -113,16 +113,7 @@ def residual_net(seed: int, size: int = 32, only_1x1: bool = False) -> str:
 
 @pytest.fixture(scope="module")
 def standard_models(corpus_dir):
-    out = {}
-    for name in STANDARD:
-        local = Path(__file__).resolve().parents[1] / "cfg" / f"{name}.cfg"
-        defs = parse_cfg(str(local if local.is_file() else corpus_dir / "AlexeyAB" / f"{name}.cfg"))
-        defs[0]["width"] = defs[0]["height"] = "64"
-        torch.manual_seed(0)
-        m = Darknet(defs).eval()
-        randomize_bn(m, 1)
-        out[name] = m
-    return out
+    return {name: standard_model(name, corpus_dir) for name in STANDARD}
 
 
 @torch.no_grad()
