@@ -3,6 +3,10 @@
 #   make test   set-up + the test suite
 # Stages (each reads the previous stage's files under RUN and can be run alone):
 #   make data baseline sparse prune prune-layers finetune export report bench
+# Beyond one-shot slimming (each from the same RUN's sparse or baseline model):
+#   make sensitivity   per-layer cuts for TARGET_FLOPS under MAX_DROP, then prune with them
+#   make iterate       ROUNDS x (prune to ROUND_FLOPS -> fine-tune ROUND_EPOCHS), early stop
+#   make unstructured  AMOUNT of the weights zeroed vs channel pruning: sizes and latency
 # Override any variable on the command line, e.g.
 #   make sparse CFG=cfg/yolov3.cfg DATA=my.data WEIGHTS=yolov3.weights S=0.001 SPARSE_EPOCHS=100
 # Defaults live in one place, scripts/common.sh (`make help` prints them).
@@ -10,13 +14,14 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export CFG DATA WEIGHTS RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
-       PRUNE STRATEGY PERCENT KEEP SHORTCUTS KD TEACHER T_CFG TRAIN_ARGS
+       PRUNE STRATEGY PERCENT KEEP SHORTCUTS IMPORTANCE KD TEACHER T_CFG TRAIN_ARGS \
+       TARGET_FLOPS MAX_DROP ROUNDS ROUND_FLOPS ROUND_EPOCHS AMOUNT
 
 .PHONY: help install test data baseline sparse prune prune-layers finetune export report \
-        bench demo clean clean-run
+        bench demo clean clean-run sensitivity iterate unstructured
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "variables (scripts/common.sh):"
 	@grep -E '^[A-Z_]+=\$$\{' scripts/common.sh | sed -E 's/^([A-Z_]+)=\$$\{[A-Z_]+:-([^}]*)\}(.*)$$/  \1=\2\3/'
 
@@ -49,6 +54,12 @@ export: finetune
 	bash scripts/export.sh
 report: export
 	bash scripts/report.sh
+sensitivity: sparse
+	bash scripts/sensitivity.sh
+iterate: sparse
+	bash scripts/iterate.sh
+unstructured: baseline
+	bash scripts/unstructured.sh
 
 # the whole chain; finished stages are skipped and an interrupted training stage resumes
 demo: install

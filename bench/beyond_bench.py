@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Beyond one-shot slimming, measured on the synthetic shapes set (bench/results/beyond.md).
 
-  python bench/beyond_bench.py --work runs/beyond_bench --out bench/results/beyond.md
+  # the demo's baseline and sparse stages first (~15 min on 2 cores), then the comparison:
+  make sparse RUN=runs/beyond
+  python bench/beyond_bench.py --work runs/beyond --data data/shapes/shapes.data \
+      --baseline runs/beyond/baseline --sparse runs/beyond/sparse --img-size 256 \
+      --out bench/results/beyond.md
 
-1. data: the synthetic set (--n-train / --n-valid images at --img-size), if not there yet;
-2. baseline: cfg/demo.cfg trained from scratch for --base-epochs through the engine (skipped when
-   <work>/baseline/last.pt holds the last epoch: the same run can be started beforehand with
-   train_sparse.py and the flags printed in the results);
+1. data: --data, or the synthetic set (--n-train / --n-valid images at --img-size) made in
+   <work>/shapes;
+2. baseline: the finished run folder --baseline; without one, cfg/demo.cfg is trained from scratch
+   for --base-epochs with the demo recipe into <work>/baseline;
 3. at the same FLOPs target (--target-flops of the baseline) and the same fine-tuning budget
-   (--ft-epochs epochs each, same LR, batch and seed):
+   (--ft-epochs epochs each with --ft-kd distillation from the baseline, the demo recipe):
      bn / l1 / rank:  one-shot prune_channels --target-flops, then fine-tune;
+     bn+sr:           (with --sparse, the run folder of sparsity training from the baseline)
+                      bn on the sparse-trained model: what the pipeline does; it had the
+                      sparsity epochs on top of the budget;
      sens:            yolo_slim.sensitivity ratios for the target under --sens-max-drop, then
                       prune_channels --layer-ratios, then fine-tune;
      iter3:           yolo_slim.iterate, 3 rounds of target^(1/3) with ft-epochs/3 epochs each;
@@ -28,9 +35,23 @@ import shlex
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+
+
+def demo_recipe() -> dict:
+    """The TrainConfig fields that scripts/common.sh's TRAIN_ARGS sets: the demo's recipe, read
+    from the one place it is defined so the benchmark trains and fine-tunes like `make demo`."""
+    import re
+    from yolo_slim.engine import TrainConfig
+    text = open(os.path.join(ROOT, "scripts", "common.sh")).read()
+    flags = shlex.split(re.search(r"^TRAIN_ARGS=\$\{TRAIN_ARGS:-(.*)\}$", text, re.M).group(1))
+    p = argparse.ArgumentParser()
+    TrainConfig.add_args(p)
+    given, default = vars(p.parse_args(flags)), vars(p.parse_args([]))
+    return {k: v for k, v in given.items() if v != default[k]}
 
 
 def metrics_fn(data: str, img: int):
@@ -49,13 +70,17 @@ def metrics_fn(data: str, img: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="runs/beyond_bench")
+    p.add_argument("--work", default="runs/beyond")
     p.add_argument("--cfg", default="cfg/demo.cfg")
-    p.add_argument("--img-size", type=int, default=160)
-    p.add_argument("--n-train", type=int, default=240)
-    p.add_argument("--n-valid", type=int, default=80)
-    p.add_argument("--base-epochs", type=int, default=12)
-    p.add_argument("--ft-epochs", type=int, default=3)
+    p.add_argument("--data", default="", help="darknet .data file (default: make one in --work)")
+    p.add_argument("--baseline", default="", help="finished training run folder (default: train)")
+    p.add_argument("--sparse", default="", help="run folder of sparsity training from --baseline")
+    p.add_argument("--img-size", type=int, default=256)
+    p.add_argument("--n-train", type=int, default=800)
+    p.add_argument("--n-valid", type=int, default=200)
+    p.add_argument("--base-epochs", type=int, default=20)
+    p.add_argument("--ft-epochs", type=int, default=6)
+    p.add_argument("--ft-kd", default="chen", choices=["none", "hinton", "chen"])
     p.add_argument("--target-flops", type=float, default=0.5)
     p.add_argument("--sens-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--sens-max-drop", type=float, default=0.1)
@@ -72,6 +97,7 @@ def main(argv=None) -> int:
     from yolo_slim.unstructured import run as unstructured
     from yolo_slim.weights import export_run_model, load_model, read_checkpoint
 
+    recipe = {**demo_recipe(), "batch_size": 16, "workers": 1, "seed": 0}
     w = a.work
     os.makedirs(w, exist_ok=True)
     res_path = os.path.join(w, "results.json")
@@ -80,17 +106,17 @@ def main(argv=None) -> int:
     def save():
         with open(res_path, "w") as f:
             json.dump(res, f, indent=1)
-    data = os.path.join(w, "shapes", "shapes.data")
+    data = a.data or os.path.join(w, "shapes", "shapes.data")
     if not os.path.isfile(data):
-        make_shapes_dataset(os.path.join(w, "shapes"), a.n_train, a.n_valid, a.img_size, 0)
-    base_train = dict(img_size=a.img_size, batch_size=16, nominal_batch=16, workers=1, seed=0,
-                      progress=False)
-    bdir = os.path.join(w, "baseline")
+        make_shapes_dataset(os.path.dirname(data), a.n_train, a.n_valid, a.img_size, 0)
+    bdir = a.baseline or os.path.join(w, "baseline")
     last = os.path.join(bdir, "last.pt")
-    if not (os.path.isfile(last) and read_checkpoint(last)["epoch"] == a.base_epochs - 1):
+    if not a.baseline and not (os.path.isfile(last)
+                               and read_checkpoint(last)["epoch"] == a.base_epochs - 1):
         t = time.time()
-        cfg_b = engine.TrainConfig(cfg=a.cfg, data=data, output_dir=bdir, epochs=a.base_epochs,
-                                   lr0=0.01, warmup_epochs=1.0, **base_train)
+        cfg_b = engine.TrainConfig(**{**recipe, "cfg": a.cfg, "data": data, "output_dir": bdir,
+                                      "epochs": a.base_epochs, "img_size": a.img_size,
+                                      "progress": False})
         engine.train(cfg_b, load_model(a.cfg, None), [])
         res["baseline_train_s"] = round(time.time() - t)
     stem = os.path.splitext(os.path.basename(a.cfg))[0]
@@ -104,13 +130,14 @@ def main(argv=None) -> int:
         save()
     print("baseline", res["baseline"])
     ft = IterateOptions(epochs_per_round=a.ft_epochs, img_size=a.img_size, batch_size=16,
-                        train={"nominal_batch": 16, "workers": 1, "seed": 0})
+                        kd=a.ft_kd, train=recipe)
+    teacher = base_model if a.ft_kd != "none" else None
 
     def finish(name: str, p_cfg: str, p_w: str, extra: dict) -> None:
         vd = os.path.join(w, name)
         pruned = load_model(p_cfg, p_w)
         t = time.time()
-        td = _finetune(vd, p_cfg, p_w, data, ft, None, ())
+        td = _finetune(vd, p_cfg, p_w, data, ft, teacher, ())
         f_cfg, f_w = export_run_model(td, stem)
         tuned = load_model(f_cfg, f_w)
         res[name] = {"flops": model_flops(tuned, hw) / full_flops,
@@ -128,6 +155,13 @@ def main(argv=None) -> int:
                                            importance=imp, rank_data=data, rank_batch_size=16),
               log=lambda *x: None)
         finish(imp, os.path.join(pd, f"{stem}.cfg"), os.path.join(pd, f"{stem}.weights"), {})
+    if a.sparse and "bn+sr" not in res:
+        s_cfg, s_w = export_run_model(a.sparse, stem)
+        res["sparse_model"] = metric(load_model(s_cfg, s_w))
+        pd = os.path.join(w, "bn_sr", "prune")
+        prune(s_cfg, s_w, pd, PruneOptions(target_flops=a.target_flops, img_size=hw),
+              log=lambda *x: None)
+        finish("bn+sr", os.path.join(pd, f"{stem}.cfg"), os.path.join(pd, f"{stem}.weights"), {})
     if "sens" not in res:
         t = time.time()
         sd = os.path.join(w, "sens")
@@ -145,7 +179,7 @@ def main(argv=None) -> int:
         t = time.time()
         opts = IterateOptions(rounds=3, per_round_flops=a.target_flops ** (1 / 3),
                               epochs_per_round=max(1, a.ft_epochs // 3), max_drop=1.0,
-                              img_size=a.img_size, batch_size=16, train=ft.train)
+                              img_size=a.img_size, batch_size=16, kd=a.ft_kd, train=recipe)
         s = iterate(b_cfg, b_w, data, os.path.join(w, "iter3"), opts, log=print, metric=lambda m: metric(m)["map50"])
         final = s["rounds"][-1]
         tuned = load_model(final["cfg"], final["weights"])
@@ -166,35 +200,52 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_commands(a, which: str) -> str:
+    """The command that made the --baseline / --sparse run, from its RUN/commands.txt."""
+    d = a.baseline if which == "baseline" else a.sparse
+    if not d:
+        return (f"{a.base_epochs} epochs through the engine with the demo recipe into "
+                f"`{a.work}/baseline`")
+    path = os.path.join(os.path.dirname(d.rstrip("/")), "commands.txt")
+    lines = open(path).read().splitlines() if os.path.isfile(path) else []
+    mine = [x for x in lines if f"--output-dir {d.rstrip('/')}" in x]
+    return f"`{mine[-1]}`" if mine else f"the run in `{d}`"
+
+
 def write_md(a, res: dict, argv) -> None:
     b = res["baseline"]
+    recipe_text = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in demo_recipe().items())
     cmd = "python bench/beyond_bench.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
     L = ["# Beyond one-shot slimming: importance criteria, sensitivity, iterative, unstructured", "",
-         f"Date 2026-11-23. Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU, shared "
-         "with other jobs (timings are noisy; latency taken single-threaded to limit that). "
+         f"Date {time.strftime('%Y-%m-%d')}. Machine: {platform.machine()} {os.cpu_count()}-core "
+         "CPU, no GPU (latency taken single-threaded, batch 1). "
          f"torch {torch.__version__}.", "", f"Command: `{cmd}`", "",
          "## Setting", "",
-         f"- data: synthetic shapes set (`yolo_slim.synthetic`, seed 0), {a.n_train} train / "
-         f"{a.n_valid} valid images at {a.img_size} px, 5 classes;",
-         f"- baseline: `cfg/demo.cfg` (yolov3-tiny layout, 1/4 width) trained from scratch for "
-         f"{a.base_epochs} epochs, the same as `python train_sparse.py --cfg cfg/demo.cfg --data "
-         f"{a.work}/shapes/shapes.data --img-size {a.img_size} --epochs {a.base_epochs} "
-         "--batch-size 16 --nominal-batch 16 --workers 1 --lr0 0.01 --warmup-epochs 1 --seed 0` "
-         "(no sparsity training: |γ| is plain BN scale here, which is the fair setting for "
-         "comparing criteria but not where `bn` shines);",
+         f"- data: `{a.data or a.work + '/shapes/shapes.data'}`, the synthetic shapes set "
+         "(`yolo_slim.synthetic`, seed 0, 5 classes), evaluated on its whole validation list at "
+         f"{a.img_size} px (letterboxed, conf 0.001, NMS IoU 0.6);",
+         f"- baseline: `{a.cfg}` trained from scratch: " + run_commands(a, "baseline") + ";",
          f"- every variant ends at <= {a.target_flops} x the baseline FLOPs (strategy slim) and gets "
-         f"{a.ft_epochs} fine-tuning epochs in total (lr0 0.005 cosine, no warm-up, batch 16, seed "
-         "0); `iter3` spends them as 3 rounds x 1 epoch, each round cutting to "
-         f"{a.target_flops}^(1/3) of the current FLOPs;",
+         f"{a.ft_epochs} fine-tuning epochs in total with the demo recipe ({recipe_text}) and "
+         f"`--kd {a.ft_kd}` from the baseline, batch 16, seed 0; `iter3` spends them as 3 rounds x "
+         f"{max(1, a.ft_epochs // 3)} epochs, each round cutting to {a.target_flops}^(1/3) of the "
+         "current FLOPs;",
+         "- `bn`, `l1`, `rank`, `sens` and `iter3` start from the baseline as it is (no sparsity "
+         "training, so `bn` ranks by plain BN scale); "
+         + ("`bn+sr` starts from the sparsity-trained model: " + run_commands(a, "sparse")
+            + " (these epochs come on top of the fine-tuning budget)" if a.sparse else
+            "no `bn+sr` row (no --sparse run given)") + ";",
          f"- `sens`: every unit cut alone at {a.sens_ratios}, mAP@0.5 on all validation images, "
-         f"greedy ratios for the FLOPs target under a {a.sens_max_drop} drop per unit;",
-         "- mAP on all validation images, letterboxed, conf 0.001, NMS IoU 0.6.", "",
+         f"greedy ratios for the FLOPs target under a {a.sens_max_drop} drop per unit.", "",
          f"Baseline: mAP@0.5 {b['map50']:.4f}, mAP@0.5:0.95 {b['map']:.4f}, "
-         f"{b['flops'] / 1e9:.3f} GFLOPs at {a.img_size} px.", "",
+         f"{b['flops'] / 1e9:.3f} GFLOPs at {a.img_size} px."
+         + (f" Sparse-trained model: mAP@0.5 {res['sparse_model']['map50']:.4f}."
+            if "sparse_model" in res else ""), "",
          "## Same FLOPs target, same fine-tuning budget", "",
          "| variant | FLOPs kept | params | mAP@0.5 pruned | mAP@0.5 fine-tuned | mAP@0.5:0.95 fine-tuned | fine-tune wall s |",
          "|---|---|---|---|---|---|---|"]
-    for k in ("bn", "l1", "rank", "sens", "iter3"):
+    for k in ("bn", "l1", "rank", "sens", "iter3") + (("bn+sr",) if a.sparse else ()):
         if k not in res:
             L.append(f"| {k} | not measured | | | | | |")
             continue

@@ -23,9 +23,17 @@ STRATEGY=${STRATEGY:-slim}                  # normal | shortcut | slim
 PERCENT=${PERCENT:-0.6}                     # share of prunable channels (lowest |gamma|) cut
 KEEP=${KEEP:-0.1}                           # every layer keeps at least KEEP x its channels
 SHORTCUTS=${SHORTCUTS:-1}                   # residual blocks removed (layer pruning; 0 = none)
+IMPORTANCE=${IMPORTANCE:-bn}                # channel score: bn (|gamma|) | l1 | rank (HRank, uses DATA)
 KD=${KD:-chen}                              # none | hinton | chen
 TEACHER=${TEACHER:-$RUN/baseline/best.pt}   # distillation teacher (.pt or .weights)
 T_CFG=${T_CFG:-}                            # teacher cfg, not needed for a .pt teacher
+# beyond one-shot slimming (make sensitivity / iterate / unstructured)
+TARGET_FLOPS=${TARGET_FLOPS:-0.5}           # sensitivity: FLOPs target of the chosen per-layer cuts
+MAX_DROP=${MAX_DROP:-0.05}                  # largest mAP@0.5 drop: per unit (sensitivity), per run (iterate)
+ROUNDS=${ROUNDS:-3}                         # iterate: rounds of prune -> fine-tune
+ROUND_FLOPS=${ROUND_FLOPS:-0.8}             # iterate: each round keeps this share of the current FLOPs
+ROUND_EPOCHS=${ROUND_EPOCHS:-2}             # iterate: fine-tuning epochs per round
+AMOUNT=${AMOUNT:-0.5}                       # unstructured: share of conv weights zeroed
 # extra flags for every training stage; the default is the short-schedule recipe the demo
 # needs on 2 CPU cores (no gradient accumulation, higher LR and class gain, 1 warm-up epoch)
 TRAIN_ARGS=${TRAIN_ARGS:---nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25 --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5}

@@ -1,10 +1,35 @@
 #!/usr/bin/env bash
-# Iterative pruning (prune a little -> fine-tune -> repeat); every flag goes to yolo_slim.iterate:
-#   scripts/iterate.sh --cfg cfg/demo.cfg --weights best.pt --data d.data --rounds 3 \
-#       --per-round-flops 0.8 --epochs-per-round 2 --max-drop 0.05 --output-dir runs/iter
-# Run the same command again to resume after an interruption.
-set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="$ROOT/.venv/bin/python"
-[ -x "$PY" ] || PY=python3
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m yolo_slim.iterate "$@"
+# Iterative pruning of the sparse model: ROUNDS x (cut to ROUND_FLOPS of the current FLOPs ->
+# fine-tune ROUND_EPOCHS epochs with KD from the baseline), stopping after a round that loses more
+# than MAX_DROP mAP@0.5 -> $RUN/iterate/round_k/{prune,train}/, summary.json
+# Run it again to resume after an interruption. With arguments, they all go to yolo_slim.iterate
+# instead of the defaults:
+#   scripts/iterate.sh --cfg c.cfg --weights w.pt --data d.data --rounds 3 --output-dir runs/iter
+CALLER_DIR=$PWD
+source "$(dirname "$0")/common.sh"  # (cds to the repo root)
+if [[ $# -gt 0 ]]; then  # paths in the arguments are the caller's: run from there
+    ROOT=$PWD
+    [[ $PY == /* ]] || PY=$ROOT/$PY
+    cd "$CALLER_DIR"
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m yolo_slim.iterate "$@"
+fi
+OUT=$RUN/iterate
+stage_done "$OUT" && exit 0
+# TRAIN_ARGS ("--lr0 0.02 --mosaic 1.0 ...") as yolo_slim.iterate's --train FIELD=VALUE pairs
+TRAIN=()
+read -ra words <<<"$TRAIN_ARGS"
+for ((i = 0; i < ${#words[@]}; i++)); do
+    w=${words[i]#--}
+    if [[ $((i + 1)) -lt ${#words[@]} && ${words[i + 1]} != --* ]]; then
+        TRAIN+=(--train "$w=${words[i + 1]}"); i=$((i + 1))
+    else
+        TRAIN+=(--train "$w=true")
+    fi
+done
+mkdir -p "$OUT"
+log_run "$PY" -m yolo_slim.iterate --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
+    --rounds "$ROUNDS" --per-round-flops "$ROUND_FLOPS" --epochs-per-round "$ROUND_EPOCHS" \
+    --max-drop "$MAX_DROP" --strategy "$STRATEGY" --importance "$IMPORTANCE" --layer-keep "$KEEP" \
+    --kd "$KD" --img-size "$IMG" --batch-size "$BATCH" --train "workers=$WORKERS" \
+    ${DEVICE:+--train "device=$DEVICE"} "${TRAIN[@]}" --output-dir "$OUT"
+touch "$OUT/.done"

@@ -5,12 +5,14 @@ source "$(dirname "$0")/common.sh"
 OUT=$RUN/pruned
 stage_done "$OUT" && exit 0
 rm -rf "$OUT"
+SCORE=(--importance "$IMPORTANCE")
+[[ $IMPORTANCE == rank ]] && SCORE+=(--data "$DATA")  # HRank ranks feature maps of DATA's images
 if [[ $SHORTCUTS -gt 0 ]]; then
     log_run "$PY" prune_layers.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --shortcuts "$SHORTCUTS" \
-        --strategy "$STRATEGY" --global-percent "$PERCENT" --layer-keep "$KEEP" \
+        --strategy "$STRATEGY" --global-percent "$PERCENT" --layer-keep "$KEEP" "${SCORE[@]}" \
         --img-size "$IMG" --output-dir "$OUT"
 else
     log_run "$PY" prune_channels.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --strategy "$STRATEGY" \
-        --global-percent "$PERCENT" --layer-keep "$KEEP" --img-size "$IMG" --output-dir "$OUT"
+        --global-percent "$PERCENT" --layer-keep "$KEEP" "${SCORE[@]}" --img-size "$IMG" --output-dir "$OUT"
 fi
 touch "$OUT/.done"

@@ -138,3 +138,23 @@ def test_cli_errors_and_script(setup, repo_root):
     p = subprocess.run([str(repo_root / "scripts" / "iterate.sh"), "--help"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0 and "--per-round-flops" in p.stdout
+
+
+def test_script_defaults_pass_train_args(tmp_path, repo_root):
+    """Without arguments the script builds the command from scripts/common.sh's defaults; the
+    training flags become --train FIELD=VALUE pairs (PY=echo prints the command it would run)."""
+    import os
+    import subprocess
+    env = {**os.environ, "PY": "echo", "RUN": str(tmp_path / "run"), "ROUNDS": "2",
+           "TRAIN_ARGS": "--lr0 0.02 --multi-scale --mosaic 1.0"}
+    p = subprocess.run(["bash", str(repo_root / "scripts" / "iterate.sh")], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    args = p.stdout.split()
+    assert args[:2] == ["-m", "yolo_slim.iterate"] and args[args.index("--rounds") + 1] == "2"
+    pairs = [args[i + 1] for i, a in enumerate(args) if a == "--train"]
+    assert pairs == ["workers=2", "lr0=0.02", "multi-scale=true", "mosaic=1.0"]
+    assert parse_train_overrides(pairs) == {"workers": 2, "lr0": 0.02, "multi_scale": True,
+                                            "mosaic": 1.0}
+    assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
+    assert (tmp_path / "run" / "iterate" / ".done").is_file()

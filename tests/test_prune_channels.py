@@ -115,6 +115,33 @@ def test_target_flops_round_to_layer_keep():
             assert c >= math.ceil(0.3 * before[i]) and c >= 1
 
 
+def test_tied_gammas_are_cut_to_the_target():
+    """An untrained model has every γ = 1: percent and FLOPs targets must still cut to the target
+    (by position among the ties), not jump from nothing to everything; --threshold keeps its
+    value semantics."""
+    from yolo_slim.model import Darknet as D
+    from yolo_slim.cfg import parse_cfg as pc
+    cfg = Path(__file__).resolve().parents[1] / "cfg" / "demo.cfg"
+    torch.manual_seed(0)
+    m = D(pc(str(cfg))).eval()  # fresh init: all |γ| == 1
+    gammas = torch.cat([c.bn.weight for _, c in conv_layers(m) if c.bn is not None])
+    assert bool((gammas == 1).all())
+    full = model_flops(m, (64, 64))
+    r = prune_model(m, PruneOptions(target_flops=0.5, img_size=(64, 64)), check=False)
+    frac = model_flops(r.compact, (64, 64)) / full
+    assert 0.45 <= frac <= 0.5, frac  # the fewest channels that reach the target, not all of them
+    assert r.report["threshold"] == 1.0 and 0 < r.report["deciders_cut"]
+    r = prune_model(m, PruneOptions(global_percent=0.5, img_size=(64, 64)), check=False)
+    before, after = conv_counts(m), conv_counts(r.compact)
+    halved = [i for i in before if after[i] == before[i] // 2]
+    assert all(after[i] == before[i] for i in before if i not in halved)  # the heads
+    assert len(halved) == len(before) - 2  # a tie is cut evenly: every prunable layer by half
+    assert r.report["deciders_cut"] == sum(before[i] for i in halved) // 2
+    r = prune_model(m, PruneOptions(threshold=1.0, img_size=(64, 64)), check=False)
+    assert conv_counts(r.compact) == conv_counts(m)  # nothing is < 1.0
+    assert r.report["deciders_cut"] is None
+
+
 def test_everything_cut_keeps_one_channel():
     m = random_model(3)
     r = prune_model(m, PruneOptions(strategy="slim", threshold=1e9, round_to=4), check=False)

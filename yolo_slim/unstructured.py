@@ -152,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     rep = run(a.cfg, a.weights, a.output_dir, a.amount, a.img_size, a.structured_flops, a.runs,
               a.warmup, a.onnx, a.threads)
-    print(summary_text(rep))
-    print("wrote", os.path.join(a.output_dir, "unstructured_report.json"))
+    text = summary_text(rep)
+    print(text)
+    atomic_write_bytes(os.path.join(a.output_dir, "unstructured_summary.txt"), (text + "\n").encode())
+    print("wrote", os.path.join(a.output_dir, "unstructured_report.json"), "and unstructured_summary.txt")
     return 0
 
 

@@ -55,21 +55,24 @@ class PruneResult:
     scores: np.ndarray | None = None  # per-node importance scores the masks were cut by
 
 
-def choose_threshold(solver: MaskSolver, opts: PruneOptions) -> float:
+def choose_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[float, int | None]:
+    """(threshold, n_cut): --threshold cuts by value (n_cut None); --global-percent and
+    --target-flops cut a number of deciders in score order (threshold = what that amounts to);
+    --layer-ratios has no global threshold (nan)."""
     given = [k for k in ("global_percent", "threshold", "target_flops", "layer_ratios")
              if getattr(opts, k) is not None]
     if len(given) != 1:
         raise YoloSlimError("give exactly one of --global-percent, --threshold, --target-flops, "
                             "--layer-ratios")
     if opts.layer_ratios is not None:
-        return math.nan  # no global threshold: prune_model cuts per unit
+        return math.nan, None  # no global threshold: prune_model cuts per unit
     if opts.threshold is not None:
         if opts.threshold < 0 or math.isnan(opts.threshold):
             raise YoloSlimError(f"--threshold must be >= 0, got {opts.threshold}")
-        return float(opts.threshold)
-    if opts.global_percent is not None:
-        return solver.percent_threshold(opts.global_percent)
-    return solver.target_flops_threshold(opts.target_flops)
+        return float(opts.threshold), None
+    n_cut = solver.percent_cut(opts.global_percent) if opts.global_percent is not None \
+        else solver.target_flops_cut(opts.target_flops)
+    return solver.cut_threshold(n_cut), n_cut
 
 
 @torch.no_grad()
@@ -106,13 +109,14 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep, opts.round_to, img_hw)
     stats = solver.gamma_stats()
     log(_gamma_text(stats, opts.importance))
-    thr = choose_threshold(solver, opts)
+    thr, n_cut = choose_cut(solver, opts)
     if opts.layer_ratios is not None:
         keep_node = solver.ratio_keep(opts.layer_ratios)
         bare = solver.ratio_keep(opts.layer_ratios, enforce=False)
     else:
-        keep_node = solver.keep(thr)
-        bare = solver.keep(thr, enforce=False)  # which layers only the floor / rounding filled up
+        keep_node = solver.keep(thr, n_cut=n_cut)
+        # which layers only the floor / rounding filled up
+        bare = solver.keep(thr, enforce=False, n_cut=n_cut)
     assert_consistent(g, keep_node)
     raised = [i for i, n in g.conv_nodes.items() if keep_node[n].sum() != bare[n].sum()]
     if raised:
@@ -124,6 +128,7 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     after = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
     report: dict[str, Any] = {
         "strategy": opts.strategy, "importance": opts.importance, "threshold": thr,
+        "deciders_cut": n_cut,
         "options": asdict(opts),
         "img_size": list(img_hw),
         "params": {"before": count_params(model), "after": count_params(compact)},

@@ -48,6 +48,16 @@ class MaskSolver:
         self.must_root[g.root[g.class_must_keep()]] = True
         self.has_dec_root = np.zeros(n, bool)
         self.has_dec_root[g.root[self.deciders]] = True
+        # a strict order of the deciders, lowest score first: percent and FLOPs targets cut the
+        # first n of it. A threshold cannot split tied scores (a fresh or barely trained model
+        # has every |γ| = 1) and would jump from cutting nothing to cutting everything. Ties go
+        # by the channel's relative position in its layer, so a tie is cut evenly over layers.
+        rel = np.zeros(n)
+        for nodes in g.conv_nodes.values():
+            rel[nodes] = np.arange(len(nodes)) / len(nodes)
+        d = self.deciders
+        self.dec_rank = np.empty(len(d), np.int64)
+        self.dec_rank[np.lexsort((d, rel[d], abs_gamma[d]))] = np.arange(len(d))
         order = np.argsort(g.root, kind="stable")
         cuts = np.flatnonzero(np.diff(g.root[order])) + 1
         self.members = {int(g.root[grp[0]]): grp for grp in np.split(order, cuts)}
@@ -60,20 +70,27 @@ class MaskSolver:
     def decider_gammas(self) -> np.ndarray:
         return self.gamma[self.deciders]
 
-    def percent_threshold(self, percent: float) -> float:
-        """Threshold below which `percent` of the deciding |γ| lie."""
+    def percent_cut(self, percent: float) -> int:
+        """How many deciders (lowest |γ| first) `percent` of them is."""
         if not 0.0 <= percent <= 1.0:
             raise YoloSlimError(f"--global-percent must be in [0, 1], got {percent}")
-        vals = np.sort(self.decider_gammas())
-        k = int(round(percent * len(vals)))
-        return float(vals[k]) if k < len(vals) else math.inf
+        return int(round(percent * len(self.deciders)))
 
-    def keep(self, thr: float, enforce: bool = True) -> np.ndarray:
-        """Per-node keep vector for 'cut |γ| < thr', with floors and rounding when enforce."""
+    def cut_threshold(self, n_cut: int) -> float:
+        """The score of the lowest decider that `n_cut` keeps: the threshold that cut amounts
+        to (exactly, unless it splits tied scores)."""
+        if n_cut >= len(self.deciders):
+            return math.inf
+        return float(self.gamma[self.deciders[self.dec_rank == n_cut][0]])
+
+    def keep(self, thr: float, enforce: bool = True, n_cut: int | None = None) -> np.ndarray:
+        """Per-node keep vector for 'cut |γ| < thr' (or, given n_cut, 'cut the n_cut lowest
+        deciders'), with floors and rounding when enforce."""
         g = self.g
         keep_root = ~self.has_dec_root | self.must_root
         d = self.deciders
-        keep_root[g.root[d[self.gamma[d] >= thr]]] = True
+        dec_keep = self.gamma[d] >= thr if n_cut is None else self.dec_rank >= n_cut
+        keep_root[g.root[d[dec_keep]]] = True
         keep_node = keep_root[g.root]
         if enforce:
             self._enforce(keep_root, keep_node)
@@ -185,27 +202,31 @@ class MaskSolver:
         return int(sum(f * int(keep_node[g.in_nodes(i)].sum()) * int(keep_node[g.conv_nodes[i]].sum())
                        for i, f in self.flops_factor.items()))
 
-    def target_flops_threshold(self, fraction: float) -> float:
-        """Smallest threshold whose compact model has at most fraction x the original FLOPs."""
+    def target_flops_cut(self, fraction: float) -> int:
+        """Fewest deciders to cut (lowest score first) for a compact model of at most
+        fraction x the original FLOPs."""
         if not 0.0 < fraction <= 1.0:
             raise YoloSlimError(f"--target-flops must be in (0, 1], got {fraction}")
         target = fraction * self.flops_full
-        cands = np.concatenate([[0.0], np.unique(self.decider_gammas()), [math.inf]])
-        if self.flops(self.keep(math.inf)) > target:
-            best = self.flops(self.keep(math.inf)) / self.flops_full
+        n = len(self.deciders)
+
+        def flops(k: int) -> int:
+            return self.flops(self.keep(math.inf, n_cut=k))
+        if flops(n) > target:
             raise YoloSlimError(f"--target-flops {fraction} is out of reach: cutting every prunable "
-                                f"channel (with the floors) still leaves {best:.4f} of the FLOPs")
-        lo, hi = 0, len(cands) - 1  # invariant: cands[hi] meets the target
+                                f"channel (with the floors) still leaves {flops(n) / self.flops_full:.4f} "
+                                "of the FLOPs")
+        lo, hi = 0, n  # invariant: cutting hi meets the target
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.flops(self.keep(cands[mid])) <= target:
+            if flops(mid) <= target:
                 hi = mid
             else:
                 lo = mid + 1
-        # rounding and floors make FLOPs only nearly monotone in the threshold: walk up if needed
-        while self.flops(self.keep(cands[hi])) > target:
+        # rounding and floors make FLOPs only nearly monotone in the cut: walk up if needed
+        while flops(hi) > target:
             hi += 1
-        return float(cands[hi])
+        return hi
 
     def gamma_stats(self) -> dict:
         """Per prunable conv |γ| quantiles, and the largest threshold that empties no layer
