@@ -280,6 +280,32 @@ def test_combined_equals_sequential(tmp_path, thr):
     assert rep["final"]["depth"] == len(conv_layers(back))
 
 
+def test_combined_layer_ratios_name_input_layers(tmp_path):
+    """--layer-ratios with --shortcuts name the input cfg's layers (what sensitivity measured):
+    combined == layer pruning, then prune_channels with the ratios renumbered by hand; ratios of
+    convs inside removed blocks are dropped."""
+    from yolo_slim.graph import build_graph, prunable_of
+    cfg, wts, m = write_net(tmp_path, seed=2)
+    n = len(analyze_blocks(parse_cfg(str(cfg)))[0]) - 1
+    lres = prune_layers_model(m, n, check=False)
+    gone = {j for b in lres.removed for j in b.layers}
+    convs = prunable_of(build_graph(m.module_defs), "slim")
+    ratios = {i: 0.5 for i in convs}
+    assert any(i in gone for i in ratios) and any(i not in gone for i in ratios)
+    a, b, lay = tmp_path / "a", tmp_path / "b", tmp_path / "l"
+    rep = run(str(cfg), str(wts), str(a), n, channel_opts=PruneOptions(layer_ratios=ratios), **QUIET)
+    run(str(cfg), str(wts), str(lay), n, **QUIET)
+    moved = {lres.index[i]: r for i, r in ratios.items() if i not in gone}
+    run_channels(str(lay / "net.cfg"), str(lay / "net.weights"), str(b),
+                 PruneOptions(layer_ratios=moved), **QUIET)
+    assert (a / "net.cfg").read_text() == (b / "net.cfg").read_text()
+    assert (a / "net.weights").read_bytes() == (b / "net.weights").read_bytes()
+    assert rep["final"]["params"] < rep["params"]["after"]
+    with pytest.raises(Exception, match="not a layer of the input cfg"):
+        run(str(cfg), str(wts), str(tmp_path / "c"), n,
+            channel_opts=PruneOptions(layer_ratios={10_000: 0.5}), **QUIET)
+
+
 def test_cli(tmp_path, run_script):
     import prune_layers
     cfg, wts, _ = write_net(tmp_path)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..cfg import net_size
+from ..errors import YoloSlimError
 from ..model import Darknet
 from ..report import canvas, count_params, model_flops, plot_channels, put_text, save_png
 from .channels import PruneOptions, evaluate_maps, prune_model
@@ -60,6 +61,24 @@ def prune_layers_model(model: Darknet, shortcuts: int, rank: str = "mean",
     return LayerPruneResult(compact, folded, removed, index, scores, rep)
 
 
+def ratios_after_removal(ratios: dict[int, float], index: dict[int, int],
+                         removed: list[Block]) -> tuple[dict[int, float], list[int]]:
+    """--layer-ratios name layers of the *input* cfg (what yolo_slim.sensitivity measured);
+    renumber them for the layer-pruned model. Returns (renumbered ratios, layers whose block was
+    removed, so their ratio no longer applies)."""
+    gone = {j for b in removed for j in b.layers}
+    out: dict[int, float] = {}
+    dropped = []
+    for i, r in sorted(ratios.items()):
+        if i in gone:
+            dropped.append(i)
+        elif i in index:
+            out[index[i]] = r
+        else:
+            raise YoloSlimError(f"--layer-ratios: layer {i} is not a layer of the input cfg")
+    return out, dropped
+
+
 def plot_blocks(scores: dict[int, float], removed: list[Block], path: str, title: str) -> None:
     """One bar per removable block (x: its shortcut layer, height: score); red = removed."""
     import cv2
@@ -91,6 +110,11 @@ def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str =
     lres = prune_layers_model(model, shortcuts, rank, hw, seed)
     rep, final = lres.report, lres.compact
     hw = tuple(rep["img_size"])
+    if channel_opts is not None and channel_opts.layer_ratios is not None:
+        ratios, dropped = ratios_after_removal(channel_opts.layer_ratios, lres.index, lres.removed)
+        if dropped:
+            log(f"--layer-ratios: layers {dropped} were in removed blocks; their ratios are unused")
+        channel_opts = replace(channel_opts, layer_ratios=ratios)
     if channel_opts is not None:
         cres = prune_model(lres.compact, channel_opts, log=log)
         final = cres.compact
