@@ -3,6 +3,9 @@
 
   python train_sparse.py --cfg cfg/demo.cfg --data data/shapes/shapes.data --epochs 30
   python train_sparse.py --cfg cfg/demo.cfg --data d.data --weights best.pt      # fresh start
+  python train_sparse.py --cfg my-3class.cfg --data d.data --weights yolov3.weights \
+      --transfer --weights-cfg cfg/yolov3.cfg      # COCO weights, other class count: heads fresh
+  python train_sparse.py --cfg cfg/yolov3.cfg --data d.data --weights darknet53.conv.74 --transfer
   python train_sparse.py --resume runs/train/last.pt                            # continue
   torchrun --nproc_per_node 2 train_sparse.py --cfg ... --data ... --device cpu  # DDP
 
@@ -19,7 +22,7 @@ from yolo_slim.errors import YoloSlimError, cli_main
 @cli_main
 def main(argv=None):
     from yolo_slim.engine import TrainConfig, resume_config, train
-    from yolo_slim.weights import load_model, model_from_checkpoint
+    from yolo_slim.weights import load_model, load_transfer, model_from_checkpoint
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     TrainConfig.add_args(p)
     p.set_defaults(resume="")
@@ -33,7 +36,18 @@ def main(argv=None):
             raise YoloSlimError("--data is required")
         if not cfg.cfg and not cfg.weights.endswith(".pt"):
             raise YoloSlimError("--cfg is required (unless --weights is a yolo-slim .pt)")
-        model = load_model(cfg.cfg or None, cfg.weights or None)
+        if cfg.transfer:
+            if not (cfg.cfg and cfg.weights):
+                raise YoloSlimError("--transfer needs --cfg (the model to train) and --weights")
+            model = load_model(cfg.cfg, None)
+            t = load_transfer(model, cfg.weights, cfg.weights_cfg or None)
+            print(f"--transfer ({t['mode']}): {len(t['loaded'])} conv layers loaded from "
+                  f"{cfg.weights}, {len(t['kept_init'])} keep their initialisation "
+                  f"{t['kept_init'] if len(t['kept_init']) <= 12 else ''}".rstrip())
+        elif cfg.weights_cfg:
+            raise YoloSlimError("--weights-cfg is for --transfer")
+        else:
+            model = load_model(cfg.cfg or None, cfg.weights or None)
         cfg_for_hooks = cfg
     from yolo_slim.sparsity import make_train_hooks
     hooks = list(make_train_hooks(cfg_for_hooks, model)) if cfg_for_hooks.sr else []

@@ -8,6 +8,8 @@ PY=${PY:-.venv/bin/python}
 CFG=${CFG:-cfg/demo.cfg}                    # the model to slim
 DATA=${DATA:-data/shapes/shapes.data}       # darknet .data file (default: the synthetic set)
 WEIGHTS=${WEIGHTS:-}                        # optional pretrained start for the baseline
+TRANSFER=${TRANSFER:-0}                     # 1: WEIGHTS are for another cfg: load the layers that fit
+WEIGHTS_CFG=${WEIGHTS_CFG:-}                # with TRANSFER=1: the cfg WEIGHTS were written for
 RUN=${RUN:-runs/demo}                       # every stage reads/writes under this folder
 IMG=${IMG:-256}
 BATCH=${BATCH:-16}

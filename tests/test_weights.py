@@ -262,3 +262,110 @@ def test_checkpoint_errors(tmp_path):
     save_darknet_weights(model, str(tmp_path / "ok.weights"))
     assert (tmp_path / "ok.weights").stat().st_size == 20 + 4 * 200
     assert json.dumps(read_checkpoint(str(pt))["header"]) == "[0, 2, 5]"
+
+
+# ---- --transfer: weights made for another cfg ----------------------------------------------------
+
+def _demo_pair(tmp_path, classes: int):
+    """demo.cfg with `classes` classes (heads: 3 x (5 + classes) filters) and a random model."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "cfg" / "demo.cfg").read_text()
+    text = text.replace("filters=30", f"filters={3 * (5 + classes)}").replace(
+        "classes=5", f"classes={classes}")
+    path = tmp_path / f"demo{classes}.cfg"
+    path.write_text(text)
+    return str(path), build_model(str(path))
+
+
+def prefix_floats(convs, k: int) -> int:
+    """Floats the first k conv layers take in a .weights file."""
+    from yolo_slim.weights import _layer_tensors
+    return sum(t.numel() for _, m in convs[:k] for t in _layer_tensors(m))
+
+
+def _layer_state(m, i):
+    return {k: v.clone() for k, v in m.module_list[i].state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_transfer_other_class_count(tmp_path):
+    """COCO-style weights of a 5-class model onto a 2-class cfg: every conv but the heads is
+    copied exactly, the heads keep their initialisation; the same from a .pt."""
+    from yolo_slim.weights import load_transfer, save_checkpoint
+    src_cfg, src = _demo_pair(tmp_path, 5)
+    torch.manual_seed(1)
+    for p in src.parameters():
+        p.data.normal_()
+    for b in src.buffers():
+        if b.dtype.is_floating_point:
+            b.data.uniform_(0.5, 2)
+    wts = tmp_path / "src.weights"
+    wts.write_bytes(darknet_weights_bytes(src))
+    save_checkpoint(src, str(tmp_path / "src.pt"))
+    heads = [i for i, m in conv_layers(src) if m.conv.out_channels == 30]
+    assert len(heads) == 2
+    for path, scfg in ((str(wts), src_cfg), (str(tmp_path / "src.pt"), None)):
+        _, dst = _demo_pair(tmp_path, 2)
+        init = {i: _layer_state(dst, i) for i in heads}
+        rep = load_transfer(dst, path, scfg)
+        assert rep["mode"] == "match" and rep["kept_init"] == heads
+        assert len(rep["loaded"]) == len(conv_layers(dst)) - 2
+        for i in rep["loaded"]:
+            assert _same(_layer_state(dst, i), _layer_state(src, i))
+        for i in heads:
+            assert _same(_layer_state(dst, i), init[i])
+
+
+def test_transfer_prefix_like_darknet53_conv(tmp_path):
+    """A .weights holding the first k conv layers (darknet53.conv.74 style) loads them exactly;
+    a file ending inside a layer, or longer than the cfg, is a clear error."""
+    from yolo_slim.weights import load_transfer
+    _, src = _demo_pair(tmp_path, 5)
+    torch.manual_seed(2)
+    for p in src.parameters():
+        p.data.normal_()
+    full = darknet_weights_bytes(src)
+    convs = conv_layers(src)
+    k = 5
+    n_floats = prefix_floats(convs, k)
+    cut = tmp_path / "demo.conv.k"
+    cut.write_bytes(full[:20 + 4 * n_floats])
+    _, dst = _demo_pair(tmp_path, 5)
+    rest = {i: _layer_state(dst, i) for i, _ in convs[k:]}
+    rep = load_transfer(dst, str(cut))
+    assert rep["mode"] == "prefix" and rep["loaded"] == [i for i, _ in convs[:k]]
+    for i, _ in convs[:k]:
+        assert _same(_layer_state(dst, i), _layer_state(src, i))
+    for i, st in rest.items():
+        assert _same(_layer_state(dst, i), st)
+    (tmp_path / "mid").write_bytes(full[:20 + 4 * (n_floats + 7)])
+    with pytest.raises(YoloSlimError, match=f"ends inside conv layer {convs[k][0]}"):
+        load_transfer(dst, str(tmp_path / "mid"))
+    (tmp_path / "long").write_bytes(full + b"\0" * 8)
+    with pytest.raises(YoloSlimError, match="2 floats left"):
+        load_transfer(dst, str(tmp_path / "long"))
+
+
+def test_transfer_cli(tmp_path, run_script, shapes_data):
+    """train_sparse.py --transfer: one epoch from a 3-layer prefix file; flag misuse exits 2
+    with one line."""
+    src_cfg, src = _demo_pair(tmp_path, 5)
+    convs = conv_layers(src)
+    n = prefix_floats(convs, 3)
+    wts = tmp_path / "prefix.weights"
+    wts.write_bytes(darknet_weights_bytes(src)[:20 + 4 * n])
+    rc, out, err = run_script("train_sparse.py", "--cfg", src_cfg, "--data", shapes_data,
+                              "--weights", wts, "--transfer", "--epochs", "1", "--img-size", "64",
+                              "--batch-size", "4", "--workers", "0", "--no-progress",
+                              "--output-dir", tmp_path / "run")
+    assert rc == 0, err
+    assert f"--transfer (prefix): 3 conv layers loaded from {wts}, {len(convs) - 3} keep" in out
+    assert (tmp_path / "run" / "last.pt").is_file()
+    rc, _, err = run_script("train_sparse.py", "--cfg", src_cfg, "--data", shapes_data,
+                            "--weights", wts, "--weights-cfg", src_cfg)
+    assert rc == 2 and "--weights-cfg is for --transfer" in err and "Traceback" not in err
+    rc, _, err = run_script("train_sparse.py", "--cfg", src_cfg, "--data", shapes_data, "--transfer")
+    assert rc == 2 and "--transfer needs" in err and "Traceback" not in err

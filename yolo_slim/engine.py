@@ -50,6 +50,11 @@ class TrainConfig:
     cfg: str = field(default="", metadata={"help": "darknet cfg (optional with --resume)"})
     data: str = field(default="", metadata={"help": "darknet .data file"})
     weights: str = field(default="", metadata={"help": "start from these weights, epoch 0"})
+    transfer: bool = field(default=False, metadata={
+        "help": "--weights made for another cfg: copy the conv layers that fit (a .pt, or a "
+                ".weights with --weights-cfg), or read a .weights as a prefix (darknet53.conv.74)"})
+    weights_cfg: str = field(default="", metadata={
+        "help": "--transfer: the cfg --weights was written for (e.g. COCO yolov3.cfg)"})
     resume: str = field(default="", metadata={"help": "continue a run: a last.pt, or no value "
                                               "= <output-dir>/last.pt", "nargs": "?", "const": "auto"})
     output_dir: str = "runs/train"

@@ -23,14 +23,7 @@ from .model import Darknet, conv_layers
 
 def _conv_tensors(model: Darknet) -> list[torch.Tensor]:
     """Every tensor the weights file holds, in file order."""
-    out = []
-    for _, m in conv_layers(model):
-        if m.bn is not None:
-            out += [m.bn.bias, m.bn.weight, m.bn.running_mean, m.bn.running_var]
-        else:
-            out.append(m.conv.bias)
-        out.append(m.conv.weight)
-    return out
+    return [t for _, m in conv_layers(model) for t in _layer_tensors(m)]
 
 
 def weights_float_count(model: Darknet) -> int:
@@ -142,6 +135,73 @@ def load_weights(model: Darknet, path: str) -> None:
         load_checkpoint_into(model, read_checkpoint(path), path)
     else:
         load_darknet_weights(model, path)
+
+
+def _layer_tensors(m) -> list[torch.Tensor]:
+    """One conv layer's tensors in .weights order (BN β, γ, mean, var, or the bias; kernel)."""
+    if m.bn is not None:
+        return [m.bn.bias, m.bn.weight, m.bn.running_mean, m.bn.running_var, m.conv.weight]
+    return [m.conv.bias, m.conv.weight]
+
+
+def load_transfer(model: Darknet, path: str, source_cfg: str | None = None) -> dict[str, Any]:
+    """Start training from weights made for another cfg: copy what fits, keep the rest as built.
+
+    - a .pt (its cfg is inside), or a .weights with `source_cfg` (the cfg it was written for,
+      e.g. yolov3.cfg for COCO's yolov3.weights, loaded exactly first): every conv layer whose
+      index, kernel shape and BN-or-bias match is copied; the others (typically the heads of a
+      different class count) keep their initialisation;
+    - a .weights without `source_cfg` is read as a prefix, as darknet reads darknet53.conv.74:
+      conv layers in order while the file holds floats; a file ending inside a layer is an error.
+    Returns {"loaded": [layer indices], "kept_init": [layer indices], "mode": "match" | "prefix"}.
+    """
+    convs = conv_layers(model)
+    if path.endswith((".pt", ".pth")) or source_cfg:
+        src = model_from_checkpoint(path) if not source_cfg else load_model(source_cfg, path)
+        theirs = dict(conv_layers(src))
+        loaded = []
+        with torch.no_grad():
+            for i, m in convs:
+                o = theirs.get(i)
+                mine_t = _layer_tensors(m)
+                if o is None or [t.shape for t in _layer_tensors(o)] != [t.shape for t in mine_t]:
+                    continue
+                for a, b in zip(mine_t, _layer_tensors(o)):
+                    a.copy_(b)
+                loaded.append(i)
+        mode = "match"
+    else:
+        if not os.path.isfile(path):
+            raise YoloSlimError(f"weights not found: {path}")
+        data = open(path, "rb").read()
+        major, minor, _ = (int(v) for v in np.frombuffer(data[:12], "<i4", 3)) \
+            if len(data) >= 12 else (0, 0, 0)
+        hsize = _header_size(major, minor)
+        if len(data) < hsize or (len(data) - hsize) % 4:
+            raise YoloSlimError(f"{path}: not a darknet weights file ({len(data)} bytes)")
+        floats = np.frombuffer(data, "<f4", offset=hsize)
+        pos, loaded = 0, []
+        with torch.no_grad():
+            for i, m in convs:
+                ts = _layer_tensors(m)
+                n = sum(t.numel() for t in ts)
+                if pos == len(floats):
+                    break
+                if pos + n > len(floats):
+                    raise YoloSlimError(f"{path}: ends inside conv layer {i} ({len(floats) - pos} of "
+                                        f"its {n} floats): not a prefix of this cfg's weights")
+                for t in ts:
+                    t.copy_(torch.from_numpy(floats[pos:pos + t.numel()].copy()).view_as(t))
+                    pos += t.numel()
+                loaded.append(i)
+        if pos != len(floats):
+            raise YoloSlimError(f"{path}: {len(floats) - pos} floats left after the cfg's last conv "
+                                "layer; for weights of another cfg give --weights-cfg")
+        mode = "prefix"
+    if not loaded:
+        raise YoloSlimError(f"{path}: no conv layer matches the cfg; nothing to transfer")
+    return {"loaded": loaded, "kept_init": [i for i, _ in convs if i not in set(loaded)],
+            "mode": mode}
 
 
 def load_model(cfg: str | None, weights: str | None) -> Darknet:
