@@ -94,3 +94,31 @@ def test_non_bn_layer_is_rejected_and_unknown_schedule():
         BNSparsity(tiny_model(), [2], SparsitySchedule())
     with pytest.raises(ValueError):
         SparsitySchedule(kind="cosine")
+
+
+def test_train_flags_reach_the_schedule(tmp_path):
+    """--sparsity-decay-start/-factor/--sparsity-keep-fraction from the command line set the
+    schedule the hook applies (global-decay: s x factor from the start epoch on)."""
+    import argparse
+
+    from yolo_slim.engine import TrainConfig
+    from yolo_slim.errors import YoloSlimError
+    from yolo_slim.sparsity import make_train_hooks
+    p = argparse.ArgumentParser()
+    TrainConfig.add_args(p)
+    args = ["--sr", "--s", "0.01", "--sparsity", "global-decay", "--sparsity-decay-start", "0.2",
+            "--sparsity-decay-factor", "0.1", "--epochs", "10", "--output-dir", str(tmp_path)]
+    cfg = TrainConfig.from_args(p.parse_args(args))
+    m = tiny_model().train()
+    x = torch.rand(2, 3, 64, 64)
+    for epoch, s in ((1, 0.01), (2, 0.001)):
+        before = plain_grads(m, x)
+        hook = make_train_hooks(cfg, m)[0]
+        hook.epoch_start(epoch, m)
+        hook.after_backward(m, 0)
+        w = m.module_list[0].bn.weight
+        added = (w.grad - before["module_list.0.bn.weight"]).abs().max().item()
+        assert added == pytest.approx(s), epoch
+    bad = TrainConfig.from_args(p.parse_args(args + ["--sparsity-keep-fraction", "1.5"]))
+    with pytest.raises(YoloSlimError, match="must be in"):
+        make_train_hooks(bad, m)

@@ -41,6 +41,7 @@ from .errors import YoloSlimError, atomic_write_bytes
 from .loss import LossHyp, yolo_loss
 from .optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from .plots import plot_results
+from .sparsity import SparsitySchedule
 from .weights import load_checkpoint_into, read_checkpoint, save_checkpoint
 
 
@@ -103,7 +104,14 @@ class TrainConfig:
     sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)"})
     s: float = field(default=0.001, metadata={"help": "sparsity rate"})
     prune: int = field(default=0, metadata={"help": "which BN layers --sr applies to"})
-    sparsity: str = field(default="", metadata={"help": "sparsity schedule"})
+    sparsity: str = field(default="", metadata={"help": "sparsity schedule: constant, "
+                                                "global-decay or local-decay"})
+    sparsity_decay_start: float = field(default=SparsitySchedule.decay_start, metadata={
+        "help": "decay schedules: fraction of the epochs after which s decays"})
+    sparsity_decay_factor: float = field(default=SparsitySchedule.decay_factor, metadata={
+        "help": "decay schedules: s multiplier once decayed"})
+    sparsity_keep_fraction: float = field(default=SparsitySchedule.keep_fraction, metadata={
+        "help": "local-decay: share of channels (largest |gamma|) whose s decays"})
 
     @classmethod
     def add_args(cls, p: argparse.ArgumentParser) -> None:

@@ -205,9 +205,12 @@ def make_train_hooks(cfg, model: Darknet) -> list:
         raise YoloSlimError(f"--sparsity must be one of {', '.join(SCHEDULES)}, not {kind!r}")
     if cfg.s <= 0:
         raise YoloSlimError(f"--s must be positive, not {cfg.s}")
-    schedule = SparsitySchedule(s=cfg.s, kind=kind,
-                                decay_start=getattr(cfg, "sparsity_decay_start", 0.5),
-                                decay_factor=getattr(cfg, "sparsity_decay_factor", 0.01),
-                                keep_fraction=getattr(cfg, "sparsity_keep_fraction", 0.15))
+    if not (0 <= cfg.sparsity_decay_start <= 1 and 0 <= cfg.sparsity_decay_factor <= 1
+            and 0 <= cfg.sparsity_keep_fraction <= 1):
+        raise YoloSlimError("--sparsity-decay-start, --sparsity-decay-factor and "
+                            "--sparsity-keep-fraction must be in [0, 1]")
+    schedule = SparsitySchedule(s=cfg.s, kind=kind, decay_start=cfg.sparsity_decay_start,
+                                decay_factor=cfg.sparsity_decay_factor,
+                                keep_fraction=cfg.sparsity_keep_fraction)
     return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
                                cfg.output_dir)]
