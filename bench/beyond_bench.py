@@ -20,6 +20,7 @@
      sens:            yolo_slim.sensitivity ratios for the target under --sens-max-drop, then
                       prune_channels --layer-ratios, then fine-tune;
      iter3:           yolo_slim.iterate, 3 rounds of target^(1/3) with ft-epochs/3 epochs each;
+     dense:           the control, the same fine-tuning of the unpruned baseline;
    mAP@0.5 and mAP@0.5:0.95 on the whole validation list, after pruning and after fine-tuning;
 4. latency (batch 1, one thread, torch and onnxruntime): dense vs 50% unstructured vs 50%-FLOPs
    structured, via yolo_slim.unstructured at --latency-size.
@@ -196,6 +197,8 @@ def main(argv=None) -> int:
         res["latency"] = {"size_bytes": rep["size_bytes"], "latency": rep["latency"],
                           "sparsity": rep["sparsity"]["sparsity"]}
         save()
+    if "dense" not in res:  # the control: the same fine-tuning budget without any pruning
+        finish("dense", b_cfg, b_w, {})
     write_md(a, res, argv)
     return 0
 
@@ -231,6 +234,8 @@ def write_md(a, res: dict, argv) -> None:
          f"`--kd {a.ft_kd}` from the baseline, batch 16, seed 0; `iter3` spends them as 3 rounds x "
          f"{max(1, a.ft_epochs // 3)} epochs, each round cutting to {a.target_flops}^(1/3) of the "
          "current FLOPs;",
+         "- `dense` is the control: the baseline fine-tuned with the same budget and no pruning "
+         "(what the extra epochs alone give);",
          "- `bn`, `l1`, `rank`, `sens` and `iter3` start from the baseline as it is (no sparsity "
          "training, so `bn` ranks by plain BN scale); "
          + ("`bn+sr` starts from the sparsity-trained model: " + run_commands(a, "sparse")
@@ -245,7 +250,7 @@ def write_md(a, res: dict, argv) -> None:
          "## Same FLOPs target, same fine-tuning budget", "",
          "| variant | FLOPs kept | params | mAP@0.5 pruned | mAP@0.5 fine-tuned | mAP@0.5:0.95 fine-tuned | fine-tune wall s |",
          "|---|---|---|---|---|---|---|"]
-    for k in ("bn", "l1", "rank", "sens", "iter3") + (("bn+sr",) if a.sparse else ()):
+    for k in ("dense", "bn", "l1", "rank", "sens", "iter3") + (("bn+sr",) if a.sparse else ()):
         if k not in res:
             L.append(f"| {k} | not measured | | | | | |")
             continue

@@ -15,15 +15,22 @@ if [[ $# -gt 0 ]]; then  # paths in the arguments are the caller's: run from the
 fi
 OUT=$RUN/iterate
 stage_done "$OUT" && exit 0
-# TRAIN_ARGS ("--lr0 0.02 --mosaic 1.0 ...") as yolo_slim.iterate's --train FIELD=VALUE pairs
+# TRAIN_ARGS ("--lr0 0.02 --no-ema --lr-steps 0.5 0.8 ...") as yolo_slim.iterate's --train
+# FIELD=VALUE pairs: a bare --flag is true, --no-flag false, several values are comma-joined
 TRAIN=()
 read -ra words <<<"$TRAIN_ARGS"
 for ((i = 0; i < ${#words[@]}; i++)); do
-    w=${words[i]#--}
-    if [[ $((i + 1)) -lt ${#words[@]} && ${words[i + 1]} != --* ]]; then
-        TRAIN+=(--train "$w=${words[i + 1]}"); i=$((i + 1))
+    name=${words[i]#--}
+    vals=()
+    while [[ $((i + 1)) -lt ${#words[@]} && ${words[i + 1]} != --* ]]; do
+        i=$((i + 1)); vals+=("${words[i]}")
+    done
+    if [[ ${#vals[@]} -gt 0 ]]; then
+        TRAIN+=(--train "$name=$(IFS=,; echo "${vals[*]}")")
+    elif [[ $name == no-* ]]; then
+        TRAIN+=(--train "${name#no-}=false")
     else
-        TRAIN+=(--train "$w=true")
+        TRAIN+=(--train "$name=true")
     fi
 done
 mkdir -p "$OUT"

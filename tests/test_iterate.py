@@ -122,7 +122,8 @@ def test_early_stop_keeps_files(setup):
 def test_train_overrides():
     assert parse_train_overrides(["lr0=0.002", "workers=0", "ema=false", "lr-steps=0.5,0.7"]) == \
         {"lr0": 0.002, "workers": 0, "ema": False, "lr_steps": [0.5, 0.7]}
-    for bad in (["nope=1"], ["lr0"], ["epochs=3"], ["workers=x"], ["ema=maybe"]):
+    for bad in (["nope=1"], ["lr0"], ["epochs=3"], ["workers=x"], ["ema=maybe"],
+                ["img-size=64"], ["batch_size=2"], ["progress=true"]):
         with pytest.raises(YoloSlimError):
             parse_train_overrides(bad)
 
@@ -135,6 +136,10 @@ def test_cli_errors_and_script(setup, repo_root):
                  str(root / "e"), "--per-round-flops", "1.5"]) == 2
     assert main(["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir",
                  str(root / "e"), "--train", "bogus=1"]) == 2
+    # a bad option is an error before any work, not an "early stop" with exit 0
+    assert main(["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir",
+                 str(root / "e2"), "--layer-keep", "2"]) == 2
+    assert not (root / "e2" / "summary.json").exists()
     p = subprocess.run([str(repo_root / "scripts" / "iterate.sh"), "--help"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0 and "--per-round-flops" in p.stdout
@@ -146,15 +151,16 @@ def test_script_defaults_pass_train_args(tmp_path, repo_root):
     import os
     import subprocess
     env = {**os.environ, "PY": "echo", "RUN": str(tmp_path / "run"), "ROUNDS": "2",
-           "TRAIN_ARGS": "--lr0 0.02 --multi-scale --mosaic 1.0"}
+           "TRAIN_ARGS": "--lr0 0.02 --multi-scale --no-ema --lr-steps 0.5 0.8 --mosaic 1.0"}
     p = subprocess.run(["bash", str(repo_root / "scripts" / "iterate.sh")], capture_output=True,
                        text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     args = p.stdout.split()
     assert args[:2] == ["-m", "yolo_slim.iterate"] and args[args.index("--rounds") + 1] == "2"
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--train"]
-    assert pairs == ["workers=2", "lr0=0.02", "multi-scale=true", "mosaic=1.0"]
+    assert pairs == ["workers=2", "lr0=0.02", "multi-scale=true", "ema=false",
+                     "lr-steps=0.5,0.8", "mosaic=1.0"]
     assert parse_train_overrides(pairs) == {"workers": 2, "lr0": 0.02, "multi_scale": True,
-                                            "mosaic": 1.0}
+                                            "ema": False, "lr_steps": [0.5, 0.8], "mosaic": 1.0}
     assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
     assert (tmp_path / "run" / "iterate" / ".done").is_file()

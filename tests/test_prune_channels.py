@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +141,21 @@ def test_tied_gammas_are_cut_to_the_target():
     r = prune_model(m, PruneOptions(threshold=1.0, img_size=(64, 64)), check=False)
     assert conv_counts(r.compact) == conv_counts(m)  # nothing is < 1.0
     assert r.report["deciders_cut"] is None
+
+
+def test_tied_gammas_cut_evenly_through_route_groups(standard_models):
+    """yolov4-tiny slices convs with [route] groups=2 (a class = channels c and c + C/2): with
+    every |γ| tied, a percent cut still takes the same share from every prunable conv."""
+    from yolo_slim.graph import build_graph
+    from yolo_slim.prune.masks import MaskSolver
+    m = standard_models["yolov4-tiny"]
+    g = build_graph(m.module_defs)
+    solver = MaskSolver(g, np.ones(len(g.root)), "slim")
+    keep = solver.keep(0.0, n_cut=solver.percent_cut(0.4), enforce=False)
+    for i in solver.prunable:
+        nodes = g.conv_nodes[i]
+        frac_cut = 1 - keep[nodes].mean()
+        assert abs(frac_cut - 0.4) <= 2 / len(nodes) + 0.02, (i, frac_cut)
 
 
 def test_everything_cut_keeps_one_channel():

@@ -95,7 +95,7 @@ def test_measure_counts_and_drops():
         assert [r["flops"] for r in rs] == sorted([r["flops"] for r in rs], reverse=True)
 
 
-def test_end_to_end_files_and_prune_channels(tmp_path):
+def test_end_to_end_files_and_prune_channels(tmp_path, capsys):
     from yolo_slim.synthetic import make_shapes_dataset
     import prune_channels
     data = make_shapes_dataset(str(tmp_path / "s"), 4, 4, 64, 0)
@@ -126,6 +126,13 @@ def test_end_to_end_files_and_prune_channels(tmp_path):
     assert rc == 0
     rep = json.loads((tmp_path / "p" / "prune_report.json").read_text())
     assert rep["flops"]["after"] == round(ratios["flops_fraction"] * rep["flops"]["before"])
+    assert "warning" not in capsys.readouterr().err
+    # other mask flags than the analysis used: the masks differ from what was measured -> warned
+    rc = prune_channels.main(["--cfg", str(cfg), "--weights", str(tmp_path / "tiny.weights"),
+                              "--output-dir", str(tmp_path / "p2"), "--layer-keep", "0.5",
+                              "--layer-ratios", str(out / "ratios.json")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "--layer-keep 0.5 (file: 0.0)" in err
     # out of reach under the drop: the table is still written, the error says why
     with pytest.raises(YoloSlimError, match="out of reach"):
         run(str(cfg), str(tmp_path / "tiny.weights"), data, str(tmp_path / "s2"),

@@ -11,6 +11,10 @@ class YoloSlimError(Exception):
     """A problem with the user's input (file, flag, data); printed as one line, exit 2."""
 
 
+class TargetUnreachable(YoloSlimError):
+    """A FLOPs target below what cutting every prunable channel reaches (with the floors)."""
+
+
 class CfgError(YoloSlimError):
     """A malformed or unsupported darknet cfg; the message names file and line."""
 

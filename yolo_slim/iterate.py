@@ -17,7 +17,8 @@ Each round cuts the *current* model to --per-round-flops x its FLOPs (so 3 round
 0.51 of the original), fine-tunes it through the same engine as train_sparse.py / distill.py
 (with --kd, the *original* model is the teacher), and evaluates mAP@0.5 on the first
 --eval-images validation images. The loop stops after a round whose mAP@0.5 is more than
---max-drop below the baseline; that round's files stay, summary.json names the best round.
+--max-drop below the baseline; that round's files stay, summary.json names the last round
+within --max-drop.
 
 Resume: run the same command again. Rounds with round.json are skipped; a pruned round is not
 pruned again; a half-finished fine-tune continues from its last.pt via the engine's --resume.
@@ -32,7 +33,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import YoloSlimError, atomic_write_bytes, cli_main
+from .errors import TargetUnreachable, YoloSlimError, atomic_write_bytes, cli_main
 from .graph import STRATEGIES
 from .importance import IMPORTANCE
 
@@ -70,7 +71,8 @@ def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
         k = k.strip().lstrip("-").replace("-", "_")
         if not sep or k not in fields:
             raise YoloSlimError(f"--train {it!r}: expected FIELD=VALUE with a training flag name")
-        if k in ("cfg", "weights", "data", "resume", "output_dir", "epochs"):
+        if k in ("cfg", "weights", "data", "resume", "output_dir", "epochs", "img_size",
+                 "batch_size", "eval_subset", "progress", "transfer", "weights_cfg"):
             raise YoloSlimError(f"--train {k}=...: set by the iterative loop itself")
         f = fields[k]
         d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -138,6 +140,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         raise YoloSlimError("--rounds and --epochs-per-round must be >= 1, --per-round-flops in (0, 1)")
     if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
         raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
+    if not 0.0 <= opts.layer_keep <= 1.0 or opts.round_to < 1:
+        raise YoloSlimError("--layer-keep must be in [0, 1] and --round-to >= 1")
     os.makedirs(out_dir, exist_ok=True)
     saved = _read_json(os.path.join(out_dir, "iterate.json"))
     mine = {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)}
@@ -175,7 +179,7 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
                         importance=opts.importance, rank_data=data,
                         rank_batches=opts.rank_batches, rank_batch_size=opts.batch_size),
                         log=lambda *a: None)
-                except YoloSlimError as e:
+                except TargetUnreachable as e:  # any other error is the user's to fix
                     stop = f"round {k}: cannot prune further ({e})"
                     break
             p_cfg, p_w = os.path.join(pd, f"{stem}.cfg"), os.path.join(pd, f"{stem}.weights")

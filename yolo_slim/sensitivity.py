@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "chosen" in res:
         c = res["chosen"]
         print(f"chosen ratios reach {c['flops_fraction']:.4f} of the FLOPs; next:\n"
-              f"  python prune_channels.py --cfg {a.cfg} --weights {a.weights} --output-dir OUT "
+              "  python prune_channels.py" + (f" --cfg {a.cfg}" if a.cfg else "")
+              + f" --weights {a.weights} --output-dir OUT "
               f"--layer-ratios {os.path.join(a.output_dir, 'ratios.json')} --strategy {a.strategy} "
               f"--importance {a.importance} --layer-keep {a.layer_keep} --round-to {a.round_to}"
               + (f" --img-size {a.img_size}" if a.img_size else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Sequence
 
 from ..errors import YoloSlimError
@@ -59,8 +60,15 @@ def wants_channels(a: argparse.Namespace) -> bool:
                for k in ("global_percent", "threshold", "target_flops", "layer_ratios"))
 
 
-def read_layer_ratios(path: str) -> dict[int, float]:
-    """{"layers": {"12": 0.3, ...}} (what yolo_slim.sensitivity writes) or a flat {"12": 0.3}."""
+# what a sensitivity ratios.json records about the masks it measured, and the flag each is
+RATIO_FILE_OPTIONS = {"strategy": "--strategy", "importance": "--importance",
+                      "layer_keep": "--layer-keep", "round_to": "--round-to"}
+
+
+def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dict[int, float]:
+    """{"layers": {"12": 0.3, ...}} (what yolo_slim.sensitivity writes) or a flat {"12": 0.3}.
+    With `flags`, warn (stderr) where the file's recorded mask options differ from them: the
+    masks would not be the ones the sensitivity analysis measured."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
@@ -68,6 +76,12 @@ def read_layer_ratios(path: str) -> dict[int, float]:
         raise YoloSlimError(f"--layer-ratios: file not found: {path}") from None
     except (OSError, ValueError) as e:
         raise YoloSlimError(f"--layer-ratios: {path}: not valid JSON ({e})") from None
+    if isinstance(obj, dict) and flags is not None:
+        diff = [f"{flag} {getattr(flags, k)} (file: {obj[k]})" for k, flag in RATIO_FILE_OPTIONS.items()
+                if k in obj and getattr(flags, k, obj[k]) != obj[k]]
+        if diff:
+            print(f"warning: --layer-ratios {path} was chosen with other mask options than "
+                  f"these: {', '.join(diff)}", file=sys.stderr)
     obj = obj.get("layers", obj) if isinstance(obj, dict) else obj
     if not isinstance(obj, dict):
         raise YoloSlimError(f"--layer-ratios: {path}: expected an object of layer -> ratio")
@@ -90,7 +104,7 @@ def channel_options(a: argparse.Namespace) -> PruneOptions:
                         img_size=(a.img_size, a.img_size) if a.img_size else None, seed=a.seed,
                         importance=a.importance, rank_batches=a.rank_batches,
                         rank_data=getattr(a, "data", None),
-                        layer_ratios=read_layer_ratios(a.layer_ratios) if a.layer_ratios else None,
+                        layer_ratios=read_layer_ratios(a.layer_ratios, a) if a.layer_ratios else None,
                         rank_batch_size=getattr(a, "batch_size", 8))
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..errors import YoloSlimError
+from ..errors import TargetUnreachable, YoloSlimError
 from ..graph import INPUT, ChannelGraph, prunable_of
 from ..report import conv_flops_table
 
@@ -51,13 +51,19 @@ class MaskSolver:
         # a strict order of the deciders, lowest score first: percent and FLOPs targets cut the
         # first n of it. A threshold cannot split tied scores (a fresh or barely trained model
         # has every |γ| = 1) and would jump from cutting nothing to cutting everything. Ties go
-        # by the channel's relative position in its layer, so a tie is cut evenly over layers.
-        rel = np.zeros(n)
+        # by the class's relative position among its conv's classes (a conv sliced by [route]
+        # groups= has C/2 classes of channels c and c + C/2), then by class, so the members of
+        # a class come together and a tie is cut evenly over layers.
+        class_rel = np.full(n, np.inf)
         for nodes in g.conv_nodes.values():
-            rel[nodes] = np.arange(len(nodes)) / len(nodes)
+            roots = g.root[nodes]
+            _, first = np.unique(roots, return_index=True)
+            ordered = roots[np.sort(first)]  # the conv's classes in channel order
+            np.minimum.at(class_rel, ordered, np.arange(len(ordered)) / len(ordered))
         d = self.deciders
         self.dec_rank = np.empty(len(d), np.int64)
-        self.dec_rank[np.lexsort((d, rel[d], abs_gamma[d]))] = np.arange(len(d))
+        self.dec_rank[np.lexsort((d, g.root[d], class_rel[g.root[d]], abs_gamma[d]))] = \
+            np.arange(len(d))
         order = np.argsort(g.root, kind="stable")
         cuts = np.flatnonzero(np.diff(g.root[order])) + 1
         self.members = {int(g.root[grp[0]]): grp for grp in np.split(order, cuts)}
@@ -203,8 +209,9 @@ class MaskSolver:
                        for i, f in self.flops_factor.items()))
 
     def target_flops_cut(self, fraction: float) -> int:
-        """Fewest deciders to cut (lowest score first) for a compact model of at most
-        fraction x the original FLOPs."""
+        """How many deciders to cut (lowest score first) for a compact model of at most
+        fraction x the original FLOPs: the bisection's boundary, which is the fewest when FLOPs
+        fall monotonically with the cut (floors and rounding can make them only nearly so)."""
         if not 0.0 < fraction <= 1.0:
             raise YoloSlimError(f"--target-flops must be in (0, 1], got {fraction}")
         target = fraction * self.flops_full
@@ -213,7 +220,7 @@ class MaskSolver:
         def flops(k: int) -> int:
             return self.flops(self.keep(math.inf, n_cut=k))
         if flops(n) > target:
-            raise YoloSlimError(f"--target-flops {fraction} is out of reach: cutting every prunable "
+            raise TargetUnreachable(f"--target-flops {fraction} is out of reach: cutting every prunable "
                                 f"channel (with the floors) still leaves {flops(n) / self.flops_full:.4f} "
                                 "of the FLOPs")
         lo, hi = 0, n  # invariant: cutting hi meets the target
@@ -223,10 +230,7 @@ class MaskSolver:
                 hi = mid
             else:
                 lo = mid + 1
-        # rounding and floors make FLOPs only nearly monotone in the cut: walk up if needed
-        while flops(hi) > target:
-            hi += 1
-        return hi
+        return hi  # flops(hi) <= target: hi only ever takes values that meet it (or n)
 
     def gamma_stats(self) -> dict:
         """Per prunable conv |γ| quantiles, and the largest threshold that empties no layer
