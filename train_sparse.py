@@ -21,6 +21,7 @@ from yolo_slim.errors import YoloSlimError, cli_main
 
 @cli_main
 def main(argv=None):
+    from yolo_slim.device import seed_all
     from yolo_slim.engine import TrainConfig, resume_config, train
     from yolo_slim.weights import load_model, load_transfer, model_from_checkpoint
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +37,9 @@ def main(argv=None):
             raise YoloSlimError("--data is required")
         if not cfg.cfg and not cfg.weights.endswith(".pt"):
             raise YoloSlimError("--cfg is required (unless --weights is a yolo-slim .pt)")
+        # --seed covers the initial weights too (of the whole model, or of the layers --transfer
+        # leaves): the same command trains the same model
+        seed_all(cfg.seed)
         if cfg.transfer:
             if not (cfg.cfg and cfg.weights):
                 raise YoloSlimError("--transfer needs --cfg (the model to train) and --weights")

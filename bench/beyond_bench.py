@@ -118,6 +118,7 @@ def main(argv=None) -> int:
         cfg_b = engine.TrainConfig(**{**recipe, "cfg": a.cfg, "data": data, "output_dir": bdir,
                                       "epochs": a.base_epochs, "img_size": a.img_size,
                                       "progress": False})
+        torch.manual_seed(0)  # the initial weights, as train_sparse.py --seed 0 makes them
         engine.train(cfg_b, load_model(a.cfg, None), [])
         res["baseline_train_s"] = round(time.time() - t)
     stem = os.path.splitext(os.path.basename(a.cfg))[0]

@@ -149,6 +149,13 @@ def test_cli_weights_is_a_fresh_start(shapes_data, tmp_path, run_script):
     assert json.loads((tmp_path / "r2" / "opt.json").read_text())["weights"].endswith("last.pt")
     rc, so, se = run_script("train_sparse.py", *args, "--img-size", "70", "--output-dir", tmp_path / "r3")
     assert rc == 2 and "multiple of 32" in se and "Traceback" not in se
+    # from scratch, the same command (same --seed) in another process trains the same model:
+    # the initial weights are seeded too
+    rc, so, se = run_script("train_sparse.py", *args, "--output-dir", tmp_path / "r4")
+    assert rc == 0, se
+    a, b = (read_checkpoint(str(tmp_path / d / "last.pt")) for d in ("r1", "r4"))
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, log_dir: str) -> None:
