@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from yolo_slim.distill import KD_MODES  # noqa: E402
 
 
 def demo_recipe() -> dict:
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-valid", type=int, default=200)
     p.add_argument("--base-epochs", type=int, default=20)
     p.add_argument("--ft-epochs", type=int, default=6)
-    p.add_argument("--ft-kd", default="chen", choices=["none", "hinton", "chen"])
+    p.add_argument("--ft-kd", default="chen", choices=list(KD_MODES))
     p.add_argument("--target-flops", type=float, default=0.5)
     p.add_argument("--sens-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--sens-max-drop", type=float, default=0.1)

@@ -214,6 +214,7 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
 
 
 def parser() -> argparse.ArgumentParser:
+    from .distill import KD_MODES
     from .prune.cli import module_parser
     p = module_parser("python -m yolo_slim.iterate", __doc__)
     d = IterateOptions()
@@ -226,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
         elif f.name == "importance":
             kw["choices"] = list(IMPORTANCE)
         elif f.name == "kd":
-            kw["choices"] = ["none", "hinton", "chen"]
+            kw["choices"] = list(KD_MODES)
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
     p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
                    help="any train_sparse.py flag for the fine-tunes, e.g. lr0=0.002 (repeat)")
@@ -235,13 +236,11 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prune.cli import parse
+    from .prune.cli import options_from_args, parse
     a = parse(parser(), argv)
     if a is None:
         return 0
-    names = {f.name for f in dataclasses.fields(IterateOptions)} - {"train"}
-    opts = IterateOptions(**{k: getattr(a, k) for k in names},
-                          train=parse_train_overrides(a.train))
+    opts = options_from_args(IterateOptions, a, train=parse_train_overrides(a.train))
     s = run(a.cfg, a.weights, a.data, a.output_dir, opts)
     print(f"done: {len(s['rounds'])} rounds in {a.output_dir}; best within --max-drop: "
           f"round {s['best_within_drop']}")

@@ -253,12 +253,11 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prune.cli import parse
+    from .prune.cli import options_from_args, parse
     a = parse(parser(), argv)
     if a is None:
         return 0
-    names = {f for f in SensitivityOptions.__dataclass_fields__}
-    opts = SensitivityOptions(**{k: v for k, v in vars(a).items() if k in names})
+    opts = options_from_args(SensitivityOptions, a)
     res = run(a.cfg, a.weights, a.data, a.output_dir, opts)
     print(table_text(res, (res.get("chosen") or {}).get("unit_ratios"))[1])
     if "chosen" in res:

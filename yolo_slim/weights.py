@@ -34,8 +34,8 @@ def _header_size(major: int, minor: int) -> int:
     return 20 if major * 10 + minor >= 2 else 16
 
 
-def load_darknet_weights(model: Darknet, path: str) -> None:
-    """Fill `model` from a darknet .weights file; the size must match the cfg exactly."""
+def _read_weights_file(path: str) -> tuple[bytearray, tuple[int, int, int], int, int]:
+    """(file bytes, (major, minor, revision), seen, header size) of a darknet .weights file."""
     if not os.path.isfile(path):
         raise YoloSlimError(f"weights not found: {path}")
     with open(path, "rb") as f:
@@ -50,6 +50,12 @@ def load_darknet_weights(model: Darknet, path: str) -> None:
         raise YoloSlimError(f"{path}: {len(data)} bytes is too short for a version "
                             f"{major}.{minor} darknet weights header ({hsize} bytes)")
     seen = int(np.frombuffer(data, "<i8" if hsize == 20 else "<i4", 1, offset=12)[0])
+    return data, (major, minor, rev), seen, hsize
+
+
+def load_darknet_weights(model: Darknet, path: str) -> None:
+    """Fill `model` from a darknet .weights file; the size must match the cfg exactly."""
+    data, (major, minor, rev), seen, hsize = _read_weights_file(path)
     body = len(data) - hsize
     need = weights_float_count(model)
     if body % 4 or body // 4 != need:
@@ -171,14 +177,10 @@ def load_transfer(model: Darknet, path: str, source_cfg: str | None = None) -> d
                 loaded.append(i)
         mode = "match"
     else:
-        if not os.path.isfile(path):
-            raise YoloSlimError(f"weights not found: {path}")
-        data = open(path, "rb").read()
-        major, minor, _ = (int(v) for v in np.frombuffer(data[:12], "<i4", 3)) \
-            if len(data) >= 12 else (0, 0, 0)
-        hsize = _header_size(major, minor)
-        if len(data) < hsize or (len(data) - hsize) % 4:
-            raise YoloSlimError(f"{path}: not a darknet weights file ({len(data)} bytes)")
+        data, _, _, hsize = _read_weights_file(path)
+        if (len(data) - hsize) % 4:
+            raise YoloSlimError(f"{path}: holds {(len(data) - hsize) / 4:.2f} floats, not a whole "
+                                "number: not a darknet weights file")
         floats = np.frombuffer(data, "<f4", offset=hsize)
         pos, loaded = 0, []
         with torch.no_grad():
@@ -191,7 +193,7 @@ def load_transfer(model: Darknet, path: str, source_cfg: str | None = None) -> d
                     raise YoloSlimError(f"{path}: ends inside conv layer {i} ({len(floats) - pos} of "
                                         f"its {n} floats): not a prefix of this cfg's weights")
                 for t in ts:
-                    t.copy_(torch.from_numpy(floats[pos:pos + t.numel()].copy()).view_as(t))
+                    t.copy_(torch.from_numpy(floats[pos:pos + t.numel()]).view_as(t))
                     pos += t.numel()
                 loaded.append(i)
         if pos != len(floats):
@@ -200,8 +202,8 @@ def load_transfer(model: Darknet, path: str, source_cfg: str | None = None) -> d
         mode = "prefix"
     if not loaded:
         raise YoloSlimError(f"{path}: no conv layer matches the cfg; nothing to transfer")
-    return {"loaded": loaded, "kept_init": [i for i, _ in convs if i not in set(loaded)],
-            "mode": mode}
+    done = set(loaded)
+    return {"loaded": loaded, "kept_init": [i for i, _ in convs if i not in done], "mode": mode}
 
 
 def load_model(cfg: str | None, weights: str | None) -> Darknet:

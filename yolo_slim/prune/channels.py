@@ -184,16 +184,19 @@ def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
     gam = res.scores
     prunable = [res.graph.conv_nodes[i] for i in rep["prunable_convs"]]
     gam = gam[np.concatenate(prunable)] if prunable else np.zeros(0)
-    name = "|gamma|" if opts.importance == "bn" else f"{opts.importance} score"
     plot_gamma_hist(gam, os.path.join(out_dir, "gamma_hist.png"),
-                    res.threshold if math.isfinite(res.threshold) else None, title=f"{stem} {name}")
+                    res.threshold if math.isfinite(res.threshold) else None,
+                    title=f"{stem} {_score_name(opts.importance)}")
     write_report(rep, os.path.join(out_dir, "prune_report.json"))
     return rep
 
 
+def _score_name(importance: str) -> str:
+    return "|gamma|" if importance == "bn" else f"{importance} score"
+
+
 def _gamma_text(stats: dict[str, Any], importance: str = "bn") -> str:
-    name = "|gamma|" if importance == "bn" else f"{importance} score"
-    lines = [f"{name} per prunable conv:  layer  min  q25  median  q75  max"]
+    lines = [f"{_score_name(importance)} per prunable conv:  layer  min  q25  median  q75  max"]
     for i, q in stats["quantiles"].items():
         lines.append(f"  {i:5d}  " + "  ".join(f"{v:.4g}" for v in q))
     lines.append(f"largest threshold that empties no layer (without --layer-keep): "

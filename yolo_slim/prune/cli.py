@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import YoloSlimError
 from ..graph import STRATEGIES
+from ..importance import IMPORTANCE
 from .channels import PruneOptions
 
 
@@ -23,7 +25,7 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     what.add_argument("--target-flops", type=float, help="at most F x the original FLOPs")
     what.add_argument("--layer-ratios", metavar="JSON",
                       help="per-conv fractions to cut, e.g. from yolo_slim.sensitivity")
-    p.add_argument("--importance", choices=["bn", "l1", "rank"], default="bn",
+    p.add_argument("--importance", choices=list(IMPORTANCE), default="bn",
                    help="channel score: BN |γ|, BN-scaled filter L1, or HRank (needs --data)")
     p.add_argument("--rank-batches", type=int, default=2, help="--importance rank: batches of --data")
     p.add_argument("--layer-keep", type=float, default=0.0,
@@ -53,6 +55,12 @@ def module_parser(prog: str, doc: str | None, data: bool = True) -> argparse.Arg
         p.add_argument("--data", required=True)
     p.add_argument("--output-dir", required=True)
     return p
+
+
+def options_from_args(cls: type, a: argparse.Namespace, **given: Any) -> Any:
+    """An options dataclass from the parsed flags of the same names (`given` set the rest)."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
+    return cls(**{k: getattr(a, k) for k in names if hasattr(a, k)}, **given)
 
 
 def wants_channels(a: argparse.Namespace) -> bool:
