@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_slim.errors import cli_main
+from yolo_slim.core.errors import cli_main
 
 
 def parse_args(argv):
@@ -31,9 +31,9 @@ def parse_args(argv):
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    from yolo_slim.detect import check_img_size, list_sources, load_names, run_detect
-    from yolo_slim.device import select_device
-    from yolo_slim.weights import load_model
+    from yolo_slim.eval.detect import check_img_size, list_sources, load_names, run_detect
+    from yolo_slim.core.device import select_device
+    from yolo_slim.darknet.weights import load_model
     check_img_size(args.img_size)
     list_sources(args.source)  # fail on a bad source before loading the model
     model = load_model(args.cfg, args.weights)

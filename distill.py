@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from yolo_slim.errors import YoloSlimError, cli_main
+from yolo_slim.core.errors import YoloSlimError, cli_main
 
 
 def add_kd_args(p: argparse.ArgumentParser) -> None:
@@ -31,9 +31,9 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
 
 @cli_main
 def main(argv=None):
-    from yolo_slim.distill import DistillConfig, make_distill_hook
-    from yolo_slim.engine import TrainConfig, train
-    from yolo_slim.weights import load_model, export_run_model
+    from yolo_slim.train.distill import DistillConfig, make_distill_hook
+    from yolo_slim.train.engine import TrainConfig, train
+    from yolo_slim.darknet.weights import load_model, export_run_model
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     TrainConfig.add_args(p)
     add_kd_args(p)
@@ -48,8 +48,8 @@ def main(argv=None):
     if kd.mode != "none" and not ns.t_weights:
         raise YoloSlimError(f"--kd {kd.mode} needs a teacher: --t-weights (and --t-cfg)")
     if cfg.resume:
-        from yolo_slim.engine import resume_config
-        from yolo_slim.weights import model_from_checkpoint
+        from yolo_slim.train.engine import resume_config
+        from yolo_slim.darknet.weights import model_from_checkpoint
         saved, ckpt = resume_config(cfg)
         model, src = model_from_checkpoint(ckpt), saved.cfg or saved.weights
     else:

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from yolo_slim.errors import YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 
 
 def parse_args(argv):
@@ -35,10 +35,10 @@ def parse_args(argv):
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    from yolo_slim.data import create_dataloader, parse_data_file
-    from yolo_slim.device import select_device
-    from yolo_slim.evaluate import evaluate, format_metrics
-    from yolo_slim.weights import load_model
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
+    from yolo_slim.core.device import select_device
+    from yolo_slim.eval.evaluate import evaluate, format_metrics
+    from yolo_slim.darknet.weights import load_model
     data = parse_data_file(args.data)
     model = load_model(args.cfg, args.weights)
     if model.num_classes != data.classes:

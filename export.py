@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from yolo_slim.errors import YoloSlimError, cli_main
+from yolo_slim.core.errors import YoloSlimError, cli_main
 
 
 def parse_args(argv):
@@ -35,7 +35,7 @@ def parse_args(argv):
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    from yolo_slim.weights import load_model, save_checkpoint, save_darknet_weights
+    from yolo_slim.darknet.weights import load_model, save_checkpoint, save_darknet_weights
     ext = {"weights": ".weights", "pt": ".pt", "onnx": ".onnx"}[args.format]
     out = args.output or os.path.splitext(args.weights)[0] + ext
     if os.path.abspath(out) == os.path.abspath(args.weights):
@@ -48,7 +48,7 @@ def main(argv=None):
     elif args.format == "pt":
         save_checkpoint(model, out)
     else:
-        from yolo_slim.export import export_onnx
+        from yolo_slim.deploy.export import export_onnx
         r = export_onnx(model, out, args)
         print(f"onnx check: onnxruntime vs torch on a batch of {r['check_batch']}: "
               f"max |delta| = {r['max_abs_delta']:.3g} (relative {r['max_rel_delta']:.3g}); "

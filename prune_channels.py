@@ -4,7 +4,7 @@ cfg + weights.
   python prune_channels.py --cfg cfg/yolov3.cfg --weights sparse.weights --output-dir runs/p \
       --strategy slim --global-percent 0.5 --layer-keep 0.01 [--round-to 8] [--data x.data]
   python prune_channels.py ... --importance rank --data x.data --target-flops 0.5
-  python prune_channels.py ... --layer-ratios runs/sens/ratios.json   # from yolo_slim.sensitivity
+  python prune_channels.py ... --layer-ratios runs/sens/ratios.json   # from yolo_slim.tools.sensitivity
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from yolo_slim.errors import cli_main
+from yolo_slim.core.errors import cli_main
 from yolo_slim.prune.channels import run, summary_text
 from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, parse
 

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from yolo_slim.errors import YoloSlimError, cli_main
+from yolo_slim.core.errors import YoloSlimError, cli_main
 from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, parse, wants_channels
 
 
@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     if a.list:
         if not a.cfg and not a.weights:
             raise YoloSlimError("--list needs --cfg (and --weights for the |γ| scores)")
-        from yolo_slim.cfg import parse_cfg
-        from yolo_slim.weights import load_model
+        from yolo_slim.darknet.cfg import parse_cfg
+        from yolo_slim.darknet.weights import load_model
         model = load_model(a.cfg, a.weights) if a.weights else None
         print(blocks_text(model.module_defs if model else parse_cfg(a.cfg), model, a.rank))
         return 0

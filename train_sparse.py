@@ -9,21 +9,21 @@
   python train_sparse.py --resume runs/train/last.pt                            # continue
   torchrun --nproc_per_node 2 train_sparse.py --cfg ... --data ... --device cpu  # DDP
 
-Every flag of yolo_slim.engine.TrainConfig is accepted (--kebab-case); the resolved config is
+Every flag of yolo_slim.train.engine.TrainConfig is accepted (--kebab-case); the resolved config is
 written to <output-dir>/opt.json next to last.pt, best.pt, results.csv and results.png.
 """
 from __future__ import annotations
 
 import argparse
 
-from yolo_slim.errors import YoloSlimError, cli_main
+from yolo_slim.core.errors import YoloSlimError, cli_main
 
 
 @cli_main
 def main(argv=None):
-    from yolo_slim.device import seed_all
-    from yolo_slim.engine import TrainConfig, resume_config, train
-    from yolo_slim.weights import load_model, load_transfer, model_from_checkpoint
+    from yolo_slim.core.device import seed_all
+    from yolo_slim.train.engine import TrainConfig, resume_config, train
+    from yolo_slim.darknet.weights import load_model, load_transfer, model_from_checkpoint
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     TrainConfig.add_args(p)
     p.set_defaults(resume="")
@@ -53,7 +53,7 @@ def main(argv=None):
         else:
             model = load_model(cfg.cfg or None, cfg.weights or None)
         cfg_for_hooks = cfg
-    from yolo_slim.sparsity import make_train_hooks
+    from yolo_slim.train.sparsity import make_train_hooks
     hooks = list(make_train_hooks(cfg_for_hooks, model)) if cfg_for_hooks.sr else []
     summary = train(cfg, model, hooks)
     last = summary["results"][-1] if summary["results"] else {}

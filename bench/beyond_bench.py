@@ -17,14 +17,14 @@
      bn+sr:           (with --sparse, the run folder of sparsity training from the baseline)
                       bn on the sparse-trained model: what the pipeline does; it had the
                       sparsity epochs on top of the budget;
-     sens:            yolo_slim.sensitivity ratios for the target under --sens-max-drop, then
+     sens:            yolo_slim.tools.sensitivity ratios for the target under --sens-max-drop, then
                       prune_channels --layer-ratios, then fine-tune;
-     iter3:           yolo_slim.iterate, 3 rounds of target^(1/3) with ft-epochs/3 epochs each;
+     iter3:           yolo_slim.tools.iterate, 3 rounds of target^(1/3) with ft-epochs/3 epochs each;
      iter3-nowarmup:  the same without the recipe's warm-up epoch in each round;
      dense:           the control, the same fine-tuning of the unpruned baseline;
    mAP@0.5 and mAP@0.5:0.95 on the whole validation list, after pruning and after fine-tuning;
 4. latency (batch 1, one thread, torch and onnxruntime): dense vs 50% unstructured vs 50%-FLOPs
-   structured, via yolo_slim.unstructured at --latency-size.
+   structured, via yolo_slim.tools.unstructured at --latency-size.
 Every phase caches its result in <work>/results.json, so an interrupted run continues.
 """
 from __future__ import annotations
@@ -41,14 +41,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from yolo_slim.distill import KD_MODES  # noqa: E402
+from yolo_slim.train.distill import KD_MODES  # noqa: E402
 
 
 def demo_recipe() -> dict:
     """The TrainConfig fields that scripts/common.sh's TRAIN_ARGS sets: the demo's recipe, read
     from the one place it is defined so the benchmark trains and fine-tunes like `make demo`."""
     import re
-    from yolo_slim.engine import TrainConfig
+    from yolo_slim.train.engine import TrainConfig
     text = open(os.path.join(ROOT, "scripts", "common.sh")).read()
     flags = shlex.split(re.search(r"^TRAIN_ARGS=\$\{TRAIN_ARGS:-(.*)\}$", text, re.M).group(1))
     p = argparse.ArgumentParser()
@@ -58,8 +58,8 @@ def demo_recipe() -> dict:
 
 
 def metrics_fn(data: str, img: int):
-    from yolo_slim.data import create_dataloader, parse_data_file
-    from yolo_slim.evaluate import evaluate
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
+    from yolo_slim.eval.evaluate import evaluate
     dc = parse_data_file(data)
     loader, _ = create_dataloader(dc.valid, img, 16, augment=False, workers=0, nc=dc.classes,
                                   verbose=False)
@@ -91,14 +91,14 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--out", default="bench/results/beyond.md")
     a = p.parse_args(argv)
-    from yolo_slim import engine
-    from yolo_slim.iterate import IterateOptions, _finetune, run as iterate
+    from yolo_slim.train import engine
+    from yolo_slim.tools.iterate import IterateOptions, _finetune, run as iterate
     from yolo_slim.prune.channels import PruneOptions, run as prune
-    from yolo_slim.report import model_flops
-    from yolo_slim.sensitivity import SensitivityOptions, run as sensitivity
-    from yolo_slim.synthetic import make_shapes_dataset
-    from yolo_slim.unstructured import run as unstructured
-    from yolo_slim.weights import export_run_model, load_model, read_checkpoint
+    from yolo_slim.analysis.cost import model_flops
+    from yolo_slim.tools.sensitivity import SensitivityOptions, run as sensitivity
+    from yolo_slim.data.synthetic import make_shapes_dataset
+    from yolo_slim.tools.unstructured import run as unstructured
+    from yolo_slim.darknet.weights import export_run_model, load_model, read_checkpoint
 
     recipe = {**demo_recipe(), "batch_size": 16, "workers": 1, "seed": 0}
     w = a.work
@@ -235,7 +235,7 @@ def write_md(a, res: dict, argv) -> None:
          f"torch {torch.__version__}.", "", f"Command: `{cmd}`", "",
          "## Setting", "",
          f"- data: `{a.data or a.work + '/shapes/shapes.data'}`, the synthetic shapes set "
-         "(`yolo_slim.synthetic`, seed 0, 5 classes), evaluated on its whole validation list at "
+         "(`yolo_slim.data.synthetic`, seed 0, 5 classes), evaluated on its whole validation list at "
          f"{a.img_size} px (letterboxed, conf 0.001, NMS IoU 0.6);",
          f"- baseline: `{a.cfg}` trained from scratch: " + run_commands(a, "baseline") + ";",
          f"- every variant ends at <= {a.target_flops} x the baseline FLOPs (strategy slim) and gets "

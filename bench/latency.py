@@ -26,16 +26,16 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from yolo_slim.cfg import parse_cfg  # noqa: E402
-from yolo_slim.errors import YoloSlimError, atomic_write_bytes, cli_main  # noqa: E402
-from yolo_slim.export import export_onnx, median_ms, ort_session  # noqa: E402
-from yolo_slim.model import Darknet  # noqa: E402
-from yolo_slim.report import model_flops  # noqa: E402
-from yolo_slim.weights import load_model  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main  # noqa: E402
+from yolo_slim.deploy.export import export_onnx, median_ms, ort_session  # noqa: E402
+from yolo_slim.nn.model import Darknet  # noqa: E402
+from yolo_slim.analysis.cost import model_flops  # noqa: E402
+from yolo_slim.darknet.weights import load_model  # noqa: E402
 
 
 def shrunk_model(cfg: str, ratio: float) -> Darknet:
-    from yolo_slim.graph import prunable_convs
+    from yolo_slim.analysis.graph import prunable_convs
     defs = parse_cfg(cfg)
     for i in prunable_convs(defs, "slim"):
         d = defs[i + 1]
@@ -119,7 +119,7 @@ def main(argv=None):
           f"- median of {a.runs} runs after {a.warmup} warm-up runs, in ms per batch; torch runs the "
           "model as trained (BN not folded), onnxruntime the exported graph",
           f"- pruned model: {how}",
-          "- GFLOPs/img: 2 x multiply-adds of the convs (`yolo_slim.report`); ÷ and speed-up columns "
+          "- GFLOPs/img: 2 x multiply-adds of the convs (`yolo_slim.analysis.cost`); ÷ and speed-up columns "
           "are original / this row\n", table(ro, rp, ("original", "pruned")), ""]
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     atomic_write_bytes(a.out, "\n".join(md).encode())

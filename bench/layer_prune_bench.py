@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from netgen import randomize_bn  # noqa: E402
 
-from yolo_slim.model import build_model  # noqa: E402
+from yolo_slim.nn.model import build_model  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
 from yolo_slim.prune.layer_run import prune_layers_model  # noqa: E402
 from yolo_slim.prune.layers import depth  # noqa: E402
-from yolo_slim.report import count_params, model_flops  # noqa: E402
+from yolo_slim.analysis.cost import count_params, model_flops  # noqa: E402
 
 
 @torch.no_grad()

@@ -24,10 +24,10 @@ import torch  # noqa: E402
 
 
 def throughput(a: argparse.Namespace) -> None:
-    from yolo_slim.data import Augment, create_dataloader, parse_data_file
-    from yolo_slim.loss import LossHyp, yolo_loss
-    from yolo_slim.model import build_model
-    from yolo_slim.optim import build_optimizer
+    from yolo_slim.data.dataset import Augment, create_dataloader, parse_data_file
+    from yolo_slim.train.loss import LossHyp, yolo_loss
+    from yolo_slim.nn.model import build_model
+    from yolo_slim.train.optim import build_optimizer
     torch.manual_seed(0)
     model = build_model(a.cfg).train()
     opt = build_optimizer(model, 0.001, 0.9, 5e-4)
@@ -53,8 +53,8 @@ def throughput(a: argparse.Namespace) -> None:
 
 
 def train(rest: list[str]) -> None:
-    from yolo_slim.engine import TrainConfig, train as run
-    from yolo_slim.model import build_model
+    from yolo_slim.train.engine import TrainConfig, train as run
+    from yolo_slim.nn.model import build_model
     p = argparse.ArgumentParser()
     TrainConfig.add_args(p)
     cfg = TrainConfig.from_args(p.parse_args(rest))

@@ -2,7 +2,7 @@
 # Iterative pruning of the sparse model: ROUNDS x (cut to ROUND_FLOPS of the current FLOPs ->
 # fine-tune ROUND_EPOCHS epochs with KD from the baseline), stopping after a round that loses more
 # than MAX_DROP mAP@0.5 -> $RUN/iterate/round_k/{prune,train}/, summary.json
-# Run it again to resume after an interruption. With arguments, they all go to yolo_slim.iterate
+# Run it again to resume after an interruption. With arguments, they all go to yolo_slim.tools.iterate
 # instead of the defaults:
 #   scripts/iterate.sh --cfg c.cfg --weights w.pt --data d.data --rounds 3 --output-dir runs/iter
 CALLER_DIR=$PWD
@@ -11,11 +11,11 @@ if [[ $# -gt 0 ]]; then  # paths in the arguments are the caller's: run from the
     ROOT=$PWD
     [[ $PY == /* ]] || PY=$ROOT/$PY
     cd "$CALLER_DIR"
-    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m yolo_slim.iterate "$@"
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m yolo_slim.tools.iterate "$@"
 fi
 OUT=$RUN/iterate
 stage_done "$OUT" && exit 0
-# TRAIN_ARGS ("--lr0 0.02 --no-ema --lr-steps 0.5 0.8 ...") as yolo_slim.iterate's --train
+# TRAIN_ARGS ("--lr0 0.02 --no-ema --lr-steps 0.5 0.8 ...") as yolo_slim.tools.iterate's --train
 # FIELD=VALUE pairs: a bare --flag is true, --no-flag false, several values are comma-joined
 TRAIN=()
 read -ra words <<<"$TRAIN_ARGS"
@@ -34,7 +34,7 @@ for ((i = 0; i < ${#words[@]}; i++)); do
     fi
 done
 mkdir -p "$OUT"
-log_run "$PY" -m yolo_slim.iterate --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
+log_run "$PY" -m yolo_slim.tools.iterate --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
     --rounds "$ROUNDS" --per-round-flops "$ROUND_FLOPS" --epochs-per-round "$ROUND_EPOCHS" \
     --max-drop "$MAX_DROP" --strategy "$STRATEGY" --importance "$IMPORTANCE" --layer-keep "$KEEP" \
     --kd "$KD" --img-size "$IMG" --batch-size "$BATCH" --train "workers=$WORKERS" \

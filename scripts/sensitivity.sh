@@ -5,7 +5,7 @@
 source "$(dirname "$0")/common.sh"
 OUT=$RUN/sensitivity
 stage_done "$OUT" && exit 0
-log_run "$PY" -m yolo_slim.sensitivity --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
+log_run "$PY" -m yolo_slim.tools.sensitivity --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
     --target-flops "$TARGET_FLOPS" --max-drop "$MAX_DROP" --strategy "$STRATEGY" \
     --importance "$IMPORTANCE" --layer-keep "$KEEP" --img-size "$IMG" --output-dir "$OUT"
 rm -rf "$RUN/pruned_sensitivity"

@@ -8,6 +8,6 @@ stage_done "$OUT" && exit 0
 # zeroing AMOUNT of the weights removes AMOUNT of the multiply-adds on paper: the structured model
 # that really removes as many keeps 1 - AMOUNT of the FLOPs
 KEEP_FLOPS=$(awk -v a="$AMOUNT" 'BEGIN { print 1 - a }')
-log_run "$PY" -m yolo_slim.unstructured --cfg "$CFG" --weights "$RUN/baseline/best.pt" \
+log_run "$PY" -m yolo_slim.tools.unstructured --cfg "$CFG" --weights "$RUN/baseline/best.pt" \
     --amount "$AMOUNT" --structured-flops "$KEEP_FLOPS" --img-size "$IMG" --output-dir "$OUT"
 touch "$OUT/.done"

@@ -2,7 +2,7 @@
 
 Sections are built from their values, so a test states what its network *is* (8 filters, stride
 2, one head of 5 classes) instead of repeating 30 lines of cfg text. Key order inside a section
-does not matter to darknet or to yolo_slim.cfg; a key given as None is left out (darknet's
+does not matter to darknet or to yolo_slim.darknet.cfg; a key given as None is left out (darknet's
 default applies), e.g. `pad=None` on a 1x1 head conv.
 """
 from __future__ import annotations
@@ -93,9 +93,9 @@ def read_output_dir(out: Path, extra: Iterable[str], stem: str = "net"):
     """Independent reader of a pruning output dir: exactly one .cfg and one .weights (`stem`),
     the `extra` files beside them, a .weights header 0,2,5 + int64 seen, then exactly the floats
     the cfg needs. Returns the model loaded from the files (eval mode)."""
-    from yolo_slim.cfg import parse_cfg
-    from yolo_slim.model import Darknet, conv_layers
-    from yolo_slim.weights import load_darknet_weights
+    from yolo_slim.darknet.cfg import parse_cfg
+    from yolo_slim.nn.model import Darknet, conv_layers
+    from yolo_slim.darknet.weights import load_darknet_weights
     files = sorted(os.listdir(out))
     assert [f for f in files if f.endswith((".cfg", ".weights"))] == [f"{stem}.cfg", f"{stem}.weights"]
     assert set(extra) <= set(files)

@@ -73,7 +73,7 @@ def write_cfg_file(tmp_path: Path) -> Callable[[str, str], str]:
 def shapes_data(tmp_path_factory) -> str:
     """.data file of a tiny synthetic set (8 train + 4 valid images, 64 px, seed 0), made once
     per session and shared: treat it as read-only."""
-    from yolo_slim.synthetic import make_shapes_dataset
+    from yolo_slim.data.synthetic import make_shapes_dataset
     return make_shapes_dataset(str(tmp_path_factory.mktemp("shapes")), 8, 4, 64, 0)
 
 

@@ -152,8 +152,8 @@ def randomize_bn(model, seed: int, zero_fraction: float = 0.0) -> None:
 def random_model(seed: int, text: str | None = None, name: str | None = None, **kw):
     """Eval-mode Darknet of `text` (default: random_darknet(seed, **kw)): conv weights from torch
     seed `seed`, BN statistics from randomize_bn(seed) -- the same model for the same seed."""
-    from yolo_slim.cfg import parse_cfg_text
-    from yolo_slim.model import Darknet
+    from yolo_slim.darknet.cfg import parse_cfg_text
+    from yolo_slim.nn.model import Darknet
     torch.manual_seed(seed)
     m = Darknet(parse_cfg_text(text or random_darknet(seed, **kw), name or f"<random {seed}>")).eval()
     randomize_bn(m, seed)
@@ -164,7 +164,7 @@ def write_random_net(out_dir, seed: int, text: str | None = None, stem: str = "n
     """random_model(seed, text) written as <out_dir>/<stem>.cfg + .weights: (cfg, weights, model)."""
     from pathlib import Path
 
-    from yolo_slim.weights import save_darknet_weights
+    from yolo_slim.darknet.weights import save_darknet_weights
     text = text or random_darknet(seed)
     cfg, wts = Path(out_dir) / f"{stem}.cfg", Path(out_dir) / f"{stem}.weights"
     cfg.write_text(text)
@@ -178,8 +178,8 @@ def standard_model(name: str, corpus_dir, size: int = 64, bn_seed: int = 1):
     seed-0 conv init and random BN statistics — the same model for every test module."""
     from pathlib import Path
 
-    from yolo_slim.cfg import parse_cfg
-    from yolo_slim.model import Darknet
+    from yolo_slim.darknet.cfg import parse_cfg
+    from yolo_slim.nn.model import Darknet
     local = Path(__file__).resolve().parents[1] / "cfg" / f"{name}.cfg"
     defs = parse_cfg(str(local if local.is_file() else Path(corpus_dir) / "AlexeyAB" / f"{name}.cfg"))
     defs[0]["width"] = defs[0]["height"] = str(size)

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from yolo_slim.cfg import (CfgError, get_float, get_floats, get_int, get_ints, net_size,
+from yolo_slim.darknet.cfg import (CfgError, get_float, get_floats, get_int, get_ints, net_size,
                            parse_cfg, parse_cfg_text, write_cfg)
-from yolo_slim.errors import YoloSlimError
+from yolo_slim.core.errors import YoloSlimError
 
 
 def user_keys(d):

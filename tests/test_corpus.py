@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolo_slim.cfg import ALIASES, CfgError, parse_cfg
-from yolo_slim.model import BUILDERS, Darknet
-from yolo_slim.weights import weights_float_count
+from yolo_slim.darknet.cfg import ALIASES, CfgError, parse_cfg
+from yolo_slim.nn.model import BUILDERS, Darknet
+from yolo_slim.darknet.weights import weights_float_count
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 INDEX = json.loads((CORPUS / "index.json").read_text()) if (CORPUS / "index.json").is_file() else []

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_slim.data import (Augment, EpochSampler, YoloDataset, collate_fn, create_dataloader,
+from yolo_slim.data.dataset import (Augment, EpochSampler, YoloDataset, collate_fn, create_dataloader,
                             image_hw, label_path_for, parse_data_file)
-from yolo_slim.errors import YoloSlimError
+from yolo_slim.core.errors import YoloSlimError
 
 NO_AUG = Augment(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0, scale=0, translate=0, mosaic=0)
 

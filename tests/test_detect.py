@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_slim.cfg import parse_cfg_text
-from yolo_slim.detect import detect_image, list_sources, run_detect
-from yolo_slim.errors import YoloSlimError
-from yolo_slim.model import Darknet
-from yolo_slim.synthetic import make_shapes_dataset
-from yolo_slim.weights import save_checkpoint
+from yolo_slim.darknet.cfg import parse_cfg_text
+from yolo_slim.eval.detect import detect_image, list_sources, run_detect
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.model import Darknet
+from yolo_slim.data.synthetic import make_shapes_dataset
+from yolo_slim.darknet.weights import save_checkpoint
 
 from cfgs import ANCHORS_10, conv_section, maxpool_section, tiny_detector_cfg
 

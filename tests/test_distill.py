@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 
-from yolo_slim.cfg import parse_cfg_text
-from yolo_slim.distill import DistillConfig, make_distill_hook
-from yolo_slim.engine import TrainConfig, train
-from yolo_slim.errors import YoloSlimError
-from yolo_slim.loss import yolo_loss
-from yolo_slim.model import Darknet
-from yolo_slim.weights import save_checkpoint
+from yolo_slim.darknet.cfg import parse_cfg_text
+from yolo_slim.train.distill import DistillConfig, make_distill_hook
+from yolo_slim.train.engine import TrainConfig, train
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.train.loss import yolo_loss
+from yolo_slim.nn.model import Darknet
+from yolo_slim.darknet.weights import save_checkpoint
 
 
 def cfg_text(width: int, classes: int = 5, anchors: str = "8,8, 16,16, 32,32") -> str:
@@ -65,7 +65,7 @@ def test_teacher_frozen_student_learns(shapes_data, tmp_path, mode):
 
 
 def test_a_few_steps_lower_the_distillation_objective(shapes_data, tmp_path):
-    from yolo_slim.data import create_dataloader, parse_data_file
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
     student, teacher = model(4, 0), model(8, 1)
     hook = make_distill_hook(student, teacher, DistillConfig("chen", margin=0.0))
     loader, _ = create_dataloader(parse_data_file(shapes_data).train, 64, 8, augment=False,

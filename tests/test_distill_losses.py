@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from yolo_slim.distill import binary_kl_with_logits, bounded_box_loss, hinton_loss
+from yolo_slim.train.distill import binary_kl_with_logits, bounded_box_loss, hinton_loss
 
 
 def test_binary_kl_matches_the_closed_form_and_is_zero_at_equality():

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from yolo_slim.cfg import parse_cfg_text
-from yolo_slim.engine import TrainConfig, TrainHooks, train
-from yolo_slim.errors import YoloSlimError
-from yolo_slim.model import Darknet
-from yolo_slim.weights import model_from_checkpoint, read_checkpoint
+from yolo_slim.darknet.cfg import parse_cfg_text
+from yolo_slim.train.engine import TrainConfig, TrainHooks, train
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.model import Darknet
+from yolo_slim.darknet.weights import model_from_checkpoint, read_checkpoint
 
 from cfgs import conv_section, tiny_detector_cfg
 
@@ -171,7 +171,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, log_dir: 
     os.replace = spy
     model = tiny_model(seed=rank)  # different inits: DDP must broadcast rank 0's
     # with the sparsity hook on: the L1 step runs after the all-reduce, identically per rank
-    from yolo_slim.sparsity import make_train_hooks
+    from yolo_slim.train.sparsity import make_train_hooks
     cfg = config(data, out, epochs=1, batch_size=4, nominal_batch=4, sr=True, s=0.01, prune=1)
     train(cfg, model, make_train_hooks(cfg, model))
     os.replace = real_replace

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_slim.evaluate import (box_iou, compute_map, evaluate, format_metrics, nms_indices,
+from yolo_slim.eval.evaluate import (box_iou, compute_map, evaluate, format_metrics, nms_indices,
                                 non_max_suppression)
 
 from cfgs import ANCHORS_10, conv_section, tiny_detector_cfg
@@ -205,10 +205,10 @@ TINY_CFG = tiny_detector_cfg(conv_section(8, 3, 4), anchors=ANCHORS_10, head_str
 def test_evaluate_cli_on_generated_set(tmp_path, run_script):
     import json
 
-    from yolo_slim.cfg import parse_cfg_text
-    from yolo_slim.model import Darknet
-    from yolo_slim.synthetic import make_shapes_dataset
-    from yolo_slim.weights import save_checkpoint
+    from yolo_slim.darknet.cfg import parse_cfg_text
+    from yolo_slim.nn.model import Darknet
+    from yolo_slim.data.synthetic import make_shapes_dataset
+    from yolo_slim.darknet.weights import save_checkpoint
     data = make_shapes_dataset(str(tmp_path / "shapes"), 2, 6, 64, seed=0)
     n_labels = sum(len((tmp_path / "shapes/labels/valid" / f"{i:06d}.txt").read_text().splitlines())
                    for i in range(6))

@@ -13,11 +13,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import random_darknet, randomize_bn  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg, parse_cfg_text  # noqa: E402
-from yolo_slim.graph import build_graph, describe, main, prunable_convs, shortcut_groups  # noqa: E402
-from yolo_slim.model import Darknet, conv_geometry  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg, parse_cfg_text  # noqa: E402
+from yolo_slim.analysis.graph import build_graph, describe, main, prunable_convs, shortcut_groups  # noqa: E402
+from yolo_slim.nn.model import Darknet, conv_geometry  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
-from yolo_slim.report import (cfg_flops, count_params, layer_shapes, model_flops,  # noqa: E402
+from yolo_slim.analysis.cost import (cfg_flops, count_params, layer_shapes, model_flops,  # noqa: E402
                               plot_channels, plot_gamma_hist)
 
 

@@ -18,13 +18,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import random_model, write_random_net  # noqa: E402
 
-from yolo_slim.errors import YoloSlimError  # noqa: E402
-from yolo_slim.graph import build_graph, shortcut_groups  # noqa: E402
-from yolo_slim.importance import l1_scores, node_scores, rank_images, rank_scores  # noqa: E402
-from yolo_slim.model import conv_layers  # noqa: E402
+from yolo_slim.core.errors import YoloSlimError  # noqa: E402
+from yolo_slim.analysis.graph import build_graph, shortcut_groups  # noqa: E402
+from yolo_slim.analysis.importance import l1_scores, node_scores, rank_images, rank_scores  # noqa: E402
+from yolo_slim.nn.model import conv_layers  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
 from yolo_slim.prune.masks import MaskSolver  # noqa: E402
-from yolo_slim.report import layer_shapes  # noqa: E402
+from yolo_slim.analysis.cost import layer_shapes  # noqa: E402
 
 
 def raw(m, x):
@@ -113,7 +113,7 @@ def test_rank_deterministic_and_bounded():
 
 
 def test_rank_images_from_data_are_fixed(tmp_path):
-    from yolo_slim.synthetic import make_shapes_dataset
+    from yolo_slim.data.synthetic import make_shapes_dataset
     data = make_shapes_dataset(str(tmp_path / "s"), 6, 2, 64, 0)
     a, b = rank_images(data, 64, 2, 2), rank_images(data, 64, 2, 2)
     assert a.shape == (4, 3, 64, 64) and torch.equal(a, b)

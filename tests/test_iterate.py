@@ -15,12 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import randomize_bn  # noqa: E402
 
-from yolo_slim import engine  # noqa: E402
-from yolo_slim.cfg import parse_cfg_text  # noqa: E402
-from yolo_slim.errors import YoloSlimError  # noqa: E402
-from yolo_slim.iterate import IterateOptions, parse_train_overrides, run  # noqa: E402
-from yolo_slim.model import Darknet  # noqa: E402
-from yolo_slim.weights import read_checkpoint, save_darknet_weights  # noqa: E402
+from yolo_slim.train import engine  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg_text  # noqa: E402
+from yolo_slim.core.errors import YoloSlimError  # noqa: E402
+from yolo_slim.tools.iterate import IterateOptions, parse_train_overrides, run  # noqa: E402
+from yolo_slim.nn.model import Darknet  # noqa: E402
+from yolo_slim.darknet.weights import read_checkpoint, save_darknet_weights  # noqa: E402
 from cfgs import TINY_RESIDUAL as TINY  # noqa: E402
 
 TRAIN = {"workers": 0, "device": "cpu", "nominal_batch": 4, "ema": False}
@@ -131,7 +131,7 @@ def test_train_overrides():
 def test_cli_errors_and_script(setup, repo_root):
     import subprocess
     root, cfg, wts, data = setup
-    from yolo_slim.iterate import main
+    from yolo_slim.tools.iterate import main
     assert main(["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir",
                  str(root / "e"), "--per-round-flops", "1.5"]) == 2
     assert main(["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir",
@@ -156,7 +156,7 @@ def test_script_defaults_pass_train_args(tmp_path, repo_root):
                        text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     args = p.stdout.split()
-    assert args[:2] == ["-m", "yolo_slim.iterate"] and args[args.index("--rounds") + 1] == "2"
+    assert args[:2] == ["-m", "yolo_slim.tools.iterate"] and args[args.index("--rounds") + 1] == "2"
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--train"]
     assert pairs == ["workers=2", "lr0=0.02", "multi-scale=true", "ema=false",
                      "lr-steps=0.5,0.8", "mosaic=1.0"]

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from yolo_slim.cfg import parse_cfg_text
-from yolo_slim.loss import LossHyp, bbox_giou, build_targets, yolo_loss
-from yolo_slim.model import Darknet
+from yolo_slim.darknet.cfg import parse_cfg_text
+from yolo_slim.train.loss import LossHyp, bbox_giou, build_targets, yolo_loss
+from yolo_slim.nn.model import Darknet
 
 from cfgs import conv_section, head_sections, net_section, route_section
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yolo_slim.cfg import CfgError, parse_cfg_text
-from yolo_slim.layers import YOLOLayer
-from yolo_slim.model import BUILDERS, BuildContext, Darknet, conv_layers
+from yolo_slim.darknet.cfg import CfgError, parse_cfg_text
+from yolo_slim.nn.layers import YOLOLayer
+from yolo_slim.nn.model import BUILDERS, BuildContext, Darknet, conv_layers
 
 
 def build_layer(section: str, prev_channels: list[int], in_channels: int = 3):

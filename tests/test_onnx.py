@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import darknet_ref  # noqa: E402
 from netgen import random_darknet, randomize_bn  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg, parse_cfg_text, write_cfg  # noqa: E402
-from yolo_slim.errors import YoloSlimError  # noqa: E402
-from yolo_slim.export import ExportOptions, export_onnx, ort_session  # noqa: E402
-from yolo_slim.model import Darknet  # noqa: E402
-from yolo_slim.weights import load_model, save_darknet_weights  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg, parse_cfg_text, write_cfg  # noqa: E402
+from yolo_slim.core.errors import YoloSlimError  # noqa: E402
+from yolo_slim.deploy.export import ExportOptions, export_onnx, ort_session  # noqa: E402
+from yolo_slim.nn.model import Darknet  # noqa: E402
+from yolo_slim.darknet.weights import load_model, save_darknet_weights  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 REAL = ["yolov3-tiny", "yolov4-tiny"]

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import random_model, standard_model, write_random_net  # noqa: E402
 from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg  # noqa: E402
-from yolo_slim.graph import shortcut_groups  # noqa: E402
-from yolo_slim.model import Darknet, conv_layers  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
+from yolo_slim.analysis.graph import shortcut_groups  # noqa: E402
+from yolo_slim.nn.model import Darknet, conv_layers  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model, run  # noqa: E402
-from yolo_slim.report import model_flops  # noqa: E402
+from yolo_slim.analysis.cost import model_flops  # noqa: E402
 
 STRATEGIES = ["normal", "shortcut", "slim"]
 STANDARD = ["yolov3-tiny", "yolov4-tiny", "yolov3", "yolov3-spp", "yolov4"]
@@ -120,8 +120,8 @@ def test_tied_gammas_are_cut_to_the_target():
     """An untrained model has every γ = 1: percent and FLOPs targets must still cut to the target
     (by position among the ties), not jump from nothing to everything; --threshold keeps its
     value semantics."""
-    from yolo_slim.model import Darknet as D
-    from yolo_slim.cfg import parse_cfg as pc
+    from yolo_slim.nn.model import Darknet as D
+    from yolo_slim.darknet.cfg import parse_cfg as pc
     cfg = Path(__file__).resolve().parents[1] / "cfg" / "demo.cfg"
     torch.manual_seed(0)
     m = D(pc(str(cfg))).eval()  # fresh init: all |γ| == 1
@@ -146,7 +146,7 @@ def test_tied_gammas_are_cut_to_the_target():
 def test_tied_gammas_cut_evenly_through_route_groups(standard_models):
     """yolov4-tiny slices convs with [route] groups=2 (a class = channels c and c + C/2): with
     every |γ| tied, a percent cut still takes the same share from every prunable conv."""
-    from yolo_slim.graph import build_graph
+    from yolo_slim.analysis.graph import build_graph
     from yolo_slim.prune.masks import MaskSolver
     m = standard_models["yolov4-tiny"]
     g = build_graph(m.module_defs)

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import random_darknet, random_model, standard_model, write_random_net  # noqa: E402
 from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 
-from yolo_slim.cfg import get_ints, parse_cfg  # noqa: E402
-from yolo_slim.layers import Route, Shortcut, YOLOLayer  # noqa: E402
-from yolo_slim.model import Darknet, conv_layers, route_sources, shortcut_sources  # noqa: E402
+from yolo_slim.darknet.cfg import get_ints, parse_cfg  # noqa: E402
+from yolo_slim.nn.layers import Route, Shortcut, YOLOLayer  # noqa: E402
+from yolo_slim.nn.model import Darknet, conv_layers, route_sources, shortcut_sources  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions  # noqa: E402
 from yolo_slim.prune.channels import run as run_channels  # noqa: E402
 from yolo_slim.prune.layer_run import prune_layers_model, run  # noqa: E402
@@ -284,7 +284,7 @@ def test_combined_layer_ratios_name_input_layers(tmp_path):
     """--layer-ratios with --shortcuts name the input cfg's layers (what sensitivity measured):
     combined == layer pruning, then prune_channels with the ratios renumbered by hand; ratios of
     convs inside removed blocks are dropped."""
-    from yolo_slim.graph import build_graph, prunable_of
+    from yolo_slim.analysis.graph import build_graph, prunable_of
     cfg, wts, m = write_net(tmp_path, seed=2)
     n = len(analyze_blocks(parse_cfg(str(cfg)))[0]) - 1
     lres = prune_layers_model(m, n, check=False)

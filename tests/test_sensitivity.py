@@ -15,17 +15,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import random_model, randomize_bn  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg_text  # noqa: E402
-from yolo_slim.errors import YoloSlimError  # noqa: E402
-from yolo_slim.graph import build_graph  # noqa: E402
-from yolo_slim.importance import node_scores  # noqa: E402
-from yolo_slim.model import Darknet  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg_text  # noqa: E402
+from yolo_slim.core.errors import YoloSlimError  # noqa: E402
+from yolo_slim.analysis.graph import build_graph  # noqa: E402
+from yolo_slim.analysis.importance import node_scores  # noqa: E402
+from yolo_slim.nn.model import Darknet  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
 from yolo_slim.prune.masks import MaskSolver  # noqa: E402
-from yolo_slim.report import model_flops  # noqa: E402
-from yolo_slim.sensitivity import (SensitivityOptions, choose_ratios, layer_ratio_map,  # noqa: E402
+from yolo_slim.analysis.cost import model_flops  # noqa: E402
+from yolo_slim.tools.sensitivity import (SensitivityOptions, choose_ratios, layer_ratio_map,  # noqa: E402
                                    measure, run)
-from yolo_slim.weights import save_darknet_weights  # noqa: E402
+from yolo_slim.darknet.weights import save_darknet_weights  # noqa: E402
 from cfgs import TINY_RESIDUAL as TINY  # noqa: E402
 
 RATIOS = [0.25, 0.5, 0.75]
@@ -96,7 +96,7 @@ def test_measure_counts_and_drops():
 
 
 def test_end_to_end_files_and_prune_channels(tmp_path, capsys):
-    from yolo_slim.synthetic import make_shapes_dataset
+    from yolo_slim.data.synthetic import make_shapes_dataset
     import prune_channels
     data = make_shapes_dataset(str(tmp_path / "s"), 4, 4, 64, 0)
     cfg = tmp_path / "tiny.cfg"

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from yolo_slim.cfg import parse_cfg_text
-from yolo_slim.model import Darknet, conv_layers
-from yolo_slim.sparsity import BNSparsity, GammaHistory, SparsitySchedule
+from yolo_slim.darknet.cfg import parse_cfg_text
+from yolo_slim.nn.model import Darknet, conv_layers
+from yolo_slim.train.sparsity import BNSparsity, GammaHistory, SparsitySchedule
 
 from cfgs import conv_section, net_section, yolo_section
 
@@ -101,9 +101,9 @@ def test_train_flags_reach_the_schedule(tmp_path):
     schedule the hook applies (global-decay: s x factor from the start epoch on)."""
     import argparse
 
-    from yolo_slim.engine import TrainConfig
-    from yolo_slim.errors import YoloSlimError
-    from yolo_slim.sparsity import make_train_hooks
+    from yolo_slim.train.engine import TrainConfig
+    from yolo_slim.core.errors import YoloSlimError
+    from yolo_slim.train.sparsity import make_train_hooks
     p = argparse.ArgumentParser()
     TrainConfig.add_args(p)
     args = ["--sr", "--s", "0.01", "--sparsity", "global-decay", "--sparsity-decay-start", "0.2",

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from yolo_slim.data import YoloDataset, label_path_for, parse_data_file
-from yolo_slim.errors import YoloSlimError
-from yolo_slim.synthetic import NAMES, SIZE_RANGE, _poly_mask, make_shapes_dataset, shape_polygon
+from yolo_slim.data.dataset import YoloDataset, label_path_for, parse_data_file
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.data.synthetic import NAMES, SIZE_RANGE, _poly_mask, make_shapes_dataset, shape_polygon
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def read_labels(root: Path, split: str) -> list[np.ndarray]:
 
 def test_same_seed_gives_identical_bytes_across_processes(shapes, tmp_path):
     root, _ = shapes
-    cmd = [sys.executable, "-m", "yolo_slim.synthetic", "--out", str(tmp_path / "again"),
+    cmd = [sys.executable, "-m", "yolo_slim.data.synthetic", "--out", str(tmp_path / "again"),
            "--n-train", "40", "--n-valid", "10", "--img-size", "128", "--seed", "3"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))

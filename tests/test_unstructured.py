@@ -15,11 +15,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netgen import random_model, write_random_net  # noqa: E402
 
-from yolo_slim.cfg import parse_cfg  # noqa: E402
-from yolo_slim.errors import YoloSlimError  # noqa: E402
-from yolo_slim.model import Darknet, conv_layers  # noqa: E402
-from yolo_slim.unstructured import magnitude_prune, run  # noqa: E402
-from yolo_slim.weights import load_darknet_weights  # noqa: E402
+from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
+from yolo_slim.core.errors import YoloSlimError  # noqa: E402
+from yolo_slim.nn.model import Darknet, conv_layers  # noqa: E402
+from yolo_slim.tools.unstructured import magnitude_prune, run  # noqa: E402
+from yolo_slim.darknet.weights import load_darknet_weights  # noqa: E402
 
 
 def conv_weights(m: Darknet) -> torch.Tensor:
@@ -85,7 +85,7 @@ def test_run_files_sizes_and_latency(tmp_path):
 
 def test_cli(tmp_path, run_script):
     cfg, wts, m = write_random_net(tmp_path, 1)
-    from yolo_slim.unstructured import main
+    from yolo_slim.tools.unstructured import main
     args = ["--cfg", str(cfg), "--weights", str(tmp_path / "n.weights")]
     assert main(args + ["--output-dir", str(tmp_path / "a"), "--amount", "-0.1"]) == 2
     assert main(args + ["--output-dir", str(tmp_path / "b"), "--amount", "0.4", "--runs", "1",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolo_slim import zoo
-from yolo_slim.cfg import parse_cfg, parse_cfg_text
-from yolo_slim.model import Darknet
-from yolo_slim.weights import weights_float_count
+from yolo_slim.darknet import zoo
+from yolo_slim.darknet.cfg import parse_cfg, parse_cfg_text
+from yolo_slim.nn.model import Darknet
+from yolo_slim.darknet.weights import weights_float_count
 
 STANDARD = ["yolov3", "yolov3-tiny", "yolov3-spp", "yolov4", "yolov4-tiny"]
 
@@ -70,7 +70,7 @@ def test_generated_cfg_equals_darknet_structure(name, repo_root, corpus_dir, cor
 def test_committed_cfg_is_the_generated_one(name, repo_root):
     path = repo_root / "cfg" / f"{name}.cfg"
     text = path.read_text()
-    assert text == zoo.cfg_text(name), f"cfg/{name}.cfg is stale: python -m yolo_slim.zoo"
+    assert text == zoo.cfg_text(name), f"cfg/{name}.cfg is stale: python -m yolo_slim.darknet.zoo"
     assert text.startswith(f"# {name}.cfg - ")
     # module_defs from the generator are exactly what the parser reads back from the file
     parsed = [{k: v for k, v in d.items() if not k.startswith("_")} for d in parse_cfg(str(path))]

@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cfg import net_channels, net_size
-from ..errors import YoloSlimError
-from ..graph import ChannelGraph, build_graph
-from ..model import Darknet
-from ..report import count_params, model_flops, plot_channels, plot_gamma_hist
-from .compact import compact_model
-from .fold import apply_masks
-from .masks import MaskSolver, assert_consistent, kept_channels
-from .outputs import check_output_dir, max_abs, sha256_file, write_model_files, write_report
+from yolo_slim.darknet.cfg import net_channels, net_size
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.analysis.graph import ChannelGraph, build_graph
+from yolo_slim.nn.model import Darknet
+from yolo_slim.analysis.cost import count_params, model_flops, plot_channels, plot_gamma_hist
+from yolo_slim.prune.compact import compact_model
+from yolo_slim.prune.fold import apply_masks
+from yolo_slim.prune.masks import MaskSolver, assert_consistent, kept_channels
+from yolo_slim.prune.outputs import check_output_dir, max_abs, sha256_file, write_model_files, write_report
 
 
 @dataclass
@@ -99,7 +99,7 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     """Prune `model` (unchanged) by its BN |γ| (or opts.importance, or the given per-node
     `scores`); returns the compact model and a report dict. `log` receives the score picture
     before anything is cut."""
-    from ..importance import node_scores
+    from yolo_slim.analysis.importance import node_scores
     model = model.eval()
     g = build_graph(model.module_defs)
     img_hw = tuple(opts.img_size or net_size(model.module_defs))
@@ -147,8 +147,8 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
 def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: int) -> list[dict]:
     """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list (lazy imports:
     evaluation is optional for pruning)."""
-    from ..data import create_dataloader, parse_data_file
-    from ..evaluate import evaluate
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
+    from yolo_slim.eval.evaluate import evaluate
     dc = parse_data_file(data)
     loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, nc=dc.classes)
     out = []
@@ -161,7 +161,7 @@ def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: i
 def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
         data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
     """Load, prune, verify, write the output dir; returns the report."""
-    from ..weights import load_model
+    from yolo_slim.darknet.weights import load_model
     model = load_model(cfg, weights)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, [cfg, weights])
@@ -205,7 +205,7 @@ def _gamma_text(stats: dict[str, Any], importance: str = "bn") -> str:
 
 
 def summary_text(rep: dict[str, Any]) -> str:
-    from ..report import channel_table
+    from yolo_slim.analysis.cost import channel_table
     p, f, v = rep["params"], rep["flops"], rep["verification"]
     lines = [channel_table(rep["channels"]["before"], rep["channels"]["after"]),
              f"threshold {rep['threshold']:.6g} ({rep['strategy']}, importance "

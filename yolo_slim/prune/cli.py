@@ -9,10 +9,10 @@ import math
 import sys
 from typing import Any, Sequence
 
-from ..errors import YoloSlimError
-from ..graph import STRATEGIES
-from ..importance import IMPORTANCE
-from .channels import PruneOptions
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.analysis.graph import STRATEGIES
+from yolo_slim.analysis.importance import IMPORTANCE
+from yolo_slim.prune.channels import PruneOptions
 
 
 def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -24,7 +24,7 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     what.add_argument("--threshold", type=float, help="cut channels with |γ| < T")
     what.add_argument("--target-flops", type=float, help="at most F x the original FLOPs")
     what.add_argument("--layer-ratios", metavar="JSON",
-                      help="per-conv fractions to cut, e.g. from yolo_slim.sensitivity")
+                      help="per-conv fractions to cut, e.g. from yolo_slim.tools.sensitivity")
     p.add_argument("--importance", choices=list(IMPORTANCE), default="bn",
                    help="channel score: BN |γ|, BN-scaled filter L1, or HRank (needs --data)")
     p.add_argument("--rank-batches", type=int, default=2, help="--importance rank: batches of --data")
@@ -74,7 +74,7 @@ RATIO_FILE_OPTIONS = {"strategy": "--strategy", "importance": "--importance",
 
 
 def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dict[int, float]:
-    """{"layers": {"12": 0.3, ...}} (what yolo_slim.sensitivity writes) or a flat {"12": 0.3}.
+    """{"layers": {"12": 0.3, ...}} (what yolo_slim.tools.sensitivity writes) or a flat {"12": 0.3}.
     With `flags`, warn (stderr) where the file's recorded mask options differ from them: the
     masks would not be the ones the sensitivity analysis measured."""
     try:

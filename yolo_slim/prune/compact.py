@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..graph import ChannelGraph
-from ..model import Darknet, conv_layers
+from yolo_slim.analysis.graph import ChannelGraph
+from yolo_slim.nn.model import Darknet, conv_layers
 
 
 def compact_defs(g: ChannelGraph, keep_node: np.ndarray) -> list[dict[str, Any]]:

@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..graph import ChannelGraph
-from ..layers import activation_fn
-from ..model import Darknet
+from yolo_slim.analysis.graph import ChannelGraph
+from yolo_slim.nn.layers import activation_fn
+from yolo_slim.nn.model import Darknet
 
 
 class _Ctx:

@@ -13,14 +13,14 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..cfg import net_size
-from ..errors import YoloSlimError
-from ..model import Darknet
-from ..report import canvas, count_params, model_flops, plot_channels, put_text, save_png
-from .channels import PruneOptions, evaluate_maps, prune_model
-from .layers import (Block, analyze_blocks, apply_block_removal, block_scores, choose_blocks,
+from yolo_slim.darknet.cfg import net_size
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.model import Darknet
+from yolo_slim.analysis.cost import canvas, count_params, model_flops, plot_channels, put_text, save_png
+from yolo_slim.prune.channels import PruneOptions, evaluate_maps, prune_model
+from yolo_slim.prune.layers import (Block, analyze_blocks, apply_block_removal, block_scores, choose_blocks,
                      compact_blocks, depth, removed_table, verify_blocks)
-from .outputs import check_output_dir, sha256_file, write_model_files, write_report
+from yolo_slim.prune.outputs import check_output_dir, sha256_file, write_model_files, write_report
 
 
 @dataclass
@@ -63,7 +63,7 @@ def prune_layers_model(model: Darknet, shortcuts: int, rank: str = "mean",
 
 def ratios_after_removal(ratios: dict[int, float], index: dict[int, int],
                          removed: list[Block]) -> tuple[dict[int, float], list[int]]:
-    """--layer-ratios name layers of the *input* cfg (what yolo_slim.sensitivity measured);
+    """--layer-ratios name layers of the *input* cfg (what yolo_slim.tools.sensitivity measured);
     renumber them for the layer-pruned model. Returns (renumbered ratios, layers whose block was
     removed, so their ratio no longer applies)."""
     gone = {j for b in removed for j in b.layers}
@@ -102,7 +102,7 @@ def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str =
         channel_opts: PruneOptions | None = None, img_size: int | None = None, seed: int = 0,
         data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
     """Load, remove blocks (+ prune channels), verify, write the output dir; returns the report."""
-    from ..weights import load_model
+    from yolo_slim.darknet.weights import load_model
     model = load_model(cfg, weights)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, [cfg, weights])

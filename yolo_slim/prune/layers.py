@@ -44,10 +44,10 @@ from typing import Any
 
 import torch
 
-from ..cfg import get_int, get_ints, get_str, net_channels
-from ..errors import YoloSlimError
-from ..layers import activation_fn
-from ..model import Darknet, check_supported, conv_layers, route_sources, shortcut_sources
+from yolo_slim.darknet.cfg import get_int, get_ints, get_str, net_channels
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.layers import activation_fn
+from yolo_slim.nn.model import Darknet, check_supported, conv_layers, route_sources, shortcut_sources
 
 RANKS = ("mean", "max")
 REF_KEYS = {"route": "layers", "shortcut": "from"}  # the only keys that hold layer indices
@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     """python -m yolo_slim.prune.layers CFG: the removable blocks of a cfg and why others stay."""
     import sys
 
-    from ..cfg import parse_cfg
-    from ..errors import cli_main
+    from yolo_slim.darknet.cfg import parse_cfg
+    from yolo_slim.core.errors import cli_main
 
     @cli_main
     def run(args: list[str] | None) -> int:

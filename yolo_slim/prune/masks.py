@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from ..errors import TargetUnreachable, YoloSlimError
-from ..graph import INPUT, ChannelGraph, prunable_of
-from ..report import conv_flops_table
+from yolo_slim.core.errors import TargetUnreachable, YoloSlimError
+from yolo_slim.analysis.graph import INPUT, ChannelGraph, prunable_of
+from yolo_slim.analysis.cost import conv_flops_table
 
 
 class MaskSolver:

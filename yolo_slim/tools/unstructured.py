@@ -1,6 +1,6 @@
 r"""Unstructured magnitude pruning, for comparison with channel pruning.
 
-  python -m yolo_slim.unstructured --cfg c.cfg --weights w.weights --amount 0.5 --output-dir runs/u
+  python -m yolo_slim.tools.unstructured --cfg c.cfg --weights w.weights --amount 0.5 --output-dir runs/u
 
 Global magnitude pruning over every conv kernel (torch.nn.utils.prune.global_unstructured with
 L1Unstructured, then prune.remove to make the zeros permanent): the `amount` is turned into an
@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import torch
 from torch.nn.utils import prune
 
-from .errors import YoloSlimError, atomic_write_bytes, cli_main
-from .model import Darknet, conv_layers
-from .report import model_flops
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.nn.model import Darknet, conv_layers
+from yolo_slim.analysis.cost import model_flops
 
 
 def magnitude_prune(model: Darknet, amount: float) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def magnitude_prune(model: Darknet, amount: float) -> dict[str, Any]:
 def latency(model: Darknet, hw: tuple[int, int], runs: int = 20, warmup: int = 3,
             onnx: bool = True, threads: int | None = None) -> dict[str, float]:
     """Median ms per batch-1 forward: torch (eval, no_grad) and onnxruntime (checked export)."""
-    from .export import export_onnx, median_ms, ort_session
+    from yolo_slim.deploy.export import export_onnx, median_ms, ort_session
     model = copy.deepcopy(model).eval()
     x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     out = {"torch_ms": median_ms(lambda: model(x), runs, warmup)}
@@ -79,10 +79,10 @@ def gzip_size(data: bytes) -> int:
 def run(cfg: str | None, weights: str, out_dir: str, amount: float,
         img_size: int | None = None, structured_flops: float | None = 0.5, runs: int = 20,
         warmup: int = 3, onnx: bool = True, threads: int | None = None, log=print) -> dict[str, Any]:
-    from .cfg import net_size, save_cfg
-    from .prune.channels import PruneOptions, prune_model
-    from .prune.outputs import check_output_dir
-    from .weights import darknet_weights_bytes, load_model
+    from yolo_slim.darknet.cfg import net_size, save_cfg
+    from yolo_slim.prune.channels import PruneOptions, prune_model
+    from yolo_slim.prune.outputs import check_output_dir
+    from yolo_slim.darknet.weights import darknet_weights_bytes, load_model
     model = load_model(cfg, weights).eval()
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, [cfg, weights])
@@ -138,8 +138,8 @@ def summary_text(rep: dict[str, Any]) -> str:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prune.cli import module_parser, parse
-    p = module_parser("python -m yolo_slim.unstructured", __doc__, data=False)
+    from yolo_slim.prune.cli import module_parser, parse
+    p = module_parser("python -m yolo_slim.tools.unstructured", __doc__, data=False)
     p.add_argument("--amount", type=float, required=True, help="fraction of conv weights to zero")
     p.add_argument("--img-size", type=int)
     p.add_argument("--structured-flops", type=float, default=0.5, help="0 = no structured model")

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .cfg import net_channels
-from .errors import YoloSlimError
-from .layers import ConvBlock
-from .model import Darknet
+from yolo_slim.darknet.cfg import net_channels
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.layers import ConvBlock
+from yolo_slim.nn.model import Darknet
 
 
 @dataclass

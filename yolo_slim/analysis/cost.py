@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cfg import get_int, net_channels
-from .model import conv_geometry, conv_layers, route_sources
+from yolo_slim.darknet.cfg import get_int, net_channels
+from yolo_slim.nn.model import conv_geometry, conv_layers, route_sources
 
 
 def count_params(model) -> int:
@@ -102,7 +102,7 @@ def put_text(img: np.ndarray, s: str, xy: tuple[int, int], scale: float = 0.4) -
 
 def save_png(img: np.ndarray, path: str) -> None:
     import cv2
-    from .errors import atomic_write_bytes
+    from yolo_slim.core.errors import atomic_write_bytes
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RuntimeError("PNG encoding failed")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import PAD_VALUE, Augment, augment_hsv, letterbox, warp_boxes
-from .errors import YoloSlimError
+from yolo_slim.data.augment import PAD_VALUE, Augment, augment_hsv, letterbox, warp_boxes
+from yolo_slim.core.errors import YoloSlimError
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 STRIDE = 32

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import YoloSlimError
+from yolo_slim.core.errors import YoloSlimError
 
 
 def ddp_env() -> tuple[int, int, int]:

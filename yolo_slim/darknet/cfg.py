@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any
 
-from .errors import CfgError, YoloSlimError
+from yolo_slim.core.errors import CfgError, YoloSlimError
 
 # Darknet accepts these alias spellings; we store the canonical one.
 ALIASES = {"network": "net", "conv": "convolutional", "max": "maxpool", "avg": "avgpool",
@@ -132,7 +132,7 @@ def write_cfg(module_defs: list[dict[str, Any]]) -> str:
 
 
 def save_cfg(module_defs: list[dict[str, Any]], path: str) -> None:
-    from .errors import atomic_write_bytes
+    from yolo_slim.core.errors import atomic_write_bytes
     atomic_write_bytes(path, write_cfg(module_defs).encode())
 
 

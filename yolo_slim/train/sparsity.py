@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import Darknet
+from yolo_slim.nn.model import Darknet
 
 SCHEDULES = ("constant", "global-decay", "local-decay")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -147,7 +147,7 @@ class GammaHistory:
                         0.4, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(img, title, (left, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1,
                     cv2.LINE_AA)
-        from .errors import atomic_write_bytes
+        from yolo_slim.core.errors import atomic_write_bytes
         atomic_write_bytes(path, cv2.imencode(".png", img)[1].tobytes())
 
 
@@ -156,8 +156,8 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
     """The engine hook for sparse training on the convs `strategy` may prune (from the graph)."""
     import os
 
-    from .engine import TrainHooks
-    from .graph import prunable_convs
+    from yolo_slim.train.engine import TrainHooks
+    from yolo_slim.analysis.graph import prunable_convs
 
     layers = prunable_convs(getattr(model, "module", model).module_defs, strategy)
 
@@ -197,7 +197,7 @@ PRUNE_STRATEGY = {0: "normal", 1: "shortcut"}  # --prune 0|1, the names users kn
 
 def make_train_hooks(cfg, model: Darknet) -> list:
     """train_sparse.py --sr: the sparsity hook configured from the TrainConfig flags."""
-    from .errors import YoloSlimError
+    from yolo_slim.core.errors import YoloSlimError
     if cfg.prune not in PRUNE_STRATEGY:
         raise YoloSlimError(f"--prune must be 0 (normal) or 1 (shortcut/slim), not {cfg.prune}")
     kind = cfg.sparsity or "constant"

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cfg import parse_cfg_text, write_cfg
-from .errors import YoloSlimError, atomic_write_bytes
-from .model import Darknet, conv_layers
+from yolo_slim.darknet.cfg import parse_cfg_text, write_cfg
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+from yolo_slim.nn.model import Darknet, conv_layers
 
 
 def _conv_tensors(model: Darknet) -> list[torch.Tensor]:
@@ -208,7 +208,7 @@ def load_transfer(model: Darknet, path: str, source_cfg: str | None = None) -> d
 
 def load_model(cfg: str | None, weights: str | None) -> Darknet:
     """The usual --cfg/--weights pair: cfg may be omitted for a .pt that carries its own."""
-    from .model import build_model
+    from yolo_slim.nn.model import build_model
     if cfg is None:
         if not weights or not weights.endswith(".pt"):
             raise YoloSlimError("--cfg is required unless --weights is a yolo-slim .pt checkpoint")
@@ -230,7 +230,7 @@ def save_weights(model: Darknet, path: str) -> None:
 def export_run_model(run_dir: str, stem: str) -> tuple[str, str]:
     """Write a training run's best.pt (else last.pt) as <stem>.cfg + <stem>.weights in run_dir,
     the plain darknet pair the next stage (prune, export, darknet itself) reads."""
-    from .cfg import save_cfg
+    from yolo_slim.darknet.cfg import save_cfg
     src = os.path.join(run_dir, "best.pt")
     if not os.path.isfile(src):
         src = os.path.join(run_dir, "last.pt")

@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import device as dv
-from .cfg import net_size
-from .data import Augment, create_dataloader, parse_data_file
-from .errors import YoloSlimError, atomic_write_bytes
-from .loss import LossHyp, yolo_loss
-from .optim import ModelEMA, build_optimizer, lr_factor, set_lr
-from .plots import plot_results
-from .sparsity import SparsitySchedule
-from .weights import load_checkpoint_into, read_checkpoint, save_checkpoint
+from yolo_slim.core import device as dv
+from yolo_slim.darknet.cfg import net_size
+from yolo_slim.data.dataset import Augment, create_dataloader, parse_data_file
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+from yolo_slim.train.loss import LossHyp, yolo_loss
+from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
+from yolo_slim.train.plots import plot_results
+from yolo_slim.train.sparsity import SparsitySchedule
+from yolo_slim.darknet.weights import load_checkpoint_into, read_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -175,7 +175,7 @@ def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
 
 
 def _evaluate(model, loader, cfg: TrainConfig, device) -> dict[str, float]:
-    from .evaluate import evaluate
+    from yolo_slim.eval.evaluate import evaluate
     r = evaluate(model, loader, conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres,
                  device=device, half=False, progress=False)
     return {k: float(r[k]) for k in ("precision", "recall", "map50", "map")}

@@ -13,8 +13,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .cfg import CfgError, get_float, get_floats, get_int, get_ints, get_str, net_channels
-from .layers import ACTIVATIONS, ConvBlock, MaxPool, Route, Shortcut, Upsample, YOLOLayer
+from yolo_slim.darknet.cfg import CfgError, get_float, get_floats, get_int, get_ints, get_str, net_channels
+from yolo_slim.nn.layers import ACTIVATIONS, ConvBlock, MaxPool, Route, Shortcut, Upsample, YOLOLayer
 
 
 @dataclass
@@ -245,5 +245,5 @@ def conv_layers(model: Darknet) -> list[tuple[int, ConvBlock]]:
 
 
 def build_model(cfg_path: str) -> Darknet:
-    from .cfg import parse_cfg
+    from yolo_slim.darknet.cfg import parse_cfg
     return Darknet(parse_cfg(cfg_path))

@@ -1,7 +1,7 @@
 r"""Sensitivity analysis: prune one unit at a time, measure the metric drop, then choose per-unit
 ratios for a FLOPs target under a maximum drop and write them for `prune_channels.py`.
 
-  python -m yolo_slim.sensitivity --cfg c.cfg --weights w.weights --data d.data \
+  python -m yolo_slim.tools.sensitivity --cfg c.cfg --weights w.weights --data d.data \
       --ratios 0.1 0.3 0.5 0.7 --target-flops 0.5 --max-drop 0.02 --output-dir runs/sens
   python prune_channels.py --cfg c.cfg --weights w.weights --layer-ratios runs/sens/ratios.json ...
 
@@ -32,13 +32,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import YoloSlimError, atomic_write_bytes, cli_main
-from .graph import STRATEGIES, build_graph
-from .importance import IMPORTANCE, node_scores
-from .model import Darknet
-from .prune.compact import compact_model
-from .prune.fold import apply_masks
-from .prune.masks import MaskSolver
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.analysis.graph import STRATEGIES, build_graph
+from yolo_slim.analysis.importance import IMPORTANCE, node_scores
+from yolo_slim.nn.model import Darknet
+from yolo_slim.prune.compact import compact_model
+from yolo_slim.prune.fold import apply_masks
+from yolo_slim.prune.masks import MaskSolver
 
 
 @dataclass
@@ -155,7 +155,7 @@ def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
                  chosen: list[float] | None = None) -> None:
     """Rows = units, columns = ratios, colour green (no drop) -> red (>= 2x max-drop)."""
     import cv2
-    from .report import canvas, put_text, save_png
+    from yolo_slim.analysis.cost import canvas, put_text, save_png
     units, ratios = table["units"], table["ratios"]
     cw, chh, left, top = 70, 20, 170, 40
     img = canvas(top + chh * len(units) + 30, left + cw * len(ratios) + 20)
@@ -182,8 +182,8 @@ def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
 
 def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) -> Callable:
     """mAP@0.5 on the first `eval_images` validation images (loaded once, kept in memory)."""
-    from .data import create_dataloader, parse_data_file
-    from .evaluate import evaluate
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
+    from yolo_slim.eval.evaluate import evaluate
     dc = parse_data_file(data)
     loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, workers=0,
                                   nc=dc.classes, limit=eval_images or None, verbose=False)
@@ -193,8 +193,8 @@ def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) ->
 
 def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: SensitivityOptions,
         log=print) -> dict[str, Any]:
-    from .cfg import net_size
-    from .weights import load_model
+    from yolo_slim.darknet.cfg import net_size
+    from yolo_slim.darknet.weights import load_model
     if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
         raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
     if not opts.ratios or any(not 0 < r <= 1 for r in opts.ratios):
@@ -234,8 +234,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: Sensitivit
 
 
 def parser() -> argparse.ArgumentParser:
-    from .prune.cli import module_parser
-    p = module_parser("python -m yolo_slim.sensitivity", __doc__)
+    from yolo_slim.prune.cli import module_parser
+    p = module_parser("python -m yolo_slim.tools.sensitivity", __doc__)
     d = SensitivityOptions()
     p.add_argument("--ratios", type=float, nargs="+", default=d.ratios)
     p.add_argument("--target-flops", type=float, help="choose ratios for at most F x FLOPs")
@@ -253,7 +253,7 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prune.cli import options_from_args, parse
+    from yolo_slim.prune.cli import options_from_args, parse
     a = parse(parser(), argv)
     if a is None:
         return 0

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .cfg import CfgError, get_int, net_channels, parse_cfg
-from .model import conv_geometry, route_sources, shortcut_sources
+from yolo_slim.darknet.cfg import CfgError, get_int, net_channels, parse_cfg
+from yolo_slim.nn.model import conv_geometry, route_sources, shortcut_sources
 
 INPUT, CONV, SHORTCUT = 0, 1, 2
 STRATEGIES = ("normal", "shortcut", "slim")
@@ -288,12 +288,12 @@ def describe(module_defs: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import cli_main
+    from yolo_slim.core.errors import cli_main
 
     @cli_main
     def run(args: list[str] | None) -> int:
         if not args or len(args) != 1:
-            print("usage: python -m yolo_slim.graph CFG", file=sys.stderr)
+            print("usage: python -m yolo_slim.analysis.graph CFG", file=sys.stderr)
             return 2
         print(describe(parse_cfg(args[0])))
         return 0

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import YoloSlimError
-from .model import Darknet
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.model import Darknet
 
 KD_MODES = ("none", "hinton", "chen")
 
@@ -111,8 +111,8 @@ def make_distill_hook(student: Darknet, teacher: Darknet | None, cfg: DistillCon
 
     The KL terms use the YOLO loss's objectness/class gains (same image-size and head scaling),
     so kd_weight=1 weighs soft targets like hard ones."""
-    from .engine import TrainHooks
-    from .loss import LossHyp, build_targets, decode_box
+    from yolo_slim.train.engine import TrainHooks
+    from yolo_slim.train.loss import LossHyp, build_targets, decode_box
 
     if cfg.mode == "none" or teacher is None:
         return None

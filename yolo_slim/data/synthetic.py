@@ -1,6 +1,6 @@
 """The embedded default dataset: deterministic synthetic shapes in the darknet layout.
 
-  python -m yolo_slim.synthetic --out data/shapes [--n-train 800 --n-valid 200 --img-size 320]
+  python -m yolo_slim.data.synthetic --out data/shapes [--n-train 800 --n-valid 200 --img-size 320]
 
 Every image comes from its own RNG seeded with (seed, split, index), so an image does not
 change when the other split's size changes, and the same seed gives byte-identical files
@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from .errors import YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 
 NAMES = ["circle", "square", "triangle", "star", "cross"]
 SIZE_RANGE = (0.05, 0.40)  # larger box side / shorter image side
@@ -268,7 +268,7 @@ def _readme(n_train: int, n_valid: int, hw: tuple[int, int], seed: int, counts: 
     per = "\n".join(f"  {s:5s}: " + ", ".join(f"{NAMES[c]} {n}" for c, n in enumerate(v))
                     for s, v in counts.items())
     return f"""Synthetic shapes detection set (yolo-slim), darknet layout.
-Regenerate byte-identically (same OpenCV/numpy versions): python -m yolo_slim.synthetic --out <dir> --n-train {n_train} \
+Regenerate byte-identically (same OpenCV/numpy versions): python -m yolo_slim.data.synthetic --out <dir> --n-train {n_train} \
 --n-valid {n_valid} --img-size {hw[0] if hw[0] == hw[1] else f'{hw[0]} {hw[1]}'} --seed {seed}
 
 shapes.data   classes, train/valid image lists, names (paths relative to this folder)

@@ -1,6 +1,6 @@
 """REPORT.md for a pipeline run folder: baseline → sparse → pruned → fine-tuned, side by side.
 
-  python -m yolo_slim.pipeline_report --run runs/demo --data data/shapes/shapes.data --img-size 320
+  python -m yolo_slim.report.pipeline_report --run runs/demo --data data/shapes/shapes.data --img-size 320
 
 For every stage found in the run folder: mAP@0.5 and mAP@0.5:0.95 on the valid list, params,
 FLOPs (report.model_flops), size of the darknet .weights on disk, and onnxruntime CPU latency
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import YoloSlimError, atomic_write_bytes, cli_main
-from .model import Darknet
-from .report import count_params, model_flops
-from .weights import darknet_weights_bytes, load_model
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.nn.model import Darknet
+from yolo_slim.analysis.cost import count_params, model_flops
+from yolo_slim.darknet.weights import darknet_weights_bytes, load_model
 
 # stage name, folder, how its model is stored (a run's best.pt, or a prune dir's cfg+weights)
 STAGES = [("baseline", "baseline", "run"), ("sparse", "sparse", "run"),
@@ -47,7 +47,7 @@ def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str]
 def onnx_latency_ms(model: Darknet, img_size: int, tmp_dir: str, runs: int = 30,
                     warmup: int = 5) -> float:
     """Median onnxruntime CPU latency (ms) of the exported model at batch 1."""
-    from .export import ExportOptions, export_onnx, median_ms, ort_session
+    from yolo_slim.deploy.export import ExportOptions, export_onnx, median_ms, ort_session
     path = os.path.join(tmp_dir, "latency.onnx")
     export_onnx(model, path, ExportOptions(img_size=img_size))
     sess = ort_session(path, threads=os.cpu_count())
@@ -59,7 +59,7 @@ def onnx_latency_ms(model: Darknet, img_size: int, tmp_dir: str, runs: int = 30,
 
 
 def measure_stage(model: Darknet, loader: Any, img_size: int, tmp_dir: str) -> dict[str, Any]:
-    from .evaluate import evaluate
+    from yolo_slim.eval.evaluate import evaluate
     m = evaluate(model, loader, progress=False)
     return {"map50": float(m["map50"]), "map": float(m["map"]), "params": count_params(model),
             "flops": model_flops(model, (img_size, img_size)),
@@ -80,7 +80,7 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
-    from .data import create_dataloader, parse_data_file
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
     dc = parse_data_file(data)
     loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, nc=dc.classes,
                                   workers=0, verbose=False)

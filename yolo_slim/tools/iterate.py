@@ -1,6 +1,6 @@
 r"""Iterative pruning: N rounds of prune a little -> fine-tune a few epochs, with early stop.
 
-  python -m yolo_slim.iterate --cfg c.cfg --weights w.weights --data d.data --rounds 3 \
+  python -m yolo_slim.tools.iterate --cfg c.cfg --weights w.weights --data d.data --rounds 3 \
       --per-round-flops 0.8 --epochs-per-round 2 --max-drop 0.05 --output-dir runs/iter \
       [--importance l1] [--kd hinton] [--train lr0=0.002 --train workers=0]
 
@@ -33,9 +33,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import TargetUnreachable, YoloSlimError, atomic_write_bytes, cli_main
-from .graph import STRATEGIES
-from .importance import IMPORTANCE
+from yolo_slim.core.errors import TargetUnreachable, YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.analysis.graph import STRATEGIES
+from yolo_slim.analysis.importance import IMPORTANCE
 
 
 @dataclass
@@ -63,7 +63,7 @@ FINETUNE_DEFAULTS = {"lr0": 0.005, "warmup_epochs": 0.0}
 
 def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
     """['lr0=0.002', 'workers=0', 'ema=false'] -> typed TrainConfig fields."""
-    from .engine import TrainConfig
+    from yolo_slim.train.engine import TrainConfig
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for it in items:
@@ -104,8 +104,8 @@ def _write_json(path: str, obj: Any) -> None:
 def _finetune(rd: str, cfg: str, weights: str, data: str, opts: IterateOptions, teacher,
               hooks: Sequence[Any]) -> str:
     """Fine-tune round `rd`'s pruned model (or resume it); returns the run dir."""
-    from . import engine
-    from .weights import load_model, model_from_checkpoint, read_checkpoint
+    from yolo_slim.train import engine
+    from yolo_slim.darknet.weights import load_model, model_from_checkpoint, read_checkpoint
     td = os.path.join(rd, "train")
     last = os.path.join(td, "last.pt")
     cfg_t = engine.TrainConfig(**{**FINETUNE_DEFAULTS, "progress": False, **opts.train,
@@ -122,7 +122,7 @@ def _finetune(rd: str, cfg: str, weights: str, data: str, opts: IterateOptions, 
         model = load_model(cfg, weights)
     all_hooks = list(hooks)
     if teacher is not None:
-        from .distill import DistillConfig, make_distill_hook
+        from yolo_slim.train.distill import DistillConfig, make_distill_hook
         all_hooks.insert(0, make_distill_hook(model, teacher, DistillConfig(opts.kd)))
     engine.train(cfg_t, model, all_hooks)
     return td
@@ -132,10 +132,10 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         log=print, hooks: Sequence[Any] = (),
         metric: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """The loop (see module docstring); `hooks` go to every fine-tune (tests use them)."""
-    from .cfg import net_size
-    from .prune.channels import PruneOptions, run as prune_run
-    from .report import model_flops
-    from .weights import export_run_model, load_model
+    from yolo_slim.darknet.cfg import net_size
+    from yolo_slim.prune.channels import PruneOptions, run as prune_run
+    from yolo_slim.analysis.cost import model_flops
+    from yolo_slim.darknet.weights import export_run_model, load_model
     if opts.rounds < 1 or opts.epochs_per_round < 1 or not 0 < opts.per_round_flops < 1:
         raise YoloSlimError("--rounds and --epochs-per-round must be >= 1, --per-round-flops in (0, 1)")
     if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
@@ -153,7 +153,7 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
     img = opts.img_size or net_size(model.module_defs)[1]
     hw = (img, img)
     if metric is None:
-        from .sensitivity import map50_metric
+        from yolo_slim.tools.sensitivity import map50_metric
         metric = map50_metric(data, img, opts.eval_images, opts.batch_size)
     base_path = os.path.join(out_dir, "baseline.json")
     base = _read_json(base_path)
@@ -214,9 +214,9 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
 
 
 def parser() -> argparse.ArgumentParser:
-    from .distill import KD_MODES
-    from .prune.cli import module_parser
-    p = module_parser("python -m yolo_slim.iterate", __doc__)
+    from yolo_slim.train.distill import KD_MODES
+    from yolo_slim.prune.cli import module_parser
+    p = module_parser("python -m yolo_slim.tools.iterate", __doc__)
     d = IterateOptions()
     for f in dataclasses.fields(IterateOptions):
         if f.name == "train":
@@ -236,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prune.cli import options_from_args, parse
+    from yolo_slim.prune.cli import options_from_args, parse
     a = parse(parser(), argv)
     if a is None:
         return 0

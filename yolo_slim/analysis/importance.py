@@ -32,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import YoloSlimError
-from .graph import ChannelGraph
-from .model import Darknet
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.analysis.graph import ChannelGraph
+from yolo_slim.nn.model import Darknet
 
 IMPORTANCE = ("bn", "l1", "rank")
 
@@ -106,7 +106,7 @@ def rank_scores(model: Darknet, g: ChannelGraph, images: torch.Tensor,
 
 def rank_images(data: str, img_size: int, batches: int = 2, batch_size: int = 8) -> torch.Tensor:
     """The first `batches` batches of the .data file's train list, letterboxed, unaugmented."""
-    from .data import create_dataloader, parse_data_file
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
     if batches < 1 or batch_size < 1:
         raise YoloSlimError("--rank-batches and the batch size must be at least 1")
     dc = parse_data_file(data)
