@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from yolo_slim.core.draw import canvas, put_text, save_png
 from yolo_slim.darknet.cfg import get_int, net_channels
 from yolo_slim.nn.model import conv_geometry, conv_layers, route_sources
 
@@ -89,25 +90,7 @@ def channel_table(before: dict[int, int], after: dict[int, int]) -> str:
     return "\n".join(lines)
 
 
-# ---- plots (OpenCV, no matplotlib) -----------------------------------------------------------
-
-def canvas(h: int, w: int) -> np.ndarray:
-    return np.full((h, w, 3), 255, np.uint8)
-
-
-def put_text(img: np.ndarray, s: str, xy: tuple[int, int], scale: float = 0.4) -> None:
-    import cv2
-    cv2.putText(img, s, xy, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-
-
-def save_png(img: np.ndarray, path: str) -> None:
-    import cv2
-    from yolo_slim.core.errors import atomic_write_bytes
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    atomic_write_bytes(path, buf.tobytes())
-
+# ---- plots (OpenCV, no matplotlib; primitives in core.draw) --------------------------------
 
 def plot_channels(before: dict[int, int], after: dict[int, int], path: str,
                   title: str = "channels kept per conv layer") -> None:

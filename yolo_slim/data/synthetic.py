@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from yolo_slim.core.draw import draw_boxes
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 
 NAMES = ["circle", "square", "triangle", "star", "cross"]
@@ -230,28 +231,6 @@ def make_shapes_dataset(out_dir: str, n_train: int = 800, n_valid: int = 200,
     atomic_write_bytes(os.path.join(out_dir, "README.txt"),
                        _readme(n_train, n_valid, hw, seed, counts).encode())
     return data
-
-
-def draw_boxes(img: np.ndarray, boxes: Sequence, names: Sequence[str], scores=None) -> np.ndarray:
-    """Draw (cls, x1, y1, x2, y2) boxes with class names (and scores) on a copy of img."""
-    out = img.copy()
-    for k, (cls, x1, y1, x2, y2) in enumerate(boxes):
-        color = class_color(int(cls))
-        cv2.rectangle(out, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), color, 2)
-        name = names[int(cls)] if int(cls) < len(names) else str(int(cls))
-        text = name if scores is None else f"{name} {float(scores[k]):.2f}"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-        y0 = max(int(y1), th + 3)
-        cv2.rectangle(out, (int(x1), y0 - th - 3), (int(x1) + tw + 2, y0), color, -1)
-        cv2.putText(out, text, (int(x1) + 1, y0 - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def class_color(cls: int) -> tuple[int, int, int]:
-    """A fixed, well-separated BGR colour per class id (golden-ratio hue steps)."""
-    hsv = np.uint8([[[int(cls * 0.618034 * 180) % 180, 220, 220]]])
-    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])  # type: ignore
 
 
 def preview_mosaic(items: list[tuple[np.ndarray, list]], tile: int = 240, cols: int = 4) -> np.ndarray:

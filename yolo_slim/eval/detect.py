@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import torch
 
+from yolo_slim.core.draw import draw_boxes
 from yolo_slim.data.dataset import IMG_EXTS, letterbox, read_image_list
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.eval.evaluate import non_max_suppression
-from yolo_slim.data.synthetic import draw_boxes
 
 STRIDE = 32  # input sides must be multiples of the largest downsampling of a darknet YOLO
 

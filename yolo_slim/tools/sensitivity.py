@@ -155,7 +155,7 @@ def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
                  chosen: list[float] | None = None) -> None:
     """Rows = units, columns = ratios, colour green (no drop) -> red (>= 2x max-drop)."""
     import cv2
-    from yolo_slim.analysis.cost import canvas, put_text, save_png
+    from yolo_slim.core.draw import canvas, put_text, save_png
     units, ratios = table["units"], table["ratios"]
     cw, chh, left, top = 70, 20, 170, 40
     img = canvas(top + chh * len(units) + 30, left + cw * len(ratios) + 20)

@@ -60,5 +60,5 @@ def plot_results(csv_path: str, png_path: str, x_key: str = "epoch", cols: int =
     n = math.ceil(len(charts) / cols) * cols
     charts += [np.full_like(charts[0], 255)] * (n - len(charts))
     grid = np.vstack([np.hstack(charts[i:i + cols]) for i in range(0, n, cols)])
-    from yolo_slim.analysis.cost import save_png
+    from yolo_slim.core.draw import save_png
     save_png(grid, png_path)
