@@ -1,4 +1,6 @@
 """Distillation losses on hand-made tensors."""
+import math
+
 import pytest
 import torch
 
@@ -46,3 +48,21 @@ def test_gradients_reach_only_the_student():
     (loss + binary_kl_with_logits(s, t, 2.0).mean()).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_hinton_loss_weighs_objectness_and_classes_by_their_gains():
+    """Per head: g_obj x mean objectness KL + g_cls x mean class KL, summed over heads (the
+    closed form of the binary KL, written out here independently)."""
+    def kl(s: float, t: float, T: float) -> float:
+        pt, ps = 1 / (1 + math.exp(-t / T)), 1 / (1 + math.exp(-s / T))
+        return (pt * math.log(pt / ps) + (1 - pt) * math.log((1 - pt) / (1 - ps))) * T * T
+    s = [torch.zeros(1, 3, 2, 2, 8), torch.zeros(1, 3, 4, 4, 8)]  # 3 classes
+    t = [x.clone() for x in s]
+    t[0][0, 1, 0, 1, 4] = 2.0    # one objectness logit on head 0 (12 cells)
+    t[1][0, 2, 3, 0, 6] = -1.5   # one class logit on head 1 (48 cells x 3 classes)
+    t[1][..., :4] = 9.0          # boxes are not part of the KL
+    T = 2.0
+    got = hinton_loss(s, t, T, g_obj=0.7, g_cls=3.0).item()
+    assert got == pytest.approx(0.7 * kl(0, 2.0, T) / 12 + 3.0 * kl(0, -1.5, T) / (48 * 3), rel=1e-6)
+    assert hinton_loss(s, t, T).item() == pytest.approx(kl(0, 2.0, T) / 12 + kl(0, -1.5, T) / 144,
+                                                        rel=1e-6)

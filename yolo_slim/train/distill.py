@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
+from yolo_slim.train.loss import LossHyp, loss_gains
 
 KD_MODES = ("none", "hinton", "chen")
 
@@ -39,13 +40,15 @@ def binary_kl_with_logits(student: torch.Tensor, teacher: torch.Tensor, T: float
 
 
 def hinton_loss(student_raw: list[torch.Tensor], teacher_raw: list[torch.Tensor],
-                T: float = 2.0) -> torch.Tensor:
-    """Mean binary KL over every cell and anchor: objectness + mean over classes."""
-    total = student_raw[0].new_zeros(())
+                T: float = 2.0, g_obj: float = 1.0, g_cls: float = 1.0) -> torch.Tensor:
+    """Per head, g_obj × the mean objectness KL + g_cls × the mean class KL (over every cell,
+    anchor and class), summed over heads. The distillation hook passes the YOLO loss's scaled
+    objectness/class gains (loss_gains), so soft targets weigh like hard ones."""
+    total = student_raw[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_raw, teacher_raw):
         kl = binary_kl_with_logits(s[..., 4:].float(), t[..., 4:].float(), T)
         obj, cls = kl[..., 0], kl[..., 1:]
-        total = total + obj.mean() + (cls.mean() if cls.numel() else 0.0)
+        total = total + g_obj * obj.mean() + (g_cls * cls.mean() if cls.numel() else 0.0)
     return total
 
 
@@ -63,6 +66,25 @@ def bounded_box_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch
     dt = (teacher.detach() - target).square().sum(-1)
     active = (ds + margin > dt).to(ds.dtype)
     return (ds * active).mean(), active.mean()
+
+
+def chen_box_loss(student_raw: list[torch.Tensor], teacher_raw: list[torch.Tensor],
+                  targets: torch.Tensor, heads, img_hw: tuple[int, int], anchor_t: float,
+                  margin: float = 0.0) -> tuple[torch.Tensor, float]:
+    """bounded_box_loss at the positive anchors the YOLO loss assigns (same build_targets and
+    box decoding), summed over heads. Returns (loss, fraction of positive anchors active)."""
+    from yolo_slim.train.loss import build_targets, decode_box
+    box = student_raw[0].new_zeros((), dtype=torch.float32)
+    active, n = 0.0, 0
+    assigned = build_targets(student_raw, targets.float(), heads, img_hw, anchor_t)
+    for h, s, t, (b, a, gj, gi, tbox, anc, _) in zip(heads, student_raw, teacher_raw, assigned):
+        if not len(b):
+            continue
+        sb = decode_box(s[b, a, gj, gi].float(), anc, h)
+        tb = decode_box(t[b, a, gj, gi].float(), anc, h)
+        loss, frac = bounded_box_loss(sb, tb, tbox, margin)
+        box, active, n = box + loss, active + float(frac) * len(b), n + len(b)
+    return box, active / max(n, 1)
 
 
 def check_heads_match(student: Darknet, teacher: Darknet) -> None:
@@ -106,21 +128,31 @@ def freeze_teacher(teacher: Darknet) -> Darknet:
 
 
 def make_distill_hook(student: Darknet, teacher: Darknet | None, cfg: DistillConfig,
-                      anchor_t: float = 4.0):
+                      hyp: LossHyp | float | None = None):
     """The engine hook adding the distillation terms to the student's YOLO loss.
 
     The KL terms use the YOLO loss's objectness/class gains (same image-size and head scaling),
-    so kd_weight=1 weighs soft targets like hard ones."""
+    so kd_weight=1 weighs soft targets like hard ones; chen's targets use its anchor_t. Those
+    come from the LossHyp the training's YOLO loss uses: the engine hands it to the hook
+    (use_loss_hyp) before the first step, so --obj/--cls (and a resumed run's saved values)
+    reach both. `hyp` only matters when the hook is called outside the engine; a float is the
+    older anchor_t-only argument (kept for callers not updated yet)."""
     from yolo_slim.train.engine import TrainHooks
-    from yolo_slim.train.loss import LossHyp, build_targets, decode_box
 
     if cfg.mode == "none" or teacher is None:
         return None
     check_heads_match(student, teacher)
     freeze_teacher(teacher)
-    hyp = LossHyp()
+    if hyp is None or isinstance(hyp, (int, float)):
+        hyp = LossHyp() if hyp is None else LossHyp(anchor_t=float(hyp))
 
     class DistillHook(TrainHooks):
+        def __init__(self, hyp: LossHyp) -> None:
+            self.hyp = hyp
+
+        def use_loss_hyp(self, hyp: LossHyp) -> None:
+            self.hyp = hyp
+
         def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor):
             if next(teacher.parameters()).device != imgs.device:
                 teacher.to(imgs.device)
@@ -128,30 +160,16 @@ def make_distill_hook(student: Darknet, teacher: Darknet | None, cfg: DistillCon
             amp = torch.autocast("cuda", enabled=imgs.is_cuda)
             with torch.no_grad(), amp:
                 t_raw = teacher.forward_raw(imgs)
-            H, W = imgs.shape[-2:]
+            hw = tuple(imgs.shape[-2:])
             heads = student.heads
-            nl, nc = len(heads), heads[0].nc
-            g_obj = hyp.obj * (H * W) / 640 ** 2 * 3 / nl
-            g_cls = hyp.cls * nc / 80 * 3 / nl
-            kl = imgs.new_zeros(())
-            for s, t in zip(raw, t_raw):
-                d = binary_kl_with_logits(s[..., 4:].float(), t[..., 4:].float(), cfg.temperature)
-                kl = kl + g_obj * d[..., 0].mean() + (g_cls * d[..., 1:].mean() if nc else 0)
-            loss = cfg.kd_weight * kl
+            _, g_obj, g_cls = loss_gains(self.hyp, hw, len(heads), heads[0].nc)
+            loss = cfg.kd_weight * hinton_loss(raw, t_raw, cfg.temperature, g_obj, g_cls)
             logs = {"kd": float(loss.detach())}
             if cfg.mode == "chen":
-                box, active, n = imgs.new_zeros(()), 0.0, 0
-                assigned = build_targets(raw, targets.to(imgs.device).float(), heads, (H, W),
-                                         anchor_t)
-                for h, s, t, (b, a, gj, gi, tbox, anc, _) in zip(heads, raw, t_raw, assigned):
-                    if not len(b):
-                        continue
-                    sb = decode_box(s[b, a, gj, gi].float(), anc, h)
-                    tb = decode_box(t[b, a, gj, gi].float(), anc, h)
-                    l, frac = bounded_box_loss(sb, tb, tbox, cfg.margin)
-                    box, active, n = box + l, active + float(frac) * len(b), n + len(b)
+                box, active = chen_box_loss(raw, t_raw, targets.to(imgs.device), heads, hw,
+                                            self.hyp.anchor_t, cfg.margin)
                 loss = loss + cfg.box_weight * box
-                logs.update(kd_box=float(cfg.box_weight * box.detach()), kd_box_active=active / max(n, 1))
+                logs.update(kd_box=float(cfg.box_weight * box.detach()), kd_box_active=active)
             return loss, logs
 
-    return DistillHook()
+    return DistillHook(hyp)

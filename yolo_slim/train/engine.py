@@ -5,6 +5,7 @@ terms) -> backward, accumulated to `nominal_batch` -> unscale -> hook gradient e
 step -> EMA. Rank 0 evaluates, logs results.csv/.png and writes last.pt/best.pt atomically.
 
 Hooks (subclass TrainHooks, override what you need):
+  use_loss_hyp(hyp)                once before training: the LossHyp (gains) the YOLO loss uses
   extra_loss(imgs, raw, targets)   -> None or (loss tensor, {name: float}); e.g. distillation
   after_backward(model, step)      after all-reduce and scaler.unscale_(), before step(); runs
                                    once per optimizer step on every rank; e.g. L1 on BN gamma
@@ -141,6 +142,9 @@ class TrainHooks:
                    ) -> tuple[torch.Tensor, dict[str, float]] | None:
         return None
 
+    def use_loss_hyp(self, hyp: LossHyp) -> None:
+        """Called once before training with the LossHyp the YOLO loss uses (one source of gains)."""
+
     def after_backward(self, model: torch.nn.Module, step: int) -> None:
         pass
 
@@ -233,6 +237,8 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     hyp = LossHyp(cfg.box, cfg.obj, cfg.cls, cfg.anchor_t, cfg.iou_obj, cfg.label_smoothing)
+    for h in hooks:  # e.g. distillation weighs its terms with the same gains
+        h.use_loss_hyp(hyp)
     start, best, rows = 0, -1.0, []
     if ckpt_path:
         ck = read_checkpoint(ckpt_path)

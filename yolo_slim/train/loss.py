@@ -31,6 +31,15 @@ class LossHyp:
     label_smoothing: float = 0.0
 
 
+def loss_gains(hyp: LossHyp, img_hw: tuple[int, int], nl: int, nc: int) -> tuple[float, float, float]:
+    """(box, obj, cls) gains after scaling by head count, image size and class count; the one
+    place this scaling lives, so the distillation terms weigh exactly like the YOLO terms."""
+    g_box = hyp.box * 3 / nl
+    g_obj = hyp.obj * (img_hw[0] * img_hw[1]) / 640 ** 2 * 3 / nl
+    g_cls = hyp.cls * nc / 80 * 3 / nl
+    return g_box, g_obj, g_cls
+
+
 def bbox_giou(b1: torch.Tensor, b2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Generalised IoU of two sets of [n, 4] (cx, cy, w, h) boxes, elementwise."""
     a1, a2 = b1[:, :2] - b1[:, 2:] / 2, b1[:, :2] + b1[:, 2:] / 2
@@ -100,9 +109,7 @@ def yolo_loss(raw: list[torch.Tensor], targets: torch.Tensor, model, img_hw: tup
     targets = targets.to(dev).float()
     cp, cn = 1.0 - 0.5 * hyp.label_smoothing, 0.5 * hyp.label_smoothing
     # darknet scales obj by score x cls, so the class logit is trained even when nc == 1
-    g_box = hyp.box * 3 / nl
-    g_cls = hyp.cls * nc / 80 * 3 / nl
-    g_obj = hyp.obj * (img_hw[0] * img_hw[1]) / 640 ** 2 * 3 / nl
+    g_box, g_obj, g_cls = loss_gains(hyp, img_hw, nl, nc)
     lbox, lcls, lobj = (torch.zeros((), device=dev) for _ in range(3))
     total_cells = sum(p[..., 0].numel() for p in raw)
     for h, p, (b, a, gj, gi, tbox, anc, tcls) in zip(
