@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_slim.eval.evaluate import (box_iou, compute_map, evaluate, format_metrics, nms_indices,
-                                non_max_suppression)
+from yolo_slim.eval.evaluate import (box_iou, compute_map, evaluate, format_metrics, match_image,
+                                    nms_indices, non_max_suppression)
 
 from cfgs import ANCHORS_10, conv_section, tiny_detector_cfg
 
@@ -130,6 +130,25 @@ def test_ap_101_point_hand_case():
     assert m["map50"] == pytest.approx(51 / 101, abs=1e-12)
     assert m["map"] == pytest.approx(51 / 101, abs=1e-12)
     assert m["precision"] == pytest.approx(1.0) and m["recall"] == pytest.approx(0.5)
+
+
+def test_one_ground_truth_matched_by_two_detections_counts_once():
+    """Image 1: one GT, two detections on it (scores .9 and .8, both IoU 1); image 2: one GT, one
+    detection (.7). COCO matching: the .9 detection takes the GT, the .8 one finds it matched
+    and is a false positive at every IoU threshold. Sorted by score: TP, FP, TP -> recall .5, .5,
+    1 and precision 1, .5, 2/3; the envelope is 1 up to recall .5 (51 of the 101 recall points,
+    0.00..0.50) and 2/3 after (50 points): AP = (51 + 50 x 2/3) / 101 = 0.83498... If the
+    duplicate were a TP too, precision would stay 1 and AP would be 1."""
+    gts = [np.array([[0, 0, 0, 10, 10]], float), np.array([[0, 20, 20, 30, 30]], float)]
+    dets = [np.array([[0, 0, 10, 10, 0.9, 0], [0, 0, 10, 10, 0.8, 0]], float),
+            np.array([[20, 20, 30, 30, 0.7, 0]], float)]
+    assert match_image(dets[0], gts[0]).tolist() == [[True] * 10, [False] * 10]
+    m = compute_map(dets, gts, nc=1)
+    ap = (51 + 50 * 2 / 3) / 101
+    assert m["map50"] == pytest.approx(ap, abs=1e-12) and m["map"] == pytest.approx(ap, abs=1e-12)
+    # max-F1 point: all three detections, P = 2/3, R = 1
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(1.0)
+    assert m["per_class"][0]["n_dets"] == 3 and m["n_labels"] == 2
 
 
 def test_class_conventions_no_gt_and_no_dets():
