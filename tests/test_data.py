@@ -130,6 +130,38 @@ def test_letterbox_maps_boxes_and_rect_shapes(tmp_path):
     np.testing.assert_allclose(lab[0, 2:].numpy(), [20 / 80, 12 / 40, 20 / 80, 16 / 40], atol=1e-6)
 
 
+def test_letterbox_tall_image_pads_left_and_right(tmp_path):
+    """A tall image gets its padding on the left and right, so the left pad enters x.
+    80 x 40 (h x w), box x 10..30, y 4..20 (label cx .5, cy .15, w .5, h .2) into 64 x 64:
+    scale 0.8 -> 64 x 32, padw (64 - 32) / 2 = 16 left and right, no top pad. Box in the input:
+    x 16 + 0.8 x (10..30) = 24..40, y 0.8 x (4..20) = 3.2..16 -> cx 32/64, cy 9.6/64,
+    w 16/64, h 12.8/64. Ignoring the left pad would put cx at 16/64."""
+    r = str(tmp_path)
+    tall = write_image(r, "t.png", (80, 40), [(0, 10, 4, 30, 20)])
+    ds = YoloDataset(write_list(r, [tall]), 64, augment=False)
+    img, lab, _, ((h0, w0), (ratio, (padw, padh))) = ds[0]
+    assert img.shape == (3, 64, 64) and (h0, w0, ratio, padw, padh) == (80, 40, 0.8, 16.0, 0.0)
+    np.testing.assert_allclose(lab[0].numpy(), [0, 0, 32 / 64, 9.6 / 64, 16 / 64, 12.8 / 64], atol=1e-6)
+    # the label sits on the drawn rectangle's pixels: white columns 24..39, grey pad outside
+    white_cols = np.flatnonzero((img.min(0).values > 0.9).any(0).numpy())
+    assert (white_cols.min(), white_cols.max()) == (24, 39)
+    assert abs(img[:, 32, :16].mean().item() - 114 / 255) < 1e-6  # left pad
+    assert abs(img[:, 32, 48:].mean().item() - 114 / 255) < 1e-6  # right pad
+    # rect batches: a tall batch gets narrower (64 x 32), so no pad and the same normalised box
+    rect = YoloDataset(write_list(r, [tall]), 64, augment=False, rect=True)
+    img, lab, _, (_, (ratio, (padw, padh))) = rect[0]
+    assert img.shape == (3, 64, 32) and (ratio, padw, padh) == (0.8, 0.0, 0.0)
+    np.testing.assert_allclose(lab[0, 2:].numpy(), [20 / 40, 12 / 80, 20 / 40, 16 / 80], atol=1e-6)
+
+
+def test_detections_map_back_through_the_left_pad():
+    """detect's inverse of the tall letterbox above: x0 = (x - padw) / ratio, y0 = (y - padh) / ratio."""
+    from yolo_slim.eval.detect import scale_to_original
+    det = torch.tensor([[24.0, 3.2, 40.0, 16.0, 0.9, 0.0]])
+    back = scale_to_original(det, 0.8, (16.0, 0.0), (80, 40))
+    np.testing.assert_allclose(back.numpy(), [[10, 4, 30, 20, 0.9, 0]], atol=1e-5)
+
+
 @pytest.mark.parametrize("mosaic", [0.0, 1.0])
 def test_augmentation_keeps_boxes_on_their_pixels(tmp_path, mosaic):
     r = str(tmp_path)
