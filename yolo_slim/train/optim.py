@@ -25,7 +25,9 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: 
                 biases.append(m.bias)
     known = {id(p) for p in bn_w + conv_w + biases}
     other = [p for p in model.parameters() if id(p) not in known]
-    opt = torch.optim.SGD(bn_w, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0)
+    # groups as dicts: a group may be empty (a cfg without batch_normalize has no BN weights)
+    opt = torch.optim.SGD([{"params": bn_w, "weight_decay": 0.0}], lr=lr, momentum=momentum,
+                          nesterov=nesterov)
     opt.add_param_group({"params": conv_w + other, "weight_decay": weight_decay})
     opt.add_param_group({"params": biases, "weight_decay": 0.0})
     return opt
