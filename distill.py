@@ -19,26 +19,33 @@ from yolo_slim.core.errors import YoloSlimError, cli_main
 
 
 def add_kd_args(p: argparse.ArgumentParser) -> None:
+    from yolo_slim.core.cli import number
     g = p.add_argument_group("distillation")
     g.add_argument("--t-cfg", default="", help="teacher cfg (optional for a .pt teacher)")
     g.add_argument("--t-weights", default="", help="teacher weights (.weights or .pt)")
     g.add_argument("--kd", default="hinton", choices=["none", "hinton", "chen"])
-    g.add_argument("--temperature", type=float, default=2.0)
-    g.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KL term")
-    g.add_argument("--box-weight", type=float, default=0.5, help="weight of chen's box term")
-    g.add_argument("--margin", type=float, default=0.0, help="chen's margin (grid units²)")
+    g.add_argument("--temperature", type=number(float, gt=0), default=2.0)
+    g.add_argument("--kd-weight", type=number(float, min=0), default=1.0, help="weight of the KL term")
+    g.add_argument("--box-weight", type=number(float, min=0), default=0.5,
+                   help="weight of chen's box term")
+    g.add_argument("--margin", type=number(float, min=0), default=0.0, help="chen's margin (grid units²)")
 
 
 @cli_main
 def main(argv=None):
+    from yolo_slim.core.cli import Parser, parse_given, refuse_changed, write_resolved
+    from yolo_slim.core.paths import guard_outputs
+    from yolo_slim.data.inputs import data_inputs
     from yolo_slim.train.distill import DistillConfig, make_distill_hook
-    from yolo_slim.train.engine import TrainConfig, train
+    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, train
     from yolo_slim.darknet.weights import load_model, export_run_model
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     TrainConfig.add_args(p)
     add_kd_args(p)
     p.set_defaults(output_dir="runs/distill", resume="")
-    ns = p.parse_args(argv)
+    ns, given = parse_given(p, argv)
+    if ns is None:  # --help
+        return 0
     cfg = TrainConfig.from_args(ns)
     if not cfg.data:
         raise YoloSlimError("--data is required")
@@ -51,13 +58,24 @@ def main(argv=None):
         from yolo_slim.train.engine import resume_config
         from yolo_slim.darknet.weights import model_from_checkpoint
         saved, ckpt = resume_config(cfg)
-        model, src = model_from_checkpoint(ckpt), saved.cfg or saved.weights
+        refuse_changed(saved, cfg, given, (*RUNTIME_FIELDS, "output_dir"), "--resume")
+        src, out_dir = saved.cfg or saved.weights, saved.output_dir
     else:
-        model, src = load_model(cfg.cfg or None, cfg.weights), cfg.cfg or cfg.weights
+        src, out_dir = cfg.cfg or cfg.weights, cfg.output_dir
+    stem = os.path.splitext(os.path.basename(src))[0] or "student"  # --resume alone names no file
+    outs = [os.path.join(out_dir, f) for f in (*RUN_FILES, f"{stem}.cfg", f"{stem}.weights", "args.json")]
+    ins = {"--t-cfg": ns.t_cfg, "--t-weights": ns.t_weights, **data_inputs(cfg.data)}
+    if not cfg.resume:  # a resumed run's last.pt is its own to rewrite
+        ins.update({"--cfg": cfg.cfg, "--weights": cfg.weights})
+    guard_outputs(ins, {"--output-dir": outs})
+    if cfg.resume:
+        model = model_from_checkpoint(ckpt)
+    else:
+        model = load_model(cfg.cfg or None, cfg.weights)
     teacher = load_model(ns.t_cfg or None, ns.t_weights) if kd.mode != "none" else None
     hook = make_distill_hook(model, teacher, kd, cfg.anchor_t)
     summary = train(cfg, model, [hook] if hook else [])
-    stem = os.path.splitext(os.path.basename(src))[0] or "student"  # --resume alone names no file
+    write_resolved(os.path.join(summary["output_dir"], "args.json"), ns)
     cfg_out, w_out = export_run_model(summary["output_dir"], stem)
     last = summary["results"][-1] if summary["results"] else {}
     print(f"done: {w_out} + {cfg_out}; last epoch map50={last.get('map50', 0):.4f} "

@@ -2,11 +2,13 @@
 """Evaluate a detector on the valid split of a darknet .data file: P, R, mAP@.5, mAP@.5:.95.
 
   python evaluate.py --cfg cfg/tiny.cfg --weights runs/x/best.pt --data data/shapes/shapes.data
+  python evaluate.py --onnx runs/x/model.int8.onnx --data data/shapes/shapes.data
+--onnx scores an exported file (FP32 or INT8) in onnxruntime through the same letterbox, NMS and
+mAP as the torch path (the input size comes from the file; a --raw export needs --cfg).
 Writes <output-dir>/metrics.json and prints the per-class table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -14,46 +16,70 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from yolo_slim.core.cli import Parser, number, parse
+    p = Parser(description=__doc__)
     p.add_argument("--cfg", help="darknet cfg (optional when --weights is a yolo-slim .pt)")
-    p.add_argument("--weights", required=True, help=".weights or .pt")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help=".weights or .pt (the torch model)")
+    src.add_argument("--onnx", help="an exported .onnx file, run in onnxruntime (FP32 or INT8)")
     p.add_argument("--data", required=True, help="darknet .data file")
     p.add_argument("--split", choices=["valid", "train"], default="valid")
-    p.add_argument("--img-size", type=int, default=416)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--conf-thres", type=float, default=0.001)
-    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32),
+                   help="default 416; with --onnx the file's input size")
+    p.add_argument("--batch-size", type=number(int, min=1), default=16)
+    p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.001)
+    p.add_argument("--iou-thres", type=number(float, min=0, max=1), default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=number(int, min=1), default=300)
     p.add_argument("--device", default="", help="cpu, cuda, cuda:N or N (default: cuda if any)")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--rect", action="store_true", help="rectangular batches (less padding)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=number(int, min=0), default=2)
     p.add_argument("--output-dir", default="runs/evaluate")
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    from yolo_slim.data.dataset import create_dataloader, parse_data_file
+    if args is None:  # --help
+        return 0
+    from yolo_slim.core.cli import resolved
+    from yolo_slim.core.paths import ensure_dir, guard_outputs
+    from yolo_slim.data.inputs import data_inputs
+    from yolo_slim.eval.evaluate import format_metrics
+    out = os.path.join(args.output_dir, "metrics.json")
+    guard_outputs({"--cfg": args.cfg, "--weights": args.weights, "--onnx": args.onnx,
+                   **data_inputs(args.data)}, {"--output-dir": [out]})
+    if args.onnx:
+        from yolo_slim.eval.onnx_eval import evaluate_onnx
+        if args.rect or args.half:
+            raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, onnxruntime CPU)")
+        m = evaluate_onnx(args.onnx, args.data, args.split, args.batch_size, args.conf_thres,
+                          args.iou_thres, args.max_det, args.workers, args.cfg, args.img_size)
+    else:
+        m = evaluate_torch(args)
+    print(format_metrics(m))
+    ensure_dir(args.output_dir)
+    # metrics.json carries the resolved flags itself ("args"), as it always has
+    atomic_write_bytes(out, json.dumps({"args": resolved(args), **m}, indent=1).encode())
+    print(f"wrote {out}")
+
+
+def evaluate_torch(args):
     from yolo_slim.core.device import select_device
-    from yolo_slim.eval.evaluate import evaluate, format_metrics
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
     from yolo_slim.darknet.weights import load_model
+    from yolo_slim.eval.evaluate import evaluate
     data = parse_data_file(args.data)
     model = load_model(args.cfg, args.weights)
     if model.num_classes != data.classes:
         raise YoloSlimError(f"the model has {model.num_classes} classes, {args.data} has {data.classes}")
     device = select_device(args.device)
-    loader, _ = create_dataloader(getattr(data, args.split), args.img_size, args.batch_size,
+    loader, _ = create_dataloader(getattr(data, args.split), args.img_size or 416, args.batch_size,
                                   augment=False, rect=args.rect, workers=args.workers,
                                   shuffle=False, nc=data.classes)
-    m = evaluate(model.to(device), loader, args.conf_thres, args.iou_thres, device, args.half,
-                 names=data.names, max_det=args.max_det)
-    print(format_metrics(m))
-    os.makedirs(args.output_dir, exist_ok=True)
-    out = os.path.join(args.output_dir, "metrics.json")
-    atomic_write_bytes(out, json.dumps({"args": vars(args), **m}, indent=1).encode())
-    print(f"wrote {out}")
+    return evaluate(model.to(device), loader, args.conf_thres, args.iou_thres, device, args.half,
+                    names=data.names, max_det=args.max_det)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,17 @@ cfg + weights.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from yolo_slim.core.cli import Parser, parse, write_resolved
 from yolo_slim.core.errors import cli_main
 from yolo_slim.prune.channels import run, summary_text
-from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, parse
+from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> Parser:
+    p = Parser(description=__doc__)
     add_run_args(p)  # --cfg --weights --output-dir --img-size --data --batch-size --seed
     add_channel_args(p, required=True)  # shared with prune_layers.py's combined mode
     return p
@@ -29,10 +29,12 @@ def main(argv=None) -> int:
     a = parse(parser(), argv)
     if a is None:  # --help
         return 0
+    guard_run(a)  # before anything is written: no output may be an input
     rep = run(a.cfg, a.weights, a.output_dir, channel_options(a), data=a.data, batch_size=a.batch_size)
+    write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(summary_text(rep))
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
-          "+ prune_report.json, channels.png, gamma_hist.png")
+          "+ prune_report.json, channels.png, gamma_hist.png, args.json")
     return 0
 
 

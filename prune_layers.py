@@ -8,18 +8,18 @@ channel flags, prune channels of the result in the same run.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from yolo_slim.core.cli import Parser, number, parse, write_resolved
 from yolo_slim.core.errors import YoloSlimError, cli_main
-from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, parse, wants_channels
+from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run, wants_channels
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> Parser:
+    p = Parser(description=__doc__)
     add_run_args(p, weights_required=False)
-    p.add_argument("--shortcuts", type=int, help="number of residual blocks to remove")
+    p.add_argument("--shortcuts", type=number(int, min=1), help="number of residual blocks to remove")
     p.add_argument("--rank", choices=["mean", "max"], default="mean", help="|γ| statistic per block")
     p.add_argument("--list", action="store_true", help="print the removable blocks and exit")
     add_channel_args(p, required=False)
@@ -44,12 +44,14 @@ def main(argv=None) -> int:
     for flag in ("weights", "output_dir", "shortcuts"):
         if getattr(a, flag) is None:
             raise YoloSlimError(f"--{flag.replace('_', '-')} is required (or use --list)")
+    guard_run(a)  # before anything is written: no output may be an input
     rep = run(a.cfg, a.weights, a.output_dir, a.shortcuts, a.rank,
               channel_options(a) if wants_channels(a) else None, a.img_size, a.seed,
               data=a.data, batch_size=a.batch_size)
+    write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(summary_text(rep))
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
-          "+ prune_report.json, layers.png" + (", channels.png" if wants_channels(a) else ""))
+          "+ prune_report.json, layers.png" + (", channels.png" if wants_channels(a) else "") + ", args.json")
     return 0
 
 

@@ -14,22 +14,28 @@ written to <output-dir>/opt.json next to last.pt, best.pt, results.csv and resul
 """
 from __future__ import annotations
 
-import argparse
+import os
 
 from yolo_slim.core.errors import YoloSlimError, cli_main
 
 
 @cli_main
 def main(argv=None):
+    from yolo_slim.core.cli import Parser, parse_given, refuse_changed
     from yolo_slim.core.device import seed_all
-    from yolo_slim.train.engine import TrainConfig, resume_config, train
+    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, resume_config, train
     from yolo_slim.darknet.weights import load_model, load_transfer, model_from_checkpoint
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     TrainConfig.add_args(p)
     p.set_defaults(resume="")
-    cfg = TrainConfig.from_args(p.parse_args(argv))
+    ns, given = parse_given(p, argv)
+    if ns is None:  # --help
+        return 0
+    cfg = TrainConfig.from_args(ns)
     if cfg.resume:
         saved, path = resume_config(cfg)
+        # a flag given with --resume that the run would ignore (say --epochs) is an error
+        refuse_changed(saved, cfg, given, (*RUNTIME_FIELDS, "output_dir"), "--resume")
         model = model_from_checkpoint(path)  # architecture from the run itself
         cfg_for_hooks = saved
     else:
@@ -37,6 +43,11 @@ def main(argv=None):
             raise YoloSlimError("--data is required")
         if not cfg.cfg and not cfg.weights.endswith(".pt"):
             raise YoloSlimError("--cfg is required (unless --weights is a yolo-slim .pt)")
+        from yolo_slim.core.paths import guard_outputs
+        from yolo_slim.data.inputs import data_inputs
+        guard_outputs({"--cfg": cfg.cfg, "--weights": cfg.weights, "--weights-cfg": cfg.weights_cfg,
+                       **data_inputs(cfg.data)},
+                      {"--output-dir": [os.path.join(cfg.output_dir, f) for f in RUN_FILES]})
         # --seed covers the initial weights too (of the whole model, or of the layers --transfer
         # leaves): the same command trains the same model
         seed_all(cfg.seed)

@@ -122,7 +122,7 @@ def test_other_bad_inputs(files, export_main, capsys):
     cases = [
         (["--weights", files["weights"], "--format", "pt"], r"--cfg is required"),
         (["--cfg", files["cfg"], "--weights", files["weights"], "--format", "weights",
-          "--output", files["weights"]], r"would overwrite the input weights"),
+          "--output", files["weights"]], r"would overwrite the input --weights"),
         (["--cfg", files["cfg"], "--weights", files["weights"], "--format", "pt",
           "--output", str(d / "no" / "such" / "dir.pt")], r"directory does not exist"),
         (["--cfg", files["cfg"], "--weights", str(d / "missing.pt"), "--format", "weights"],

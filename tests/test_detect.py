@@ -103,7 +103,8 @@ def test_detect_cli(shapes, tmp_path, run_script):
     rc, stdout, err = run_script("detect.py", *args)
     assert rc == 0, err
     assert "detections in 2 images" in stdout
-    assert sorted(os.listdir(out)) == ["000000.jpg", "000001.jpg", "detections.json", "detections.txt"]
+    assert sorted(os.listdir(out)) == ["000000.jpg", "000001.jpg", "args.json", "detections.json",
+                                   "detections.txt"]
     names = {line.split()[2] for line in (out / "detections.txt").read_text().splitlines()}
     assert names <= {"circle", "square", "triangle", "star", "cross"}
     rc, _, err = run_script("detect.py", *args[:3], tmp_path / "missing_dir", *args[4:])

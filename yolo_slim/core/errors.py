@@ -35,10 +35,12 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
             print(f"error: {e}", file=sys.stderr)
             return 2
         except FileNotFoundError as e:
-            print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+            from yolo_slim.core.paths import user_path
+            print(f"error: file not found: {user_path(e.filename) if e.filename else e}", file=sys.stderr)
             return 2
         except OSError as e:  # permission denied, a file where a folder must be, disk full, ...
-            where = f"{e.filename}: " if e.filename else ""
+            from yolo_slim.core.paths import user_path  # a temp's error names the user's file
+            where = f"{user_path(e.filename)}: " if e.filename else ""
             print(f"error: {where}{e.strerror or e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
@@ -49,8 +51,13 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write a file via temp + rename so an interrupted write never leaves a half file."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Write a file via temp + rename so an interrupted write never leaves a half file; the temp
+    is named so no glob of the final kind matches it (core/paths: guard_outputs clears the
+    ones a killed run left)."""
+    from yolo_slim.core.paths import temp_path
+    if os.path.isdir(path):
+        raise YoloSlimError(f"cannot write {path}: it is a directory")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 from yolo_slim.core.errors import CfgError, YoloSlimError
@@ -33,6 +34,62 @@ DARKNET_SECTIONS = {
     "sam", "empty", "silence", "implicit_add", "implicit_mul", "activation", "rnn", "gru", "lstm",
     "crnn", "conv_lstm", "history", "contrastive",
 }
+# The keys darknet (AlexeyAB parser.c, + pjreddie's) reads per section type we build; any other
+# key is one darknet prints as "Unused field" (a typo like strides=2): warn, naming file and line.
+_COMMON_KEYS = {"clip", "dontsave", "dontload", "dontloadscales", "learning_rate", "smooth",
+                "stopbackward", "train_only_bn", "dont_update", "burnin_update", "onlyforward"}
+KNOWN_KEYS: dict[str, set[str]] = {k: _COMMON_KEYS | set(v.split()) for k, v in {
+    "net": "batch subdivisions width height channels inputs momentum decay angle saturation "
+           "exposure hue learning_rate learning_rate_min burn_in power max_batches policy steps "
+           "scales step gamma max_crop min_crop aspect flip blur gaussian_noise mixup cutmix mosaic "
+           "mosaic_bound letter_box adam B1 B2 eps time_steps track augment_speed "
+           "sequential_subdivisions init_sequential_subdivisions try_fix_nan batches_per_cycle "
+           "batches_cycle_mult label_smooth_eps resize_step attention adversarial_lr "
+           "max_chart_loss contrastive contrastive_jit_flip contrastive_color unsupervised "
+           "seq_scales equidistant_point loss_scale dynamic_minibatch optimized_memory "
+           "workspace_size_limit_MB ema_alpha weights_reject_freq badlabels_rejection_percentage "
+           "num_sigmas_reject_badlabels show_receptive_field sgdr_cycle sgdr_mult max_epochs seen "
+           "use_cuda_graph rotate center",
+    "convolutional": "filters groups size stride stride_x stride_y dilation antialiasing pad "
+                     "padding activation assisted_excitation share_index batch_normalize cbn "
+                     "binary xnor bin_output sway rotate stretch stretch_sway deform flipped dot "
+                     "angle grad_centr reverse coordconv",
+    "maxpool": "size stride stride_x stride_y padding maxpool_depth out_channels antialiasing",
+    "route": "layers groups group_id stream wait_stream",
+    "shortcut": "from activation weights_type weights_normalization",
+    "upsample": "stride scale",
+    "yolo": "mask anchors classes num max max_delta counters_per_class label_smooth_eps "
+            "scale_x_y objectness_smooth new_coords iou_normalizer obj_normalizer "
+            "cls_normalizer delta_normalizer iou_loss iou_thresh_kind beta_nms nms_kind jitter "
+            "resize focal_loss ignore_thresh truth_thresh iou_thresh random map embedding_layer "
+            "track_history_size sim_thresh dets_for_track dets_for_show track_ciou_norm "
+            "show_details uc_normalizer beta1",
+}.items()}
+_warned: set[tuple[str, int, str]] = set()  # one warning per file, line and kind per process
+
+
+def _warn(path: str, line: int, kind: str, msg: str) -> None:
+    if (path, line, kind) not in _warned:
+        _warned.add((path, line, kind))
+        print(f"warning: {path}:{line}: {msg}", file=sys.stderr)
+
+
+def key_warnings(defs: list[dict[str, Any]], path: str) -> list[tuple[int, str]]:
+    """(line, message) for every key darknet would ignore: unknown keys and repeated ones."""
+    out = []
+    for d in defs:
+        known = KNOWN_KEYS.get(d["type"])
+        for key, line in d["_lines"].items():
+            if known is not None and _written_key(key) not in known:
+                out.append((line, f"[{d['type']}] unknown key '{_written_key(key)}' (darknet "
+                                  "prints \"Unused field\" and ignores it; a typo?)"))
+        for key, line in d.get("_dup_keys", []):
+            out.append((line, f"[{d['type']}] duplicate key '{key}': darknet uses the first one "
+                              f"(line {d['_lines'].get(_store_key(key), d['_line'])}) and "
+                              "ignores this one"))
+    return sorted(out)
+
+
 _WS = re.compile(r"\s+")
 _ESC = " "  # prefix for user keys that would collide with metadata; see the module docstring
 _INT = re.compile(r"[+-]?\d+")
@@ -52,8 +109,9 @@ def _strip(line: str) -> str:
     return _WS.sub("", line)
 
 
-def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
-    """Parse cfg text into module_defs, following darknet's read_cfg rules."""
+def parse_cfg_text(text: str, path: str = "<cfg>", warn: bool = True) -> list[dict[str, Any]]:
+    """Parse cfg text into module_defs, following darknet's read_cfg rules; with `warn`, keys
+    darknet would ignore (unknown, repeated) are one warning line each on stderr."""
     if text.startswith("\ufeff"):  # a BOM would hide the first '[' from darknet; just drop it
         text = text[1:]
     if "\r" in text and "\n" not in text:
@@ -96,11 +154,14 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[dict[str, Any]]:
         d["_lines"][key] = lineno
     if not defs:
         raise CfgError("no sections found (empty cfg?)", path)
+    if warn:
+        for line, msg in key_warnings(defs, path):
+            _warn(path, line, msg.split("'")[0], msg)
     return defs
 
 
-def parse_cfg(path: str) -> list[dict[str, Any]]:
-    """Read and parse a darknet cfg file."""
+def parse_cfg(path: str, warn: bool = True) -> list[dict[str, Any]]:
+    """Read and parse a darknet cfg file (see parse_cfg_text for `warn`)."""
     if not os.path.isfile(path):
         raise YoloSlimError(f"cfg not found: {path}")
     with open(path, "rb") as f:
@@ -109,7 +170,7 @@ def parse_cfg(path: str) -> list[dict[str, Any]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CfgError(f"not a text cfg file ({e.reason} at byte {e.start})", path) from None
-    return parse_cfg_text(text, path)
+    return parse_cfg_text(text, path, warn)
 
 
 def _fmt(value: Any) -> str:

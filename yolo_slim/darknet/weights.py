@@ -26,6 +26,29 @@ def _conv_tensors(model: Darknet) -> list[torch.Tensor]:
     return [t for _, m in conv_layers(model) for t in _layer_tensors(m)]
 
 
+_TENSOR_NAMES = {5: ("BN beta", "BN gamma", "BN running_mean", "BN running_var", "kernel"),
+                 2: ("bias", "kernel")}
+
+
+def check_finite(model: Darknet, path: str, layers: list[int] | None = None) -> None:
+    """Loaded weights must be finite: a NaN or inf names its conv layer, cfg line and tensor
+    (a NaN would otherwise slip through max() in every later check)."""
+    for i, m in conv_layers(model):
+        if layers is not None and i not in layers:
+            continue
+        ts = _layer_tensors(m)
+        for name, t in zip(_TENSOR_NAMES[len(ts)], ts):
+            bad = ~torch.isfinite(t.detach())
+            if bad.any():
+                n_nan = int(torch.isnan(t.detach()).sum())
+                n_inf = int(bad.sum()) - n_nan
+                what = " and ".join([f"{n_nan} NaN"] * bool(n_nan) + [f"{n_inf} inf"] * bool(n_inf))
+                d = model.module_defs[i + 1] if i + 1 < len(model.module_defs) else {}
+                line = f" (cfg line {d['_line']})" if d.get("_line") else ""
+                raise YoloSlimError(f"{path}: conv layer {i}{line}: {name} holds {what} "
+                                    f"of {t.numel()} values; the weights are broken")
+
+
 def weights_float_count(model: Darknet) -> int:
     return sum(t.numel() for t in _conv_tensors(model))
 
@@ -73,6 +96,7 @@ def load_darknet_weights(model: Darknet, path: str) -> None:
             n = t.numel()
             t.copy_(torch.from_numpy(floats[pos:pos + n]).view_as(t))
             pos += n
+    check_finite(model, path)
     model.header, model.seen = (major, minor, rev), seen
 
 
@@ -121,6 +145,7 @@ def load_checkpoint_into(model: Darknet, ckpt: dict[str, Any], path: str = "<ckp
         k = bad[0] if bad else next(k for k in sd if k not in mine)
         raise YoloSlimError(f"{path}: checkpoint does not match the cfg (first mismatch: {k})")
     model.load_state_dict(sd)
+    check_finite(model, path)
     model.header = tuple(ckpt.get("header", (0, 2, 5)))
     model.seen = int(ckpt.get("seen", 0))
 
@@ -202,6 +227,7 @@ def load_transfer(model: Darknet, path: str, source_cfg: str | None = None) -> d
         mode = "prefix"
     if not loaded:
         raise YoloSlimError(f"{path}: no conv layer matches the cfg; nothing to transfer")
+    check_finite(model, path, loaded)
     done = set(loaded)
     return {"loaded": loaded, "kept_init": [i for i, _ in convs if i not in done], "mode": mode}
 

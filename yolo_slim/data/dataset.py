@@ -44,7 +44,7 @@ def parse_data_file(path: str) -> DataConfig:
         raise YoloSlimError(f"data file not found: {path}")
     root = os.path.dirname(os.path.abspath(path))
     kv: dict[str, tuple[str, int]] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line[0] in "#;":
@@ -71,7 +71,7 @@ def parse_data_file(path: str) -> DataConfig:
         npath = resolve(kv["names"][0])
         if not os.path.isfile(npath):
             raise YoloSlimError(f"{path}:{kv['names'][1]}: names file not found: {npath}")
-        with open(npath, encoding="utf-8", errors="replace") as f:
+        with open(npath, encoding="utf-8-sig", errors="replace") as f:
             got = [s.strip() for s in f if s.strip()]
         if len(got) != nc:
             raise YoloSlimError(f"{path}:{kv['names'][1]}: {npath} has {len(got)} names, "
@@ -141,7 +141,7 @@ class BadData:
 def parse_labels(path: str, nc: int | None, bad: BadData) -> np.ndarray:
     """[n, 5] float32 (cls, cx, cy, w, h) from a YOLO txt file, bad lines counted."""
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -178,7 +178,7 @@ def read_image_list(list_path: str, root: str | None = None) -> list[str]:
         raise YoloSlimError(f"{list_path}: expected an image list file, got a folder")
     base = root or os.path.dirname(os.path.abspath(list_path))
     paths = []
-    with open(list_path, encoding="utf-8", errors="replace") as f:
+    with open(list_path, encoding="utf-8-sig", errors="replace") as f:
         for line in f:
             p = line.strip()
             if not p or p.startswith("#"):

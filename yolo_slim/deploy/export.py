@@ -49,6 +49,7 @@ import torch.nn as nn
 
 from yolo_slim.darknet.cfg import net_channels
 from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.core.paths import clear_stale_temps, temp_path
 from yolo_slim.nn.layers import ConvBlock
 from yolo_slim.nn.model import Darknet
 
@@ -291,10 +292,14 @@ def compare_outputs(ref: Sequence[Any], got: Sequence[np.ndarray], tol: float,
                     what: str = "torch") -> dict[str, float]:
     """max |delta| and max |delta|/max(1,|ref|) over all outputs; raise if the latter > tol."""
     worst, worst_rel = 0.0, 0.0
-    for r, g in zip(ref, got):
+    for k, (r, g) in enumerate(zip(ref, got)):
         r = r.numpy() if isinstance(r, torch.Tensor) else np.asarray(r)
         if r.shape != g.shape:
             raise YoloSlimError(f"onnxruntime output shape {g.shape} != {what} {r.shape}")
+        for who, v in ((what, r), ("onnxruntime", g)):  # a NaN would drop out of max() below
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise YoloSlimError(f"output {k} of {who} holds {int((~np.isfinite(v)).sum())} "
+                                    "non-finite values: the model overflows on the check input")
         if r.size:
             d = np.abs(g.astype(np.float64) - r)
             worst = max(worst, float(d.max()))
@@ -328,7 +333,7 @@ def _export_checked(model: Darknet, opts: ExportOptions, tmp: str,
     ref_model = copy.deepcopy(model).eval()  # unfused: the check also covers the BN folding
     det_opts = dataclasses.replace(opts, nms=False)
     fused = fuse_conv_bn(model)
-    det_path = tmp[:-5] + ".det.onnx" if opts.nms else tmp
+    det_path = tmp + ".det" if opts.nms else tmp
     try:
         _torch_export(DeployModel(fused, hw, det_opts).eval(), x_trace, det_path,
                       output_names(model, det_opts), det_opts)
@@ -367,7 +372,8 @@ def export_onnx(model: Darknet, out_path: str,
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise YoloSlimError(f"output folder does not exist: {out_dir}")
-    tmp = f"{out_path}.tmp{os.getpid()}.onnx"
+    clear_stale_temps(out_path)  # a killed export's temps; named so no *.onnx glob sees them
+    tmp = temp_path(out_path)
     try:
         try:
             report = _export_checked(model, opts, tmp, x_trace, x_check)

@@ -44,7 +44,7 @@ def load_names(path: str | None, nc: int) -> list[str]:
         return [str(c) for c in range(nc)]
     if not os.path.isfile(path):
         raise YoloSlimError(f"names file not found: {path}")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # BOM-safe
         names = [line.strip() for line in f if line.strip()]
     if len(names) < nc:
         raise YoloSlimError(f"{path}: {len(names)} names for a model with {nc} classes")

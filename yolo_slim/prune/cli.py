@@ -1,14 +1,14 @@
 """Command-line pieces shared by prune_channels.py and prune_layers.py: the channel-pruning flags
-(the names users know from the darknet-pruning tools) and their mapping to PruneOptions."""
+(the names users know from the darknet-pruning tools) and their mapping to PruneOptions. The
+generic parts (one-line parser errors, range-checked numbers, dataclass flags) are core/cli.py."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
-from typing import Any, Sequence
 
+from yolo_slim.core.cli import number
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.analysis.graph import STRATEGIES
 from yolo_slim.analysis.importance import IMPORTANCE
@@ -20,17 +20,19 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     --layer-keep, --round-to, --importance, --rank-batches."""
     p.add_argument("--strategy", choices=list(STRATEGIES), default="slim")
     what = p.add_mutually_exclusive_group(required=required)
-    what.add_argument("--global-percent", type=float, help="fraction of prunable |γ| to cut")
-    what.add_argument("--threshold", type=float, help="cut channels with |γ| < T")
-    what.add_argument("--target-flops", type=float, help="at most F x the original FLOPs")
+    what.add_argument("--global-percent", type=number(float, min=0, max=1),
+                      help="fraction of prunable |γ| to cut")
+    what.add_argument("--threshold", type=number(float, min=0), help="cut channels with |γ| < T")
+    what.add_argument("--target-flops", type=number(float, gt=0, max=1),
+                      help="at most F x the original FLOPs")
     what.add_argument("--layer-ratios", metavar="JSON",
                       help="per-conv fractions to cut, e.g. from yolo_slim.tools.sensitivity")
     p.add_argument("--importance", choices=list(IMPORTANCE), default="bn",
                    help="channel score: BN |γ|, BN-scaled filter L1, or HRank (needs --data)")
-    p.add_argument("--rank-batches", type=int, default=2, help="--importance rank: batches of --data")
-    p.add_argument("--layer-keep", type=float, default=0.0,
+    p.add_argument("--rank-batches", type=number(int, min=1), default=2, help="--importance rank: batches of --data")
+    p.add_argument("--layer-keep", type=number(float, min=0, max=1), default=0.0,
                    help="keep at least this fraction (and at least 1) of every layer")
-    p.add_argument("--round-to", type=int, default=1, help="channel counts multiple of N")
+    p.add_argument("--round-to", type=number(int, min=1), default=1, help="channel counts multiple of N")
 
 
 def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
@@ -38,29 +40,11 @@ def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> N
     p.add_argument("--cfg", help="darknet cfg (may be omitted for a yolo-slim .pt)")
     p.add_argument("--weights", required=weights_required, help=".weights or .pt")
     p.add_argument("--output-dir", required=weights_required)
-    p.add_argument("--img-size", type=int, help="input size for FLOPs/verification (default: cfg)")
+    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32),
+                   help="input size for FLOPs/verification (default: cfg)")
     p.add_argument("--data", help="darknet .data: report mAP before and after")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=number(int, min=1), default=8)
     p.add_argument("--seed", type=int, default=0, help="seed of the verification input")
-
-
-def module_parser(prog: str, doc: str | None, data: bool = True) -> argparse.ArgumentParser:
-    """The parser a `python -m yolo_slim.<tool>` starts from: --cfg, --weights, [--data],
-    --output-dir (all but --cfg required)."""
-    p = argparse.ArgumentParser(prog=prog, description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg")
-    p.add_argument("--weights", required=True)
-    if data:
-        p.add_argument("--data", required=True)
-    p.add_argument("--output-dir", required=True)
-    return p
-
-
-def options_from_args(cls: type, a: argparse.Namespace, **given: Any) -> Any:
-    """An options dataclass from the parsed flags of the same names (`given` set the rest)."""
-    names = {f.name for f in dataclasses.fields(cls)} - set(given)
-    return cls(**{k: getattr(a, k) for k in names if hasattr(a, k)}, **given)
 
 
 def wants_channels(a: argparse.Namespace) -> bool:
@@ -78,7 +62,7 @@ def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dic
     With `flags`, warn (stderr) where the file's recorded mask options differ from them: the
     masks would not be the ones the sensitivity analysis measured."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # BOM-safe
             obj = json.load(f)
     except FileNotFoundError:
         raise YoloSlimError(f"--layer-ratios: file not found: {path}") from None
@@ -116,11 +100,12 @@ def channel_options(a: argparse.Namespace) -> PruneOptions:
                         rank_batch_size=getattr(a, "batch_size", 8))
 
 
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
-    """parse_args, but a bad command line is a YoloSlimError (exit 2); None after --help."""
-    try:
-        return p.parse_args(argv)
-    except SystemExit as e:  # argparse already printed the problem
-        if e.code:
-            raise YoloSlimError("bad command line (see above)") from None
-        return None
+def guard_run(a: argparse.Namespace) -> None:
+    """Refuse a pruning run where a file it writes (prune/outputs.output_files) would be one of
+    its inputs: --cfg, --weights, --data (+ its image lists), --layer-ratios."""
+    from yolo_slim.core.paths import guard_outputs
+    from yolo_slim.data.inputs import data_inputs
+    from yolo_slim.prune.outputs import output_files, output_stem
+    guard_outputs({"--cfg": a.cfg, "--weights": a.weights,
+                   "--layer-ratios": getattr(a, "layer_ratios", None), **data_inputs(a.data)},
+                  {"--output-dir": output_files(a.output_dir, output_stem(a.cfg, a.weights))})

@@ -93,7 +93,7 @@ def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
 def _read_json(path: str) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         return json.load(f)
 
 
@@ -215,13 +215,15 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
 
 def parser() -> argparse.ArgumentParser:
     from yolo_slim.train.distill import KD_MODES
-    from yolo_slim.prune.cli import module_parser
+    from yolo_slim.core.cli import module_parser, number
     p = module_parser("python -m yolo_slim.tools.iterate", __doc__)
     d = IterateOptions()
     for f in dataclasses.fields(IterateOptions):
         if f.name == "train":
             continue
-        kw: dict[str, Any] = {"type": type(getattr(d, f.name)), "default": getattr(d, f.name)}
+        kind = type(getattr(d, f.name))  # numbers are range-checked: finite, counts >= 0
+        kw: dict[str, Any] = {"default": getattr(d, f.name),
+                              "type": number(kind, min=0) if kind in (int, float) else kind}
         if f.name == "strategy":
             kw["choices"] = list(STRATEGIES)
         elif f.name == "importance":
@@ -236,12 +238,13 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.prune.cli import options_from_args, parse
+    from yolo_slim.core.cli import options_from_args, parse, write_resolved
     a = parse(parser(), argv)
     if a is None:
         return 0
     opts = options_from_args(IterateOptions, a, train=parse_train_overrides(a.train))
     s = run(a.cfg, a.weights, a.data, a.output_dir, opts)
+    write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(f"done: {len(s['rounds'])} rounds in {a.output_dir}; best within --max-drop: "
           f"round {s['best_within_drop']}")
     return 0

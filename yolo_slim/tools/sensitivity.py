@@ -233,32 +233,43 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: Sensitivit
     return result
 
 
+OUTPUT_FILES = ("sensitivity.csv", "sensitivity.md", "sensitivity.png", "sensitivity.json",
+                "ratios.json", "args.json")
+
+
 def parser() -> argparse.ArgumentParser:
-    from yolo_slim.prune.cli import module_parser
+    from yolo_slim.core.cli import module_parser, number
     p = module_parser("python -m yolo_slim.tools.sensitivity", __doc__)
     d = SensitivityOptions()
-    p.add_argument("--ratios", type=float, nargs="+", default=d.ratios)
-    p.add_argument("--target-flops", type=float, help="choose ratios for at most F x FLOPs")
-    p.add_argument("--max-drop", type=float, default=d.max_drop, help="largest mAP@0.5 drop per unit")
+    p.add_argument("--ratios", type=number(float, min=0, max=1), nargs="+", default=d.ratios)
+    p.add_argument("--target-flops", type=number(float, gt=0, max=1),
+                   help="choose ratios for at most F x FLOPs")
+    p.add_argument("--max-drop", type=number(float, min=0), default=d.max_drop,
+                   help="largest mAP@0.5 drop per unit")
     p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy)
     p.add_argument("--importance", choices=list(IMPORTANCE), default=d.importance)
-    p.add_argument("--layer-keep", type=float, default=d.layer_keep)
-    p.add_argument("--round-to", type=int, default=d.round_to)
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--eval-images", type=int, default=d.eval_images, help="0 = all")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--rank-batches", type=int, default=d.rank_batches)
+    p.add_argument("--layer-keep", type=number(float, min=0, max=1), default=d.layer_keep)
+    p.add_argument("--round-to", type=number(int, min=1), default=d.round_to)
+    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32))
+    p.add_argument("--eval-images", type=number(int, min=0), default=d.eval_images, help="0 = all")
+    p.add_argument("--batch-size", type=number(int, min=1), default=d.batch_size)
+    p.add_argument("--rank-batches", type=number(int, min=1), default=d.rank_batches)
     return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.prune.cli import options_from_args, parse
+    from yolo_slim.core.cli import options_from_args, parse, write_resolved
+    from yolo_slim.core.paths import guard_outputs
+    from yolo_slim.data.inputs import data_inputs
     a = parse(parser(), argv)
     if a is None:
         return 0
     opts = options_from_args(SensitivityOptions, a)
+    guard_outputs({"--cfg": a.cfg, "--weights": a.weights, **data_inputs(a.data)},
+                  {"--output-dir": [os.path.join(a.output_dir, f) for f in OUTPUT_FILES]})
     res = run(a.cfg, a.weights, a.data, a.output_dir, opts)
+    write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(table_text(res, (res.get("chosen") or {}).get("unit_ratios"))[1])
     if "chosen" in res:
         c = res["chosen"]

@@ -138,15 +138,17 @@ def summary_text(rep: dict[str, Any]) -> str:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.prune.cli import module_parser, parse
+    from yolo_slim.core.cli import module_parser, number, parse, write_resolved
     p = module_parser("python -m yolo_slim.tools.unstructured", __doc__, data=False)
-    p.add_argument("--amount", type=float, required=True, help="fraction of conv weights to zero")
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--structured-flops", type=float, default=0.5, help="0 = no structured model")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--amount", type=number(float, min=0, max=1), required=True,
+                   help="fraction of conv weights to zero")
+    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32))
+    p.add_argument("--structured-flops", type=number(float, min=0, max=1), default=0.5,
+                   help="0 = no structured model")
+    p.add_argument("--runs", type=number(int, min=1), default=20)
+    p.add_argument("--warmup", type=number(int, min=0), default=3)
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--threads", type=int, help="torch and onnxruntime threads")
+    p.add_argument("--threads", type=number(int, min=1), help="torch and onnxruntime threads")
     a = parse(p, argv)
     if a is None:
         return 0
@@ -155,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = summary_text(rep)
     print(text)
     atomic_write_bytes(os.path.join(a.output_dir, "unstructured_summary.txt"), (text + "\n").encode())
+    write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print("wrote", os.path.join(a.output_dir, "unstructured_report.json"), "and unstructured_summary.txt")
     return 0
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from yolo_slim.core import device as dv
+from yolo_slim.core.cli import add_dataclass_args, from_args
 from yolo_slim.darknet.cfg import net_size
 from yolo_slim.data.dataset import Augment, create_dataloader, parse_data_file
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
@@ -60,28 +61,30 @@ class TrainConfig:
     resume: str = field(default="", metadata={"help": "continue a run: a last.pt, or no value "
                                               "= <output-dir>/last.pt", "nargs": "?", "const": "auto"})
     output_dir: str = "runs/train"
-    img_size: int = field(default=0, metadata={"help": "0: the cfg's [net] width"})
-    batch_size: int = field(default=16, metadata={"help": "total over all DDP processes"})
-    nominal_batch: int = field(default=64, metadata={"help": "accumulate gradients to this"})
-    epochs: int = 100
+    # ranges (min/max/gt/lt/multiple_of) are checked when the flags are parsed: core/cli.py
+    img_size: int = field(default=0, metadata={"help": "0: the cfg's [net] width", "min": 0,
+                                               "multiple_of": 32})
+    batch_size: int = field(default=16, metadata={"help": "total over all DDP processes", "min": 1})
+    nominal_batch: int = field(default=64, metadata={"help": "accumulate gradients to this", "min": 1})
+    epochs: int = field(default=100, metadata={"min": 1})
     device: str = field(default="", metadata={"help": "cpu, cuda, cuda:N or '' (auto)"})
-    workers: int = 2
+    workers: int = field(default=2, metadata={"min": 0})
     seed: int = 0
-    lr0: float = 0.01
-    lrf: float = field(default=0.01, metadata={"help": "final LR as a fraction of lr0"})
+    lr0: float = field(default=0.01, metadata={"gt": 0})
+    lrf: float = field(default=0.01, metadata={"help": "final LR as a fraction of lr0", "min": 0})
     lr_schedule: str = field(default="cosine", metadata={"choices": ["cosine", "step"]})
     lr_steps: list = field(default_factory=lambda: [0.8, 0.9],
                            metadata={"help": "step schedule: fractions of --epochs"})
-    momentum: float = 0.937
+    momentum: float = field(default=0.937, metadata={"min": 0, "lt": 1})
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 3.0
-    warmup_momentum: float = 0.8
-    warmup_bias_lr: float = 0.1
-    clip_grad: float = field(default=0.0, metadata={"help": "max grad norm, 0 = off"})
+    weight_decay: float = field(default=5e-4, metadata={"min": 0})
+    warmup_epochs: float = field(default=3.0, metadata={"min": 0})
+    warmup_momentum: float = field(default=0.8, metadata={"min": 0, "lt": 1})
+    warmup_bias_lr: float = field(default=0.1, metadata={"min": 0})
+    clip_grad: float = field(default=0.0, metadata={"help": "max grad norm, 0 = off", "min": 0})
     ema: bool = True
-    ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
+    ema_decay: float = field(default=0.9999, metadata={"min": 0, "max": 1})
+    ema_tau: float = field(default=2000.0, metadata={"gt": 0})
     amp: bool = field(default=True, metadata={"help": "mixed precision (CUDA only)"})
     multi_scale: bool = field(default=False, metadata={"help": "random size 0.5-1.5x per batch"})
     box: float = 3.2
@@ -97,13 +100,15 @@ class TrainConfig:
     scale: float = 0.5
     translate: float = 0.1
     mosaic: float = 0.0
-    eval_interval: int = field(default=1, metadata={"help": "evaluate every N epochs (+ last)"})
-    eval_subset: int = field(default=0, metadata={"help": "evaluate on the first N images"})
-    conf_thres: float = 0.001
-    iou_thres: float = 0.6
+    eval_interval: int = field(default=1, metadata={"help": "evaluate every N epochs (+ last)",
+                                                    "min": 1})
+    eval_subset: int = field(default=0, metadata={"help": "evaluate on the first N images", "min": 0})
+    conf_thres: float = field(default=0.001, metadata={"min": 0, "max": 1})
+    iou_thres: float = field(default=0.6, metadata={"min": 0, "max": 1})
     progress: bool = True
-    sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)"})
-    s: float = field(default=0.001, metadata={"help": "sparsity rate"})
+    sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)",
+                                              "aliases": ("-sr",)})
+    s: float = field(default=0.001, metadata={"help": "sparsity rate", "min": 0})
     prune: int = field(default=0, metadata={"help": "which BN layers --sr applies to"})
     sparsity: str = field(default="", metadata={"help": "sparsity schedule: constant, "
                                                 "global-decay or local-decay"})
@@ -116,23 +121,11 @@ class TrainConfig:
 
     @classmethod
     def add_args(cls, p: argparse.ArgumentParser) -> None:
-        for f in dataclasses.fields(cls):
-            flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            names = [flag, "-sr"] if f.name == "sr" else [flag]
-            if isinstance(default, bool):
-                p.add_argument(*names, action=argparse.BooleanOptionalAction, default=default,
-                               help=meta.get("help"))
-            elif isinstance(default, list):
-                p.add_argument(*names, type=float, nargs="+", default=default, help=meta.get("help"))
-            else:
-                extra = {k: meta[k] for k in ("nargs", "const", "choices") if k in meta}
-                p.add_argument(*names, type=type(default), default=default,
-                               help=meta.get("help"), **extra)
+        add_dataclass_args(p, cls)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+        return from_args(cls, ns)
 
 
 class TrainHooks:
@@ -163,6 +156,8 @@ class TrainHooks:
 
 
 RUNTIME_FIELDS = ("device", "workers", "resume", "progress")  # may change on --resume
+# what a run writes into its output dir (gamma_hist.png: the sparsity hook), for the output guard
+RUN_FILES = ("last.pt", "best.pt", "opt.json", "results.csv", "results.png", "gamma_hist.png")
 
 
 def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:

@@ -1,0 +1,204 @@
+"""Command lines, declared once: an options dataclass is the flags (`snake_case` field ->
+`--kebab-case` flag, with its default, type, help, choices and numeric range from the field's
+metadata), the parsed flags are the dataclass again, and the resolved values are written as JSON
+next to the tool's output.
+
+Field metadata understood: help, choices, nargs, const, metavar, aliases (e.g. ("-sr",)),
+type (when the default is None), and the range of a number: min, max (inclusive), gt, lt
+(exclusive), multiple_of. Every number flag is checked when it is parsed (a non-finite float
+never passes), and every parser here is a `Parser`, whose errors are one `error: ...` line
+(exit 2 through core.errors.cli_main) instead of argparse's usage block.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+
+RANGE_KEYS = ("min", "max", "gt", "lt", "multiple_of")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises YoloSlimError: one line, exit status 2."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kw)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise YoloSlimError(message)
+
+
+def range_text(rng: Mapping[str, Any]) -> str:
+    parts = [f"{op} {rng[k]}" for k, op in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<"))
+             if rng.get(k) is not None]
+    if rng.get("multiple_of"):
+        parts.append(f"a multiple of {rng['multiple_of']}")
+    return " and ".join(parts)
+
+
+def check_number(value: float, rng: Mapping[str, Any]) -> str | None:
+    """None if `value` is in the range, else what is wrong."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    lo, hi, gt, lt, mult = (rng.get(k) for k in RANGE_KEYS)
+    if (lo is not None and value < lo) or (hi is not None and value > hi) or \
+            (gt is not None and value <= gt) or (lt is not None and value >= lt) or \
+            (mult and value % mult):
+        return f"must be {range_text(rng)}, got {value:g}"
+    return None
+
+
+def number(kind: type = float, **rng: Any) -> Callable[[str], Any]:
+    """An argparse `type` that parses an int/float and checks its range (min, max, gt, lt,
+    multiple_of); argparse reports a failure as `argument --flag: <why>`."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad = check_number(value, rng)
+        if bad:
+            raise argparse.ArgumentTypeError(bad)
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def add_field(p: argparse.ArgumentParser | Any, f: dataclasses.Field) -> None:
+    meta, default = f.metadata, field_default(f)
+    names = [flag_name(f.name), *meta.get("aliases", ())]
+    rng = {k: meta[k] for k in RANGE_KEYS if k in meta}
+    help_ = meta.get("help", "")
+    if rng:
+        help_ = f"{help_} ({range_text(rng)})".strip()
+    kw: dict[str, Any] = {"default": default, "help": help_ or None, "dest": f.name}
+    kind = meta.get("type") or (type(default) if default is not None else str)
+    if kind is bool:
+        p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+        return
+    if isinstance(default, list):
+        kw.update(nargs="+", type=number(meta.get("item", float), **rng))
+    else:
+        kw["type"] = number(kind, **rng) if kind in (int, float) else kind
+        kw.update({k: meta[k] for k in ("nargs", "const", "choices", "metavar", "required") if k in meta})
+    p.add_argument(*names, **kw)
+
+
+def add_dataclass_args(p: argparse.ArgumentParser | Any, cls: type, exclude: Sequence[str] = ()) -> None:
+    """One flag per field of the dataclass `cls` (see the module docstring)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in exclude and f.metadata.get("flag", True):
+            add_field(p, f)
+
+
+def from_args(cls: type, a: argparse.Namespace, **given: Any) -> Any:
+    """An options dataclass from the parsed flags of the same names (`given` set the rest)."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
+    return cls(**{k: getattr(a, k) for k in names if hasattr(a, k)}, **given)
+
+
+options_from_args = from_args  # the name the tools used first
+
+
+_UNSET = object()
+
+
+def parse_given(p: argparse.ArgumentParser, argv: Sequence[str] | None
+                ) -> tuple[argparse.Namespace | None, set[str]]:
+    """parse_args, plus the set of dests the command line set (a flag given with its default
+    value counts as given); (None, set()) after --help. A bad command line is a YoloSlimError."""
+    start = argparse.Namespace(**{a.dest: _UNSET for a in p._actions
+                                  if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS})
+    try:
+        ns = p.parse_args(argv, start)
+    except SystemExit as e:  # --help (0), or a plain argparse parser that printed its error
+        if e.code:
+            raise YoloSlimError("bad command line (see above)") from None
+        return None, set()
+    given = {k for k, v in vars(ns).items() if v is not _UNSET}
+    for a in p._actions:
+        if getattr(ns, a.dest, None) is _UNSET:
+            default = a.default
+            if isinstance(default, str) and a.type is not None and callable(a.type):
+                default = a.type(default)
+            setattr(ns, a.dest, default)
+    return ns, given
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """parse_args, but a bad command line is a YoloSlimError (exit 2); None after --help."""
+    return parse_given(p, argv)[0]
+
+
+def module_parser(prog: str, doc: str | None, data: bool = True) -> Parser:
+    """The parser a `python -m yolo_slim.<tool>` starts from: --cfg, --weights, [--data],
+    --output-dir (all but --cfg required)."""
+    p = Parser(prog=prog, description=doc)
+    p.add_argument("--cfg")
+    p.add_argument("--weights", required=True)
+    if data:
+        p.add_argument("--data", required=True)
+    p.add_argument("--output-dir", required=True)
+    return p
+
+
+def refuse_changed(saved: Any, new: Any, given: set[str], allowed: Sequence[str], what: str) -> None:
+    """Flags given on the command line that would change `saved` (a dataclass) silently are an
+    error, e.g. --resume with another --epochs; `allowed` may differ."""
+    changed = [f"{flag_name(k)} {getattr(new, k)} (the run has {getattr(saved, k)})"
+               for k in sorted(given) if hasattr(saved, k) and k not in allowed
+               and getattr(new, k) != getattr(saved, k)]
+    if changed:
+        raise YoloSlimError(f"{what} keeps the settings it was started with; "
+                            f"{', '.join(changed)} would change them. Start a new run from its "
+                            "last.pt with --weights instead")
+
+
+def _plain(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return _plain(dataclasses.asdict(o))
+    if isinstance(o, argparse.Namespace):
+        return _plain(vars(o))
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [_plain(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if isinstance(o, (str, int, float, bool)) or o is None:
+        return o
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return _plain(o.item())
+    return str(o)
+
+
+def resolved(args: Any, **extra: Any) -> dict[str, Any]:
+    """The JSON-able resolved config: a dataclass or parsed flags, plus `extra` values."""
+    return {**_plain(args), **_plain(extra)}
+
+
+def write_resolved(path: str, args: Any, **extra: Any) -> str:
+    """Write `resolved(args, **extra)` atomically to `path` (a file, or a folder -> args.json)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "args.json")
+    atomic_write_bytes(path, json.dumps(resolved(args, **extra), indent=2).encode())
+    return path
