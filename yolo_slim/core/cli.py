@@ -12,6 +12,7 @@ never passes), and every parser here is a `Parser`, whose errors are one `error:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -120,21 +121,27 @@ options_from_args = from_args  # the name the tools used first
 
 
 _UNSET = object()
+_ACCUMULATE = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction,
+               argparse._ExtendAction)
 
 
 def parse_given(p: argparse.ArgumentParser, argv: Sequence[str] | None
                 ) -> tuple[argparse.Namespace | None, set[str]]:
     """parse_args, plus the set of dests the command line set (a flag given with its default
     value counts as given); (None, set()) after --help. A bad command line is a YoloSlimError."""
-    start = argparse.Namespace(**{a.dest: _UNSET for a in p._actions
-                                  if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS})
+    actions = [a for a in p._actions if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS]
+    # actions that add to the value already there (append, count) start from a copy of their
+    # default and count as given when it changed; the others start from a marker
+    accumulate = {a.dest: copy.copy(a.default) for a in actions if isinstance(a, _ACCUMULATE)}
+    start = argparse.Namespace(**{a.dest: accumulate.get(a.dest, _UNSET) for a in actions})
     try:
         ns = p.parse_args(argv, start)
     except SystemExit as e:  # --help (0), or a plain argparse parser that printed its error
         if e.code:
             raise YoloSlimError("bad command line (see above)") from None
         return None, set()
-    given = {k for k, v in vars(ns).items() if v is not _UNSET}
+    given = {k for k, v in vars(ns).items()
+             if v is not _UNSET and not (k in accumulate and v == accumulate[k])}
     for a in p._actions:
         if getattr(ns, a.dest, None) is _UNSET:
             default = a.default
