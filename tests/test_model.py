@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from yolo_slim.darknet.cfg import CfgError, parse_cfg_text
-from yolo_slim.nn.layers import YOLOLayer
-from yolo_slim.nn.model import BUILDERS, BuildContext, Darknet, conv_layers
+from yolo_slim.sections.yolo import YOLOLayer
+from yolo_slim.nn.model import Darknet, conv_layers
+from yolo_slim.sections import section_of
+from yolo_slim.sections.base import Shapes
 
 
 def build_layer(section: str, prev_channels: list[int], in_channels: int = 3):
@@ -22,8 +24,11 @@ def build_layer(section: str, prev_channels: list[int], in_channels: int = 3):
     fillers = "".join("[maxpool]\nsize=1\n" for _ in prev_channels)
     defs = parse_cfg_text(f"[net]\nchannels={in_channels}\n{fillers}{section}", "t.cfg")
     i = len(prev_channels)
-    ctx = BuildContext(defs, out_channels=list(prev_channels), in_channels=in_channels)
-    return BUILDERS[defs[i + 1]["type"]](defs[i + 1], i, ctx)
+    shapes = Shapes((in_channels, 16, 16), defs)
+    shapes.layers = [(c, 16, 16) for c in prev_channels]
+    sec = section_of(defs[i + 1])
+    shapes.layers.append(sec.shape(defs[i + 1], i, shapes))
+    return sec.build(defs[i + 1], i, shapes), shapes.layers[-1][0]
 
 
 def darknet_maxpool_ref(x: np.ndarray, size: int, stride: int, padding: int) -> np.ndarray:
@@ -75,12 +80,12 @@ def test_route_groups_slice_and_concat_order():
     o1 = torch.arange(10., 16.).view(1, 6, 1, 1)
     m, c = build_layer("[route]\nlayers=-2,-1\ngroups=2\ngroup_id=1\n", [4, 6])
     assert c == 2 + 3
-    assert torch.equal(m([o0, o1]).flatten(), torch.tensor([2., 3., 13., 14., 15.]))
+    assert torch.equal(m(None, [o0, o1]).flatten(), torch.tensor([2., 3., 13., 14., 15.]))
     m, c = build_layer("[route]\nlayers=-1,0\n", [4, 6])  # relative and absolute, in order
     assert c == 10 and m.layers == [1, 0]
-    assert torch.equal(m([o0, o1]).flatten(), torch.cat([o1, o0], 1).flatten())
+    assert torch.equal(m(None, [o0, o1]).flatten(), torch.cat([o1, o0], 1).flatten())
     m, c = build_layer("[route]\nlayers=-2\ngroups=2\n", [4, 6])  # group_id defaults to 0
-    assert c == 2 and torch.equal(m([o0, o1]).flatten(), torch.tensor([0., 1.]))
+    assert c == 2 and torch.equal(m(None, [o0, o1]).flatten(), torch.tensor([0., 1.]))
     with pytest.raises(CfgError, match="groups=4 does not divide"):
         build_layer("[route]\nlayers=-1\ngroups=4\n", [4, 6])
 
@@ -441,5 +446,6 @@ def test_structural_refusals():
         Darknet(parse_cfg_text(BASE + "[yolo]\nmask=0,3\nanchors=1,1,2,2\nclasses=1\n"))
     with pytest.raises(CfgError, match=r"reads layer 2, a \[yolo\] layer"):
         Darknet(parse_cfg_text(BASE + HEAD + "[route]\nlayers=-1\n" + HEAD))
-    with pytest.raises(CfgError, match=r"adds layer 0 \(6 channels\) to 4 channels"):
-        Darknet(parse_cfg_text(BASE + "[convolutional]\nfilters=4\n[shortcut]\nfrom=-2\n" + HEAD))
+    # a partial-channel add is darknet's (tests/test_sections.py); maps of other sizes are not
+    with pytest.raises(CfgError, match=r"adds layer 0 \(\d+x\d+\) to the previous layer's"):
+        Darknet(parse_cfg_text(BASE + "[maxpool]\nsize=2\nstride=2\n[shortcut]\nfrom=-2\n" + HEAD))

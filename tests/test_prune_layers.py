@@ -22,7 +22,7 @@ from netgen import random_darknet, random_model, standard_model, write_random_ne
 from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 
 from yolo_slim.darknet.cfg import get_ints, parse_cfg  # noqa: E402
-from yolo_slim.nn.layers import Route, Shortcut, YOLOLayer  # noqa: E402
+from yolo_slim.sections.yolo import YOLOLayer  # noqa: E402
 from yolo_slim.nn.model import Darknet, conv_layers, route_sources, shortcut_sources  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions  # noqa: E402
 from yolo_slim.prune.channels import run as run_channels  # noqa: E402
@@ -121,12 +121,8 @@ def all_outputs(m: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
     """Output of every layer (what forward_raw computes, but keeping everything)."""
     outs: list[torch.Tensor] = []
     for mod in m.module_list:
-        if isinstance(mod, Route):
-            x = mod(outs)
-        elif isinstance(mod, Shortcut):
+        if not isinstance(mod, YOLOLayer):
             x = mod(x, outs)
-        elif not isinstance(mod, YOLOLayer):
-            x = mod(x)
         outs.append(x)
     return outs
 

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from yolo_slim.core.draw import canvas, put_text, save_png
-from yolo_slim.darknet.cfg import get_int, net_channels
-from yolo_slim.nn.model import conv_geometry, conv_layers, route_sources
+from yolo_slim.sections import infer_shapes, section_of
 
 
 def count_params(model) -> int:
@@ -24,48 +23,22 @@ def count_params(model) -> int:
 
 def layer_shapes(module_defs: list[dict[str, Any]], img_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
     """(channels, height, width) of every layer's output, from the cfg arithmetic."""
-    h, w = img_hw
-    c = net_channels(module_defs)
-    shapes: list[tuple[int, int, int]] = []
-    for i, d in enumerate(module_defs[1:]):
-        t = d["type"]
-        if t == "convolutional":
-            g = conv_geometry(d)
-            h = (h + 2 * g["padding"] - g["size"]) // g["stride_y"] + 1
-            w = (w + 2 * g["padding"] - g["size"]) // g["stride_x"] + 1
-            c = get_int(d, "filters", 1)
-        elif t == "maxpool":
-            stride = get_int(d, "stride", 1)
-            sx, sy = get_int(d, "stride_x", stride), get_int(d, "stride_y", stride)
-            size = get_int(d, "size", stride)
-            pad = get_int(d, "padding", size - 1)
-            h, w = (h + pad - size) // sy + 1, (w + pad - size) // sx + 1
-        elif t == "upsample":
-            s = get_int(d, "stride", 2)
-            h, w = h * s, w * s
-        elif t == "route":
-            groups = get_int(d, "groups", 1)
-            src = [shapes[j] for j in route_sources(d, i)]
-            c, h, w = sum(s[0] // groups for s in src), src[0][1], src[0][2]
-        shapes.append((c, h, w))
-    return shapes
+    return list(infer_shapes(module_defs, img_hw).layers)
 
 
 def conv_flops_table(module_defs: list[dict[str, Any]], img_hw: tuple[int, int],
                      in_ch: dict[int, int] | None = None,
                      out_ch: dict[int, int] | None = None) -> dict[int, int]:
-    """FLOPs per conv layer; in_ch/out_ch override the channel counts (for a mask)."""
-    shapes = layer_shapes(module_defs, img_hw)
-    c_in0 = net_channels(module_defs)
+    """FLOPs per conv layer (each section's `flops`); in_ch/out_ch override the channel counts
+    (for a mask)."""
+    shapes = infer_shapes(module_defs, img_hw)
     out = {}
     for i, d in enumerate(module_defs[1:]):
-        if d["type"] != "convolutional":
+        if not section_of(d).has_weights:
             continue
-        g = conv_geometry(d)
-        cin = (in_ch or {}).get(i, shapes[i - 1][0] if i else c_in0)
-        cout = (out_ch or {}).get(i, shapes[i][0])
-        _, oh, ow = shapes[i]
-        out[i] = 2 * oh * ow * cout * (cin // g["groups"]) * g["size"] ** 2
+        cin = (in_ch or {}).get(i, shapes.prev(i)[0])
+        cout = (out_ch or {}).get(i, shapes.of(i)[0])
+        out[i] = section_of(d).flops(d, i, shapes, cin, cout)
     return out
 
 
@@ -75,9 +48,7 @@ def cfg_flops(module_defs: list[dict[str, Any]], img_hw: tuple[int, int]) -> int
 
 def model_flops(model, img_hw: tuple[int, int]) -> int:
     """FLOPs of a Darknet model at input (h, w); convention in the module docstring."""
-    shapes = layer_shapes(model.module_defs, img_hw)
-    return int(sum(2 * shapes[i][1] * shapes[i][2] * m.conv.weight.numel()
-                   for i, m in conv_layers(model)))
+    return cfg_flops(model.module_defs, img_hw)
 
 
 def channel_table(before: dict[int, int], after: dict[int, int]) -> str:

@@ -1,10 +1,12 @@
 """The channel graph of a darknet cfg: which producer channels every layer's output carries.
 
-Every output channel of a [convolutional] or a [shortcut] (and of the network input) is a *node*.
-A layer's output is an ordered array of node ids:
+Every output channel of a [convolutional], of an element-wise join ([shortcut], [sam],
+[scale_channels]) and of the network input is a *node*. A layer's output is an ordered array of
+node ids, given by its section's channel rule (`channels` in yolo_slim/sections/<type>.py):
 
-- [convolutional], [shortcut]: fresh nodes (a shortcut channel is a sum, a new value);
-- [maxpool], [upsample]: the input's nodes (channels pass through);
+- [convolutional] and joins: fresh nodes (a sum or product is a new value);
+- [maxpool], [upsample], [avgpool], [dropout]: the input's nodes (channels pass through);
+- [reorg3d]: the input's nodes tiled stride² times (space to depth);
 - [route]: the concatenation of each source's nodes, sliced to ``group_id`` when ``groups > 1``;
 - [yolo]: the input's nodes (they must all stay).
 
@@ -12,6 +14,7 @@ Pruning decides *classes* of nodes, kept or cut together (union-find):
 
 - a [shortcut] node is tied to the nodes it sums, channel by channel: a cut channel must be cut in
   every summed tensor, so chains of shortcuts on one feature map share one mask (a shortcut group);
+  a product ([sam], [scale_channels]) ties its factors the same way;
 - ``[route] groups=g`` slices each source into g equal chunks: channel c is tied to c + k*C/g.
   Then every chunk keeps the same number of channels at the same relative places, so the compact
   tensor still splits into g equal chunks that hold exactly the kept channels of each original
@@ -30,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from yolo_slim.darknet.cfg import CfgError, get_int, net_channels, parse_cfg
-from yolo_slim.nn.model import conv_geometry, route_sources, shortcut_sources
+from yolo_slim.darknet.cfg import net_channels, parse_cfg
+from yolo_slim.sections import SECTIONS, infer_shapes, section_of
+from yolo_slim.sections.convolutional import CONV, SHORTCUT, has_bn
 
-INPUT, CONV, SHORTCUT = 0, 1, 2
+INPUT = 0  # node kinds: INPUT here, CONV and SHORTCUT (any element-wise join) from the sections
 STRATEGIES = ("normal", "shortcut", "slim")
 
 
@@ -102,8 +106,7 @@ class ChannelGraph:
         return first[self.root]
 
     def has_bn(self, i: int) -> bool:
-        d = self.defs[i + 1]
-        return bool(get_int(d, "batch_normalize", 0) or get_int(d, "cbn", 0))
+        return has_bn(self.defs[i + 1])
 
     def layer_keep(self, keep_node: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """A per-node keep vector -> (input keep, keep per layer output channel)."""
@@ -126,77 +129,51 @@ class ChannelGraph:
         return out
 
 
-def build_graph(module_defs: list[dict[str, Any]]) -> ChannelGraph:
-    """Walk the cfg once and build the channel graph (see the module docstring)."""
-    uf = _UnionFind()
-    layer, ch, kind = [], [], []
+class _Builder:
+    """What a section's channel rule may do while the graph is built (sections/base.py)."""
 
-    def new_nodes(owner: int, n: int, k: int) -> np.ndarray:
-        start = uf.add(n)
-        layer.extend([owner] * n)
-        ch.extend(range(n))
-        kind.extend([k] * n)
+    def __init__(self, g: ChannelGraph):
+        self.g, self.uf = g, _UnionFind()
+        self.layer, self.ch, self.kind = [], [], []
+        self.conv_nodes, self.route_slices = g.conv_nodes, g.route_slices
+
+    def new_nodes(self, owner: int, n: int, kind: int) -> np.ndarray:
+        start = self.uf.add(n)
+        self.layer.extend([owner] * n)
+        self.ch.extend(range(n))
+        self.kind.extend([kind] * n)
         return np.arange(start, start + n)
 
-    input_nodes = new_nodes(-1, net_channels(module_defs), INPUT)
-    g = ChannelGraph(module_defs, input_nodes, [], None, None, None)
-    for n in input_nodes:
-        g.node_reason[int(n)] = "network input"
+    def nodes(self, j: int) -> np.ndarray:
+        return self.g.layer_nodes[j] if j >= 0 else self.g.input_nodes
+
+    def in_nodes(self, i: int) -> np.ndarray:
+        return self.nodes(i - 1)
+
+    def union(self, a: int, b: int) -> None:
+        self.uf.union(a, b)
+
+    def must_keep(self, nodes: np.ndarray, reason: str, override: bool = True) -> None:
+        """These nodes (and their whole classes) stay; `override=False` keeps an earlier reason."""
+        for n in nodes:
+            if override:
+                self.g.node_reason[int(n)] = reason
+            else:
+                self.g.node_reason.setdefault(int(n), reason)
+
+
+def build_graph(module_defs: list[dict[str, Any]]) -> ChannelGraph:
+    """Walk the cfg once and build the channel graph: each section's channel rule (its
+    `channels` in yolo_slim/sections) says what its output carries and what it ties."""
+    infer_shapes(module_defs)  # a cfg that cannot run has no channel graph: say where it breaks
+    g = ChannelGraph(module_defs, np.zeros(0, np.int64), [], None, None, None)
+    b = _Builder(g)
+    g.input_nodes = b.new_nodes(-1, net_channels(module_defs), INPUT)
+    b.must_keep(g.input_nodes, "network input")
     for i, d in enumerate(module_defs[1:]):
-        t = d["type"]
-        prev = g.in_nodes(i)
-        if t == "convolutional":
-            out = new_nodes(i, get_int(d, "filters", 1), CONV)
-            g.conv_nodes[i] = out
-            groups = conv_geometry(d)["groups"]
-            if groups > 1:
-                for n in out:
-                    g.node_reason[int(n)] = f"grouped conv (groups={groups})"
-                for n in prev:
-                    g.node_reason.setdefault(int(n), f"input of grouped conv {i}")
-            elif not g.has_bn(i):
-                for n in out:
-                    g.node_reason[int(n)] = "no batch_normalize"
-        elif t in ("maxpool", "upsample"):
-            out = prev
-        elif t == "route":
-            groups, gid = get_int(d, "groups", 1), get_int(d, "group_id", 0)
-            parts = []
-            for j in route_sources(d, i):
-                src = g.layer_nodes[j]
-                if groups > 1:
-                    if len(src) % groups:
-                        raise CfgError(f"[route] groups={groups} does not divide the {len(src)} "
-                                       f"channels of layer {j}", d.get("_path"), d.get("_line"))
-                    chunk = len(src) // groups
-                    for c in range(chunk):  # tie channel c to c + k*chunk: equal kept counts
-                        for k in range(1, groups):
-                            uf.union(int(src[c]), int(src[c + k * chunk]))
-                    g.route_slices.append((i, j, groups, gid))
-                    src = src[gid * chunk:(gid + 1) * chunk]
-                parts.append(src)
-            out = np.concatenate(parts)
-        elif t == "shortcut":
-            out = new_nodes(i, len(prev), SHORTCUT)
-            for j in shortcut_sources(d, i):
-                if len(g.layer_nodes[j]) != len(prev):
-                    raise CfgError(f"[shortcut] adds layer {j} ({len(g.layer_nodes[j])} channels) "
-                                   f"to {len(prev)} channels", d.get("_path"), d.get("_line"))
-                for c in range(len(prev)):
-                    uf.union(int(out[c]), int(g.layer_nodes[j][c]))
-            for c in range(len(prev)):
-                uf.union(int(out[c]), int(prev[c]))
-        elif t == "yolo":
-            out = prev
-            for n in prev:
-                g.node_reason.setdefault(int(n), f"feeds [yolo] {i}")
-        else:
-            raise CfgError(f"layer type [{t}] is not supported by the channel graph",
-                           d.get("_path"), d.get("_line"))
-        g.layer_nodes.append(out)
-    g.node_layer, g.node_ch = np.array(layer), np.array(ch)
-    g.node_kind = np.array(kind)
-    g.root = np.array([uf.find(a) for a in range(len(layer))])
+        g.layer_nodes.append(section_of(d).channels(d, i, b))
+    g.node_layer, g.node_ch, g.node_kind = np.array(b.layer), np.array(b.ch), np.array(b.kind)
+    g.root = np.array([b.uf.find(a) for a in range(len(b.layer))])
     return g
 
 
@@ -269,9 +246,10 @@ def describe(module_defs: list[dict[str, Any]]) -> str:
     for i, (t, nodes) in enumerate(zip(g.types, g.layer_nodes)):
         if t in ("convolutional",):
             src = f"new (reads {_segments(g, g.in_nodes(i))})"
-        elif t == "shortcut":
+        elif t in ("shortcut", "sam", "scale_channels"):
             d = g.defs[i + 1]
-            src = "sum of " + " + ".join(str(j) for j in [i - 1] + shortcut_sources(d, i))
+            op = "sum" if t == "shortcut" else "product"
+            src = f"{op} of " + " + ".join(str(j) for j in SECTIONS[t].inputs(d, i))
         else:
             src = _segments(g, nodes)
         lines.append(f"{i:5d}  {t:13s} {len(nodes):4d}  {src}")

@@ -50,7 +50,8 @@ import torch.nn as nn
 from yolo_slim.darknet.cfg import net_channels
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.core.paths import clear_stale_temps, temp_path
-from yolo_slim.nn.layers import ConvBlock
+from yolo_slim.sections.convolutional import ConvBlock
+from yolo_slim.sections.yolo import decode_terms, grid_and_stride
 from yolo_slim.nn.model import Darknet
 
 
@@ -188,21 +189,12 @@ class DeployModel(nn.Module):
                                     f"(try a multiple of 32): {str(e).splitlines()[0]}") from None
         self.consts = []
         for h, p in zip(model.heads, raw):
-            ny, nx = p.shape[2:4]
-            gy, gx = torch.meshgrid(torch.arange(ny, dtype=torch.float32),
-                                    torch.arange(nx, dtype=torch.float32), indexing="ij")
-            grid = torch.stack([gx, gy], -1).view(1, 1, ny, nx, 2)
-            stride = torch.tensor([img_hw[1] / nx, img_hw[0] / ny], dtype=torch.float32)
+            grid, stride = grid_and_stride(p.shape[2], p.shape[3], img_hw)
             self.consts.append((grid, stride, h.anchors.float().view(1, h.na, 1, 1, 2)))
 
     def decode(self, k: int, p: torch.Tensor) -> torch.Tensor:
         h, (grid, stride, anchors) = self.model.heads[k], self.consts[k]
-        if h.new_coords:  # the conv before already applied logistic
-            xy, wh, conf = p[..., :2], p[..., 2:4].square() * 4 * anchors, p[..., 4:]
-        else:
-            xy, wh, conf = p[..., :2].sigmoid(), p[..., 2:4].exp() * anchors, p[..., 4:].sigmoid()
-        if h.scale_x_y != 1.0:
-            xy = xy * h.scale_x_y - 0.5 * (h.scale_x_y - 1)
+        xy, wh, conf = decode_terms(p, anchors, h.scale_x_y, h.new_coords)
         return torch.cat([(xy + grid) * stride, wh, conf], -1).flatten(1, 3)
 
     def forward(self, x: torch.Tensor):

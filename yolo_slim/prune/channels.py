@@ -22,7 +22,8 @@ from yolo_slim.analysis.graph import ChannelGraph, build_graph
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import count_params, model_flops, plot_channels, plot_gamma_hist
 from yolo_slim.prune.compact import compact_model
-from yolo_slim.prune.fold import apply_masks
+from yolo_slim.prune.fold import apply_masks, channel_cuts
+from yolo_slim.prune.verify import verify as verify_cut
 from yolo_slim.prune.masks import MaskSolver, assert_consistent, kept_channels
 from yolo_slim.prune.outputs import check_output_dir, max_abs, sha256_file, write_model_files, write_report
 
@@ -75,23 +76,11 @@ def choose_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[float, int | Non
     return solver.cut_threshold(n_cut), n_cut
 
 
-@torch.no_grad()
 def verify(model: Darknet, folded: Darknet, compact: Darknet, g: ChannelGraph,
-           keep_node: np.ndarray, img_hw: tuple[int, int], seed: int = 0) -> dict[str, float]:
+           keep_node: np.ndarray, img_hw: tuple[int, int] | None = None, seed: int = 0) -> dict[str, Any]:
     """max |Δ| of raw head maps on one random input: compact vs folded (must be float rounding),
     and compact vs the unfolded masked model (γ of cut channels zeroed only: border gap)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, net_channels(model.module_defs), *img_hw, generator=gen)
-    masked = copy.deepcopy(model)
-    apply_masks(masked, g, keep_node, fold=False)
-    for m in (folded, compact, masked):
-        m.eval()
-    ref = folded.forward_raw(x)
-    out = compact.forward_raw(x)
-    scale = float(max(r.abs().max() for r in ref))
-    d_fold, d_mask = max_abs(out, ref), max_abs(out, masked.forward_raw(x))
-    return {"max_abs_vs_folded": d_fold, "max_abs_vs_masked_unfolded": d_mask,
-            "max_abs_output": scale, "rel_vs_folded": d_fold / max(scale, 1e-12)}
+    return verify_cut(model, folded, compact, channel_cuts(g, keep_node), img_hw, seed)
 
 
 def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,

@@ -2,7 +2,8 @@
 
 The new defs are the original defs (every key as the user wrote it, so darknet reads them the
 same way) with only `filters=` changed on pruned convs; everything else follows from the graph
-(routes and shortcuts carry the kept channels, `groups` slices stay equal by construction).
+(routes, shortcuts and products carry the kept channels, `groups` slices stay equal by
+construction). Each section copies its own kept parameters (`compact` in yolo_slim/sections).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 
 from yolo_slim.analysis.graph import ChannelGraph
-from yolo_slim.nn.model import Darknet, conv_layers
+from yolo_slim.nn.model import Darknet
+from yolo_slim.sections import section_of
 
 
 def compact_defs(g: ChannelGraph, keep_node: np.ndarray) -> list[dict[str, Any]]:
@@ -27,22 +29,10 @@ def compact_defs(g: ChannelGraph, keep_node: np.ndarray) -> list[dict[str, Any]]
 
 @torch.no_grad()
 def compact_model(folded: Darknet, g: ChannelGraph, keep_node: np.ndarray) -> Darknet:
-    """A new Darknet holding exactly the kept channels of `folded` (see fold.apply_masks)."""
+    """A new Darknet holding exactly the kept channels of `folded` (see fold.py)."""
     keep_in, keep = g.layer_keep(keep_node)
     new = Darknet(compact_defs(g, keep_node))
-    for i, m in conv_layers(new):
-        old = folded.module_list[i]
-        out_idx = torch.from_numpy(np.flatnonzero(keep[i]))
-        kin = keep[i - 1] if i > 0 else keep_in
-        w = old.conv.weight[out_idx]
-        if old.conv.groups == 1:
-            w = w[:, torch.from_numpy(np.flatnonzero(kin))]
-        m.conv.weight.copy_(w)
-        if old.bn is not None:
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(m.bn, name).copy_(getattr(old.bn, name)[out_idx])
-            m.bn.num_batches_tracked.copy_(old.bn.num_batches_tracked)
-        else:
-            m.conv.bias.copy_(old.conv.bias[out_idx])
+    for i, (d, old, m) in enumerate(zip(g.defs[1:], folded.module_list, new.module_list)):
+        section_of(d).compact(old, m, keep[i - 1] if i > 0 else keep_in, keep[i])
     new.header, new.seen = tuple(folded.header), int(folded.seen)
     return new

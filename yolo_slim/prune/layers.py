@@ -42,15 +42,19 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from yolo_slim.darknet.cfg import get_int, get_ints, get_str, net_channels
 from yolo_slim.core.errors import YoloSlimError
-from yolo_slim.nn.layers import activation_fn
-from yolo_slim.nn.model import Darknet, check_supported, conv_layers, route_sources, shortcut_sources
+from yolo_slim.darknet.cfg import get_str
+from yolo_slim.nn.model import Darknet, conv_layers
+from yolo_slim.prune.fold import propagate
+from yolo_slim.prune.verify import verify
+from yolo_slim.sections import check_supported, section_of
+from yolo_slim.sections.activations import activation_fn
+from yolo_slim.sections.convolutional import has_bn
 
 RANKS = ("mean", "max")
-REF_KEYS = {"route": "layers", "shortcut": "from"}  # the only keys that hold layer indices
 
 
 @dataclass(frozen=True)
@@ -66,25 +70,24 @@ class Block:
 
 
 def _refs(d: dict[str, Any], i: int) -> list[int]:
-    t = d["type"]
-    return route_sources(d, i) if t == "route" else shortcut_sources(d, i) if t == "shortcut" else []
+    return section_of(d).refs(d, i)
 
 
 def _offset_blocked(defs: list[dict[str, Any]], s: int) -> str | None:
-    """Why a constant added at layer s's output cannot be absorbed by convs (None if it can)."""
+    """Why a constant added at layer s's output cannot be absorbed by convs (None if it can):
+    each section says whether an offset passes through it (`passes_offset`) or is absorbed."""
     nz = {s}  # layers whose output carries (part of) the offset
     for i in range(s + 1, len(defs) - 1):
-        d, t = defs[i + 1], defs[i + 1]["type"]
-        if t == "convolutional":
-            continue  # absorbs it
-        hit = (i - 1) in nz if t != "route" else False
-        hit = hit or any(j in nz for j in _refs(d, i))
-        if hit and t == "yolo":
-            return f"its constant reaches [yolo] {i} with no conv in between"
-        if hit and t == "shortcut" and get_str(d, "activation", "linear") != "linear":
-            return f"its constant reaches [shortcut] {i} with activation={d['activation']} (not linear)"
-        if hit:
-            nz.add(i)
+        d = defs[i + 1]
+        sec = section_of(d)
+        if sec.absorbs_offset:
+            continue
+        if not any(j in nz for j in sec.inputs(d, i)):
+            continue
+        reason = sec.passes_offset(d)
+        if reason:
+            return f"its constant reaches [{d['type']}] {i}: {reason}"
+        nz.add(i)
     return None
 
 
@@ -101,16 +104,16 @@ def analyze_blocks(defs: list[dict[str, Any]]) -> tuple[list[Block], dict[int, s
     for s, d in enumerate(defs[1:]):
         if types[s] != "shortcut":
             continue
-        src = shortcut_sources(d, s)
+        src = _refs(d, s)
         if len(src) != 1 or src[0] != s - 3:
             why[s] = f"from={d.get('from')} is not the single layer s-3"
             continue
-        if types[s - 2] != "convolutional" or types[s - 1] != "convolutional":
+        if not (section_of(defs[s - 1]).absorbs_offset and section_of(defs[s]).absorbs_offset):
             why[s] = "the two layers before it are not both [convolutional]"
             continue
         c2 = defs[s]  # layer s-1
         act2 = get_str(c2, "activation", "logistic")
-        if not (get_int(c2, "batch_normalize", 0) or get_int(c2, "cbn", 0)):
+        if not has_bn(c2):
             why[s] = f"conv {s - 1} has no batch_normalize (no γ to rank and zero)"
         elif float(activation_fn(act2)(torch.zeros(1))) != 0.0:
             why[s] = f"conv {s - 1} activation={act2} has act(0) != 0"
@@ -148,71 +151,15 @@ def choose_blocks(blocks: list[Block], scores: dict[int, float], n: int) -> list
     return sorted(order[:n], key=lambda b: b.shortcut)
 
 
-def _absorb(m, off: torch.Tensor) -> None:
-    """Fold a constant input offset into a conv: Σ_{in,ky,kx} W·off per output, per group."""
-    w = m.conv.weight.detach().double().sum((2, 3))  # [O, I/G]
-    g = m.conv.groups
-    o, ig = w.shape
-    delta = torch.bmm(w.view(g, o // g, ig), off.view(g, ig, 1)).flatten()
-    if m.bn is not None:
-        m.bn.running_mean -= delta.to(m.bn.running_mean.dtype)
-    else:
-        m.conv.bias += delta.to(m.conv.bias.dtype)
+def block_cuts(model: Darknet, blocks: list[Block]) -> dict[int, np.ndarray]:
+    """Removing a block = cutting every channel of its last conv (fold.py does the rest)."""
+    return {b.conv2: np.ones(model.out_channels[b.conv2], bool) for b in blocks}
 
 
-@torch.no_grad()
 def apply_block_removal(model: Darknet, blocks: list[Block], fold: bool = True) -> None:
     """In place. fold=False: the masked model (γ₂ = 0). fold=True: the folded model (module
-    docstring). Offsets are float64 per channel; None = exactly no offset."""
-    by_conv2 = {b.conv2: b for b in blocks}
-    by_short = {b.shortcut: b for b in blocks}
-    dropped = {b.conv1 for b in blocks} | set(by_conv2)
-    off: list[torch.Tensor | None] = []
-    const: dict[int, torch.Tensor] = {}
-    for i, m in enumerate(model.module_list):
-        t = model.module_defs[i + 1]["type"]
-        prev = off[i - 1] if i else None
-        o = None
-        if t == "convolutional":
-            if i in by_conv2:
-                const[i] = activation_fn(m.activation)(m.bn.bias.detach().double())
-                m.bn.weight.zero_()
-                if fold:
-                    m.bn.bias.zero_()
-            elif prev is not None and fold and i not in dropped:
-                _absorb(m, prev)  # a dropped conv1's input does not matter: conv2 outputs 0
-        elif t == "maxpool":
-            o = prev
-        elif t == "upsample":
-            o = None if prev is None else prev * m.scale
-        elif t == "route":
-            parts = [off[j] for j in m.layers]
-            if any(p is not None for p in parts):
-                o = torch.cat([(p if p is not None else torch.zeros(model.out_channels[j],
-                                dtype=torch.float64)).chunk(m.groups)[m.group_id]
-                               for p, j in zip(parts, m.layers)])
-        elif t == "shortcut":
-            b = by_short.get(i)
-            terms = [off[b.source], const[b.conv2]] if b else [prev] + [off[j] for j in m.sources]
-            terms = [p for p in terms if p is not None]
-            o = sum(terms) if terms else None
-            assert o is None or m.activation == "linear", "analyze_blocks excludes this"
-        elif t == "yolo":
-            assert prev is None or not fold, "analyze_blocks excludes this"
-        off.append(o if fold else None)
-
-
-def _renumber(d: dict[str, Any], i: int, new_i: int, where) -> dict[str, Any]:
-    """Copy of a section with its layer references pointing at the same tensors (relative
-    references stay relative, absolute stay absolute; unchanged text is kept as written)."""
-    d = copy.deepcopy(d)
-    key = REF_KEYS.get(d["type"])
-    if key:
-        raw, old = get_ints(d, key), _refs(d, i)
-        new = [where(j) - new_i if r < 0 else where(j) for r, j in zip(raw, old)]
-        if new != raw:
-            d[key] = ",".join(map(str, new))
-    return d
+    docstring): the same constant propagation as channel pruning (prune/fold.py)."""
+    propagate(model, block_cuts(model, blocks), fold)
 
 
 @torch.no_grad()
@@ -231,7 +178,8 @@ def compact_blocks(folded: Darknet, blocks: list[Block]) -> tuple[Darknet, dict[
         return new_of[j]  # KeyError = a reference into a block: analyze_blocks excludes it
 
     defs = [copy.deepcopy(folded.module_defs[0])]
-    defs += [_renumber(folded.module_defs[i + 1], i, new_of[i], where) for i in kept]
+    defs += [section_of(folded.module_defs[i + 1]).renumber(folded.module_defs[i + 1], i, new_of[i], where)
+             for i in kept]
     new = Darknet(defs)
     for i in kept:
         new.module_list[new_of[i]].load_state_dict(folded.module_list[i].state_dict())
@@ -244,21 +192,10 @@ def depth(model: Darknet) -> int:
     return len(conv_layers(model))
 
 
-@torch.no_grad()
 def verify_blocks(model: Darknet, folded: Darknet, compact: Darknet, blocks: list[Block],
-                  img_hw: tuple[int, int], seed: int = 0) -> dict[str, float]:
+                  img_hw: tuple[int, int] | None = None, seed: int = 0) -> dict[str, Any]:
     """max |Δ| of raw head maps: compact vs folded (float rounding) and vs masked (border gap)."""
-    x = torch.rand(1, net_channels(model.module_defs), *img_hw,
-                   generator=torch.Generator().manual_seed(seed))
-    masked = copy.deepcopy(model)
-    apply_block_removal(masked, blocks, fold=False)
-    ref, out = folded.eval().forward_raw(x), compact.eval().forward_raw(x)
-    mk = masked.eval().forward_raw(x)
-    scale = float(max(r.abs().max() for r in ref))
-    d_f = float(max((a - b).abs().max() for a, b in zip(out, ref)))
-    d_m = float(max((a - b).abs().max() for a, b in zip(out, mk)))
-    return {"max_abs_vs_folded": d_f, "max_abs_vs_masked_unfolded": d_m,
-            "max_abs_output": scale, "rel_vs_folded": d_f / max(scale, 1e-12)}
+    return verify(model, folded, compact, block_cuts(model, blocks), img_hw, seed)
 
 
 def blocks_text(defs: list[dict[str, Any]], model: Darknet | None = None, rank: str = "mean") -> str:

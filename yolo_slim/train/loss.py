@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from yolo_slim.sections.yolo import decode_terms
 
 WH_LOG_MAX = 6.0  # exp() of the raw w/h logit is clamped here: fp16 and early training cannot overflow
 
@@ -58,14 +59,10 @@ def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
 
 
 def decode_box(p: torch.Tensor, anchors: torch.Tensor, head) -> torch.Tensor:
-    """Predicted (x offset in cell, y offset, w, h) in grid units, as YOLOLayer.decode does,
-    with the w/h exponent clamped."""
-    s = head.scale_x_y
-    if head.new_coords:  # the head conv already applied the logistic
-        xy, wh = p[:, :2], (2 * p[:, 2:4]).square() * anchors
-    else:
-        xy, wh = p[:, :2].sigmoid(), p[:, 2:4].clamp(max=WH_LOG_MAX).exp() * anchors
-    return torch.cat([xy * s - 0.5 * (s - 1), wh], 1)
+    """Predicted (x offset in cell, y offset, w, h) in grid units: the [yolo] decode
+    (sections/yolo.py `decode_terms`) with the w/h exponent clamped."""
+    xy, wh, _ = decode_terms(p[:, :4], anchors, head.scale_x_y, head.new_coords, WH_LOG_MAX)
+    return torch.cat([xy, wh], 1)
 
 
 def build_targets(raw: list[torch.Tensor], targets: torch.Tensor, heads, img_hw: tuple[int, int],
