@@ -106,7 +106,7 @@ def test_train_flags_reach_the_schedule(tmp_path):
     from yolo_slim.train.sparsity import make_train_hooks
     p = argparse.ArgumentParser()
     TrainConfig.add_args(p)
-    args = ["--sr", "--s", "0.01", "--sparsity", "global-decay", "--sparsity-decay-start", "0.2",
+    args = ["--sr", "--sparsity-update", "subgradient", "--s", "0.01", "--sparsity", "global-decay", "--sparsity-decay-start", "0.2",
             "--sparsity-decay-factor", "0.1", "--epochs", "10", "--output-dir", str(tmp_path)]
     cfg = TrainConfig.from_args(p.parse_args(args))
     m = tiny_model().train()

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from yolo_slim.core.errors import TargetUnreachable, YoloSlimError
-from yolo_slim.analysis.graph import INPUT, ChannelGraph, prunable_of
+from yolo_slim.analysis.graph import CONV, INPUT, ChannelGraph, prunable_of
 from yolo_slim.analysis.cost import conv_flops_table
 
 
@@ -131,6 +131,31 @@ class MaskSolver:
                     if int(keep_node[nodes].sum()) >= need:
                         break
                 changed = True
+
+    # ---- dead channels (--dead, after sparse training with the prox step) ---------------------
+    def dead_keep(self, dead: np.ndarray, enforce: bool = True) -> np.ndarray:
+        """Per-node keep vector cutting exactly the dead classes: those with a decider, nothing
+        forcing them, and every member conv channel dead (γ = β = 0, see `dead_nodes`)."""
+        g = self.g
+        alive = np.zeros(len(g.root), bool)
+        alive[g.root[(g.node_kind == CONV) & ~dead]] = True
+        keep_root = ~self.has_dec_root | self.must_root | alive
+        keep_node = keep_root[g.root]
+        if enforce:
+            self._enforce(keep_root, keep_node)
+        return keep_node
+
+    def dead_report(self, dead: np.ndarray, percent: float | None = None,
+                    threshold: float | None = None) -> dict:
+        """How many deciders --dead cuts, and how many live ones a percent or threshold cut
+        would add on top (they are not free: each changes the model's output)."""
+        live = self.dead_keep(dead, enforce=False)[self.deciders]
+        out = {"dead_deciders": int((~live).sum()), "deciders": len(self.deciders)}
+        if percent is not None:
+            out["live_cut_by_percent"] = int((live & (self.dec_rank < self.percent_cut(percent))).sum())
+        if threshold is not None:
+            out["live_cut_by_threshold"] = int((live & (self.gamma[self.deciders] < threshold)).sum())
+        return out
 
     # ---- per-unit ratios (--layer-ratios, sensitivity) ----------------------------------------
     def cuttable_roots(self) -> np.ndarray:
@@ -249,6 +274,17 @@ class MaskSolver:
         safe = min(limits.values()) if limits else math.inf
         return {"quantiles": layers, "max_safe_threshold": safe,
                 "limiting_layer": min(limits, key=limits.get) if limits else None}
+
+
+def dead_nodes(model, g: ChannelGraph) -> np.ndarray:
+    """Per node: a conv channel with BN whose γ and β are exactly 0. It outputs act(0), which is
+    0 for leaky, relu, mish, swish and linear: cutting it changes nothing, borders included."""
+    dead = np.zeros(len(g.root), bool)
+    for i, nodes in g.conv_nodes.items():
+        bn = getattr(model.module_list[i], "bn", None)
+        if bn is not None:
+            dead[nodes] = ((bn.weight.detach() == 0) & (bn.bias.detach() == 0)).cpu().numpy()
+    return dead
 
 
 def kept_channels(g: ChannelGraph, keep_node: np.ndarray) -> dict[int, list[int]]:

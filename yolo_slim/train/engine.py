@@ -2,13 +2,22 @@
 
 `train(cfg, model, hooks)` runs epochs of: forward (AMP on CUDA) -> YOLO loss (+ hook loss
 terms) -> backward, accumulated to `nominal_batch` -> unscale -> hook gradient edits -> SGD
-step -> EMA. Rank 0 evaluates, logs results.csv/.png and writes last.pt/best.pt atomically.
+step -> hook weight edits -> EMA. Rank 0 evaluates, logs results.csv/.png and writes
+last.pt/best.pt atomically. The engine knows hooks, not what they do: sparsity training, for
+one, is a hook built by yolo_slim.train.sparsity (which imports this module, never the reverse).
 
 Hooks (subclass TrainHooks, override what you need):
   use_loss_hyp(hyp)                once before training: the LossHyp (gains) the YOLO loss uses
   extra_loss(imgs, raw, targets)   -> None or (loss tensor, {name: float}); e.g. distillation
   after_backward(model, step)      after all-reduce and scaler.unscale_(), before step(); runs
                                    once per optimizer step on every rank; e.g. L1 on BN gamma
+  after_step(model, optimizer, lr, progress)  right after every optimizer step that happened (an
+                                   AMP step skipped for inf/NaN gradients is not one), every
+                                   rank, before the EMA update; progress = share of the run's
+                                   micro-batches done, in (0, 1]; e.g. a proximal step on weights
+  finalize(model)                  every rank, at epoch end, on the model about to be evaluated
+                                   and saved (the EMA copy with --ema, else the raw model); may
+                                   edit it in place
   epoch_start(epoch, model)        every rank; epoch_end(epoch, model) -> {column: float},
                                    rank 0 only, may write plots into cfg.output_dir
   state_dict() / load_state_dict() what the hook needs to continue after --resume
@@ -43,7 +52,6 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
-from yolo_slim.train.sparsity import SparsitySchedule
 from yolo_slim.darknet.weights import load_checkpoint_into, read_checkpoint, save_checkpoint
 
 
@@ -106,18 +114,33 @@ class TrainConfig:
     conf_thres: float = field(default=0.001, metadata={"min": 0, "max": 1})
     iou_thres: float = field(default=0.6, metadata={"min": 0, "max": 1})
     progress: bool = True
+    # sparsity training: yolo_slim.train.sparsity builds the hook from these flags (the
+    # engine only carries them, so that opt.json and --resume keep them)
     sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)",
                                               "aliases": ("-sr",)})
     s: float = field(default=0.001, metadata={"help": "sparsity rate", "min": 0})
     prune: int = field(default=0, metadata={"help": "which BN layers --sr applies to"})
     sparsity: str = field(default="", metadata={"help": "sparsity schedule: constant, "
                                                 "global-decay or local-decay"})
-    sparsity_decay_start: float = field(default=SparsitySchedule.decay_start, metadata={
+    sparsity_decay_start: float = field(default=0.5, metadata={
         "help": "decay schedules: fraction of the epochs after which s decays"})
-    sparsity_decay_factor: float = field(default=SparsitySchedule.decay_factor, metadata={
+    sparsity_decay_factor: float = field(default=0.01, metadata={
         "help": "decay schedules: s multiplier once decayed"})
-    sparsity_keep_fraction: float = field(default=SparsitySchedule.keep_fraction, metadata={
+    sparsity_keep_fraction: float = field(default=0.15, metadata={
         "help": "local-decay: share of channels (largest |gamma|) whose s decays"})
+    sparsity_update: str = field(default="prox", metadata={
+        "choices": ["prox", "subgradient"],
+        "help": "prox: group soft-threshold on (gamma, beta) after each step, dead channels "
+                "exactly 0; subgradient: s*sign(gamma) added to the gradient (older tools)"})
+    sparsity_weight: str = field(default="uniform", metadata={
+        "choices": ["uniform", "flops"], "help": "per-channel weight of the penalty: the same, "
+                                                "or the FLOPs removing the channel saves"})
+    target_flops: float = field(default=0.0, metadata={
+        "min": 0, "lt": 1, "help": "--sr prox: adapt s so the dead channels remove all but this "
+                                   "share of the FLOPs (0 = off, fixed s)"})
+    target_recover: float = field(default=0.3, metadata={
+        "min": 0, "lt": 1, "help": "--target-flops: last share of the run with the dead set "
+                                   "frozen and s = 0"})
 
     @classmethod
     def add_args(cls, p: argparse.ArgumentParser) -> None:
@@ -139,6 +162,13 @@ class TrainHooks:
         """Called once before training with the LossHyp the YOLO loss uses (one source of gains)."""
 
     def after_backward(self, model: torch.nn.Module, step: int) -> None:
+        pass
+
+    def after_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+                   progress: float) -> None:
+        pass
+
+    def finalize(self, model: torch.nn.Module) -> None:
         pass
 
     def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
@@ -167,10 +197,34 @@ def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
     if not saved:
         raise YoloSlimError(f"{path}: has no training state to resume (use --weights instead)")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if saved.get("sr") and "sparsity_update" not in saved:  # a run from before the prox step
+        saved = {**saved, "sparsity_update": "subgradient"}
     new = TrainConfig(**{k: v for k, v in saved.items() if k in names})
     for k in RUNTIME_FIELDS:
         setattr(new, k, getattr(cfg, k))
     return new, path
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler, hooks, step: int,
+                   lr: float, progress: float, clip_grad: float = 0.0) -> bool:
+    """One optimizer step on the accumulated gradients, in the order every hook relies on:
+    unscale -> after_backward hooks -> clip -> step -> after_step hooks. Under DDP the gradients
+    are already all-reduced here, so every rank does the same. Returns whether the step happened
+    (AMP skips steps with inf/NaN gradients; after_step hooks do not run then)."""
+    scaler.unscale_(opt)  # hooks see true gradients, not AMP-scaled ones
+    for h in hooks:
+        h.after_backward(model, step)
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    stepped = scale is None or scaler.get_scale() >= scale  # the scale backs off on a skip
+    if stepped:
+        for h in hooks:
+            h.after_step(model, opt, lr, progress)
+    return stepped
 
 
 def _evaluate(model, loader, cfg: TrainConfig, device) -> dict[str, float]:
@@ -307,14 +361,8 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
                 logs["total"] = float(loss.detach())
                 scaler.scale(loss / n_acc).backward()
             if sync:
-                scaler.unscale_(opt)  # hooks see true gradients, not AMP-scaled ones
-                for h in hooks:
-                    h.after_backward(raw_model, ni)
-                if cfg.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(raw_model, opt, scaler, hooks, ni, lr, (ni + 1) / (nb * cfg.epochs),
+                               cfg.clip_grad)
                 if ema is not None:
                     ema.update(raw_model)
             raw_model.seen += imgs.shape[0] * world
@@ -322,8 +370,10 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
                 sums[k] = sums.get(k, 0.0) + v
             if bar is not loader:
                 bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}"})
+        final = ema.ema if ema is not None else raw_model
+        for h in hooks:
+            h.finalize(final)
         if main:
-            final = ema.ema if ema is not None else raw_model
             final.seen = raw_model.seen
             row: dict[str, Any] = {"epoch": epoch, "lr": lr}
             row.update({k: v / max(nb, 1) for k, v in sums.items()})

@@ -1,9 +1,21 @@
-"""Sparse training: an L1 subgradient s·sign(γ) on the BatchNorm scales of prunable convs.
+"""Sparse training of the BatchNorm channels of prunable convs, as one engine hook.
 
-The penalty is added to the *gradients* (not the loss) once per optimizer step, after backward,
-after the AMP scaler has unscaled them and after DDP's all-reduce. That makes its strength
-independent of the loss scale, the batch size and gradient accumulation — the older tools added
-it to scaled gradients (sparsity silently off under AMP) or scaled the loss but not the penalty.
+Two updates (`--sparsity-update`):
+- prox (default): after every optimizer step, the group soft-threshold of yolo_slim.train.prox
+  on each channel class's (γ, β): dead channels are exactly (0, 0), so cutting them is exact.
+- subgradient: the older tools' L1 subgradient s·sign(γ) added to the gradients of γ.
+
+Either runs once per optimizer step, after backward, after the AMP scaler has unscaled the
+gradients and after DDP's all-reduce (the engine's after_backward/after_step order), so its
+strength is independent of the loss scale, the batch size and gradient accumulation — the older
+tools added it to scaled gradients (sparsity silently off under AMP) or scaled the loss but not
+the penalty. Both take per-channel weights (`--sparsity-weight uniform|flops`), and with
+`--target-flops F` (prox) a controller sets s so the dead channels leave F of the FLOPs.
+
+The saved models hold the exact zeros: the prox runs after every step (momentum or a gradient
+may move a zeroed pair on the next step; the prox then decides again), and `finalize` zeroes the
+raw model's dead classes in the EMA copy too (its γ/β only decay toward zero) before it is
+evaluated and saved, so best.pt's dead set is the raw model's.
 
 Schedules for s (per channel, per epoch):
 - constant:      s everywhere, always.
@@ -19,6 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from yolo_slim.nn.model import Darknet
+from yolo_slim.train.engine import TrainHooks
+from yolo_slim.train.prox import ChannelClasses, FlopsController
 
 SCHEDULES = ("constant", "global-decay", "local-decay")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -61,8 +75,10 @@ class SparsitySchedule:
 class BNSparsity:
     """Holds the prunable BN layers of a model and applies the L1 subgradient to them."""
 
-    def __init__(self, model: Darknet, layers: list[int], schedule: SparsitySchedule):
+    def __init__(self, model: Darknet, layers: list[int], schedule: SparsitySchedule,
+                 weights: list[torch.Tensor] | None = None):
         model = getattr(model, "module", model)
+        self.weights = weights  # per layer, per channel multiplier of s (None: 1)
         self.layers = list(layers)
         self.bns = [model.module_list[i].bn for i in self.layers]
         if any(bn is None for bn in self.bns):
@@ -77,10 +93,11 @@ class BNSparsity:
     def apply(self, epoch: int, epochs: int) -> None:
         """grad(γ) += s·sign(γ) for every prunable γ. Call after unscale, before step."""
         gammas = self.gammas
-        for g, s in zip(gammas, self.schedule.channel_s(gammas, epoch, epochs)):
+        ws = self.weights or [None] * len(gammas)
+        for g, s, w in zip(gammas, self.schedule.channel_s(gammas, epoch, epochs), ws):
             if g.grad is None:
                 g.grad = torch.zeros_like(g)
-            g.grad.add_(s * torch.sign(g))
+            g.grad.add_((s if w is None else s * w.to(s)) * torch.sign(g))
 
     @torch.no_grad()
     def abs_gamma(self) -> torch.Tensor:
@@ -104,15 +121,20 @@ class GammaHistory:
         self.epochs: list[int] = []
         self.values: list[torch.Tensor] = []
 
-    def add(self, epoch: int, abs_gamma: torch.Tensor) -> None:
+        self.notes: list[str] = []
+
+    def add(self, epoch: int, abs_gamma: torch.Tensor, note: str = "") -> None:
         self.epochs.append(epoch)
         self.values.append(abs_gamma.float().cpu())
+        self.notes.append(note)
 
     def state(self) -> dict:
-        return {"epochs": list(self.epochs), "values": [v.clone() for v in self.values]}
+        return {"epochs": list(self.epochs), "values": [v.clone() for v in self.values],
+                "notes": list(self.notes)}
 
     def load_state(self, state: dict) -> None:
         self.epochs, self.values = list(state["epochs"]), list(state["values"])
+        self.notes = list(state.get("notes", [""] * len(self.epochs)))
 
     def draw(self, path: str, title: str = "|gamma| of prunable BN layers per epoch") -> None:
         import cv2
@@ -139,6 +161,9 @@ class GammaHistory:
             if k == 0 or k == len(hists) - 1 or k % max(1, len(hists) // 6) == 0:
                 cv2.putText(img, f"ep {self.epochs[k]}", (4, base), cv2.FONT_HERSHEY_SIMPLEX,
                             0.4, (0, 0, 0), 1, cv2.LINE_AA)
+                if self.notes[k]:  # e.g. dead channels, FLOPs if cut now, s
+                    cv2.putText(img, self.notes[k], (W - right - 7 * len(self.notes[k]), base - 3),
+                                cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 160), 1, cv2.LINE_AA)
         y = H - 25
         for frac in (0, 0.25, 0.5, 0.75, 1.0):
             x = int(left + frac * (W - right - left))
@@ -151,43 +176,117 @@ class GammaHistory:
         atomic_write_bytes(path, cv2.imencode(".png", img)[1].tobytes())
 
 
+class SparsityHook(TrainHooks):
+    """The engine hook of sparse training: the penalty (prox or subgradient) on the channel
+    classes `strategy` may prune, the FLOPs controller, the EMA's dead set, and the per-epoch
+    columns (|γ| share and quantiles, dead channels, FLOPs if cut now, s) + gamma_hist.png."""
+
+    def __init__(self, model: Darknet, strategy: str, schedule: SparsitySchedule, epochs: int,
+                 output_dir: str, update: str = "prox", weight: str = "uniform",
+                 target_flops: float = 0.0, recover: float = 0.3,
+                 img_hw: tuple[int, int] = (416, 416)):
+        self.classes = ChannelClasses(model, strategy, img_hw, weight)
+        ws = self.classes.channel_weights() if weight != "uniform" else None
+        self.sp = BNSparsity(model, self.classes.layers, schedule, ws)
+        self.schedule, self.epochs, self.output_dir, self.update = schedule, epochs, output_dir, update
+        self.controller = FlopsController(target_flops, schedule.s, recover) if target_flops else None
+        self.frozen_dead: torch.Tensor | None = None
+        self.last_dead: torch.Tensor | None = None  # classes the last prox left at (0, 0)
+        self.history = GammaHistory()
+        self.epoch = 0
+        self.s_now = schedule.s
+
+    def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
+        self.epoch = epoch
+
+    def after_backward(self, model: torch.nn.Module, step: int) -> None:
+        if self.update == "subgradient":
+            self.sp.apply(self.epoch, self.epochs)
+
+    def class_s(self) -> torch.Tensor:
+        """The schedule's s per class (the largest over its member channels)."""
+        out = torch.zeros(self.classes.n)
+        ch = self.schedule.channel_s(self.sp.gammas, self.epoch, self.epochs)
+        for s, sel, cls in zip(ch, self.classes.sel, self.classes.cls):
+            out.scatter_reduce_(0, cls, s.detach().float().cpu()[sel], "amax")
+        return out
+
+    @torch.no_grad()
+    def after_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+                   progress: float) -> None:
+        if self.update != "prox":
+            return
+        c, cl = self.controller, self.classes
+        # the optimizer step just moved the zeroed pairs (momentum, gradient): what was dead is
+        # what the previous prox left at zero
+        if self.last_dead is None:
+            self.last_dead = cl.dead()
+        if c is not None and (c.frozen or not c.shrinking(progress)):
+            if not c.frozen:  # recovery starts: complete the dead set to the target, hold it
+                self.frozen_dead = cl.cut_to_target(self.last_dead, c.target)
+                c.frozen = True
+            cl.scale((~self.frozen_dead).float())
+            self.last_dead, self.s_now = self.frozen_dead.clone(), 0.0
+            return
+        if c is not None:
+            self.s_now = c.update(progress, cl.flops_if_cut(self.last_dead))
+            # only the classes that reaching the target needs (the dead + the cheapest live ones
+            # by ‖(γ, β)‖ / w) are shrunk: the penalty never pushes the cut past the target
+            s = cl.cut_to_target(self.last_dead, c.target).float() * self.s_now
+        else:
+            s = self.class_s()
+            self.s_now = float(s.mean()) if cl.n else 0.0
+        # the step size of the group that holds γ (BN weights; β's group shares it after warm-up)
+        group = next(g for g in optimizer.param_groups
+                     if any(p is self.sp.gammas[0] for p in g["params"])) if cl.n else None
+        if group is None:
+            return
+        step = group["lr"] / (1 - group.get("momentum", 0.0))
+        self.last_dead = cl.prox(step * s * cl.weight) == 0
+
+    def finalize(self, model: torch.nn.Module) -> None:
+        if self.update == "prox" and self.classes.n:
+            self.classes.scale((~self.classes.dead()).float(), models=[model])
+
+    def dead_stats(self) -> dict[str, float]:
+        dead = self.classes.dead()
+        n_dead = int(self.classes.members[dead.numpy()].sum())
+        return {"dead": n_dead, "dead_share": n_dead / max(1, int(self.classes.members.sum())),
+                "flops_if_cut": self.classes.flops_if_cut(dead), "s_mean": self.s_now}
+
+    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        import os
+        st = {**self.sp.stats(), **self.dead_stats()}
+        self.history.add(epoch, self.sp.abs_gamma(), f"dead {st['dead']}  FLOPs if cut "
+                         f"{100 * st['flops_if_cut']:.0f}%  s {st['s_mean']:.3g}")
+        self.history.draw(os.path.join(self.output_dir, "gamma_hist.png"))
+        return st
+
+    def state_dict(self) -> dict:
+        return {"history": self.history.state(), "s_now": self.s_now,
+                "controller": self.controller.state_dict() if self.controller else None,
+                "frozen_dead": self.frozen_dead, "last_dead": self.last_dead}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "history" in state:
+            self.history.load_state(state["history"])
+        self.s_now = state.get("s_now", self.s_now)
+        if self.controller is not None and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])
+        self.frozen_dead = state.get("frozen_dead")
+        self.last_dead = state.get("last_dead")
+
+
 def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule, epochs: int,
-                       output_dir: str):
+                       output_dir: str, **kw) -> SparsityHook:
     """The engine hook for sparse training on the convs `strategy` may prune (from the graph)."""
-    import os
-
-    from yolo_slim.train.engine import TrainHooks
-    from yolo_slim.analysis.graph import prunable_convs
-
-    layers = prunable_convs(getattr(model, "module", model).module_defs, strategy)
-
-    class SparsityHook(TrainHooks):
-        def __init__(self) -> None:
-            self.sp = BNSparsity(model, layers, schedule)
-            self.history = GammaHistory()
-            self.epoch = 0
-
-        def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
-            self.epoch = epoch
-
-        def after_backward(self, model: torch.nn.Module, step: int) -> None:
-            self.sp.apply(self.epoch, epochs)
-
-        def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-            self.history.add(epoch, self.sp.abs_gamma())
-            self.history.draw(os.path.join(output_dir, "gamma_hist.png"))
-            s = torch.cat([x.flatten() for x in schedule.channel_s(self.sp.gammas, epoch, epochs)])
-            return {**self.sp.stats(), "s_mean": float(s.mean())}
-
-        def state_dict(self) -> dict:
-            return {"history": self.history.state()}
-
-        def load_state_dict(self, state: dict) -> None:
-            if "history" in state:
-                self.history.load_state(state["history"])
-
-    hook = SparsityHook()
-    print(f"sparsity: L1 s={schedule.s} ({schedule.kind}) on {len(layers)} prunable BN layers "
+    hook = SparsityHook(model, strategy, schedule, epochs, output_dir, **kw)
+    what = (f"prox on (gamma, beta) of {hook.classes.n} channel classes" if hook.update == "prox"
+            else f"L1 subgradient on gamma")
+    goal = (f", s adapted for FLOPs <= {kw['target_flops']} (last {kw.get('recover', 0.3)} of "
+            f"the run frozen)" if kw.get("target_flops") else "")
+    print(f"sparsity: {what}, s={schedule.s} ({schedule.kind}, {kw.get('weight', 'uniform')} "
+          f"weights{goal}) on {len(hook.classes.layers)} prunable BN layers "
           f"({sum(g.numel() for g in hook.sp.gammas)} channels, strategy '{strategy}')")
     return hook
 
@@ -198,6 +297,8 @@ PRUNE_STRATEGY = {0: "normal", 1: "shortcut"}  # --prune 0|1, the names users kn
 def make_train_hooks(cfg, model: Darknet) -> list:
     """train_sparse.py --sr: the sparsity hook configured from the TrainConfig flags."""
     from yolo_slim.core.errors import YoloSlimError
+    from yolo_slim.darknet.cfg import net_size
+    from yolo_slim.train.prox import WEIGHTS
     if cfg.prune not in PRUNE_STRATEGY:
         raise YoloSlimError(f"--prune must be 0 (normal) or 1 (shortcut/slim), not {cfg.prune}")
     kind = cfg.sparsity or "constant"
@@ -209,8 +310,27 @@ def make_train_hooks(cfg, model: Darknet) -> list:
             and 0 <= cfg.sparsity_keep_fraction <= 1):
         raise YoloSlimError("--sparsity-decay-start, --sparsity-decay-factor and "
                             "--sparsity-keep-fraction must be in [0, 1]")
+    update = getattr(cfg, "sparsity_update", "subgradient")
+    weight = getattr(cfg, "sparsity_weight", "uniform")
+    target, recover = getattr(cfg, "target_flops", 0.0), getattr(cfg, "target_recover", 0.3)
+    if update not in ("prox", "subgradient"):
+        raise YoloSlimError(f"--sparsity-update must be prox or subgradient, not {update!r}")
+    if weight not in WEIGHTS:
+        raise YoloSlimError(f"--sparsity-weight must be one of {', '.join(WEIGHTS)}, not {weight!r}")
+    if target:
+        if not 0 < target < 1:
+            raise YoloSlimError(f"--target-flops must be in (0, 1), not {target}")
+        if update != "prox":
+            raise YoloSlimError("--target-flops needs --sparsity-update prox (only the prox "
+                                "step makes channels dead)")
+        if kind != "constant":
+            raise YoloSlimError("--target-flops sets s itself: leave --sparsity constant")
+        if not 0 <= recover < 1:
+            raise YoloSlimError(f"--target-recover must be in [0, 1), not {recover}")
     schedule = SparsitySchedule(s=cfg.s, kind=kind, decay_start=cfg.sparsity_decay_start,
                                 decay_factor=cfg.sparsity_decay_factor,
                                 keep_fraction=cfg.sparsity_keep_fraction)
+    img = cfg.img_size or net_size(getattr(model, "module", model).module_defs)[1]
     return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
-                               cfg.output_dir)]
+                               cfg.output_dir, update=update, weight=weight, target_flops=target,
+                               recover=recover, img_hw=(img, img))]

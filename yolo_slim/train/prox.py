@@ -1,0 +1,191 @@
+"""Exact channel sparsity: a group soft-threshold on BN (γ, β), cost weights, a FLOPs controller.
+
+A BN channel outputs γ·x̂ + β. The L1 subgradient s·sign(γ) never makes γ zero (it oscillates
+around 0 with amplitude lr·s) and leaves β alone, so a "pruned" channel still carries the
+constant act(β) and the cut is only exact after folding, and not at zero-padded borders. The
+proximal step of the group lasso Σ_c w_c·‖(γ, β)_c‖ instead shrinks each channel's pair as a
+group after every optimizer step:
+
+    (γ, β)_c ← max(0, 1 − τ_c / ‖(γ, β)_c‖) · (γ, β)_c,   τ_c = lr / (1 − momentum) · s · w_c
+
+so a channel whose pair is small enough lands on exactly (0, 0) and outputs act(0) = 0 (leaky,
+relu, mish, swish, linear): removing it is exact everywhere, borders included. The factor is in
+[0, 1], so the step never makes a zero nonzero. lr / (1 − momentum) is the steady-state step of
+momentum SGD for a constant gradient: with it, the same s shrinks as fast as the subgradient
+s·sign(γ) did through the momentum buffer, so the older tools' s values keep their meaning.
+
+A *class* of the channel graph (a shortcut group's channel c across all its convs, a [route]
+groups= pair of halves) is one group: it dies as a whole, so the pruner can cut it.
+
+Weights w (mean 1 over the classes): `uniform` w = 1; `flops` w = the FLOPs removing the class
+saves (its rows in the producing convs and its input slices in every consumer, at full size),
+so the penalty spends itself where the cost is — a channel of a 208×208 map weighs 256× one of a
+13×13 map with the same fan-in/out.
+
+`FlopsController` adapts s during the run so the dead classes remove a target share of FLOPs;
+with a target, only the classes it needs (the cheapest by ‖(γ, β)‖ / w) are shrunk each step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from yolo_slim.analysis.cost import conv_flops_table
+from yolo_slim.analysis.graph import build_graph, prunable_of
+
+WEIGHTS = ("uniform", "flops")
+
+
+class ChannelClasses:
+    """The penalised channels of a model: every BN channel of the convs `strategy` may prune,
+    grouped by the class of the channel graph they belong to (must-keep classes excluded)."""
+
+    def __init__(self, model: torch.nn.Module, strategy: str, img_hw: tuple[int, int],
+                 weight: str = "uniform"):
+        if weight not in WEIGHTS:
+            raise ValueError(f"sparsity weight must be one of {WEIGHTS}, not {weight!r}")
+        model = getattr(model, "module", model)
+        g = build_graph(model.module_defs)
+        self.layers = prunable_of(g, strategy)
+        must = g.class_must_keep()
+        roots = np.unique(np.concatenate([g.root[g.conv_nodes[i]][~must[g.conv_nodes[i]]]
+                                          for i in self.layers] or [np.zeros(0, np.int64)]))
+        cls_of_root = np.full(len(g.root), -1, np.int64)
+        cls_of_root[roots] = np.arange(len(roots))
+        self.n = len(roots)
+        self.bns, self.sel, self.cls = [], [], []  # per layer: BN, channels, their class ids
+        for i in self.layers:
+            c = cls_of_root[g.root[g.conv_nodes[i]]]
+            keep = np.flatnonzero(c >= 0)
+            self.bns.append(model.module_list[i].bn)
+            self.sel.append(torch.as_tensor(keep))
+            self.cls.append(torch.as_tensor(c[keep]))
+        # FLOPs bookkeeping: conv i costs factor_i · kept inputs · kept outputs
+        full = conv_flops_table(g.defs, img_hw)
+        self.flops_full = float(sum(full.values()))
+        self.convs = []  # (factor, class ids of input channels, of output channels; -1: never cut)
+        saving = np.zeros(self.n)
+        for i, f in full.items():
+            cin, cout = cls_of_root[g.root[g.in_nodes(i)]], cls_of_root[g.root[g.conv_nodes[i]]]
+            fac = f / (len(cin) * len(cout))
+            self.convs.append((fac, cin, cout))
+            saving += fac * len(cout) * np.bincount(cin[cin >= 0], minlength=self.n)
+            saving += fac * len(cin) * np.bincount(cout[cout >= 0], minlength=self.n)
+        self.saving = saving
+        w = saving if weight == "flops" else np.ones(self.n)
+        self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
+        self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
+                                   minlength=self.n)
+
+    @torch.no_grad()
+    def norms(self) -> torch.Tensor:
+        """‖(γ, β)‖ of every class (over all its member channels)."""
+        sq = torch.zeros(self.n)
+        for bn, sel, cls in zip(self.bns, self.sel, self.cls):
+            sq.index_add_(0, cls, (bn.weight[sel].float() ** 2 + bn.bias[sel].float() ** 2).cpu())
+        return sq.sqrt()
+
+    def dead(self) -> torch.Tensor:
+        """Classes whose every member has γ = β = 0 exactly."""
+        return self.norms() == 0
+
+    @torch.no_grad()
+    def scale(self, factor: torch.Tensor, models: list[torch.nn.Module] | None = None) -> None:
+        """Multiply every class's (γ, β) by its factor — in the model these classes were built
+        from, or in copies of it (same layer indices, e.g. the EMA)."""
+        for k, (bn, sel, cls) in enumerate(zip(self.bns, self.sel, self.cls)):
+            targets = [bn] if models is None else \
+                [getattr(m, "module", m).module_list[self.layers[k]].bn for m in models]
+            for b in targets:
+                f = factor[cls].to(b.weight.device, b.weight.dtype)
+                idx = sel.to(b.weight.device)
+                b.weight[idx] = b.weight[idx] * f
+                b.bias[idx] = b.bias[idx] * f
+
+    def prox(self, tau: torch.Tensor) -> torch.Tensor:
+        """Group soft-threshold with per-class threshold τ; returns the factors applied."""
+        norm = self.norms()
+        factor = torch.where(norm > tau, 1 - tau / norm.clamp_min(1e-30), torch.zeros(()))
+        self.scale(factor)
+        return factor
+
+    def flops_if_cut(self, dead: torch.Tensor | np.ndarray) -> float:
+        """FLOPs of the model without the dead classes, as a share of the full model (every conv
+        keeps at least one input and output channel, as the pruner's floor does)."""
+        keep = ~np.asarray(dead, bool)
+        keep = np.append(keep, True)  # index -1: channels that are never cut
+        total = 0.0
+        for fac, cin, cout in self.convs:
+            total += fac * max(1, int(keep[cin].sum())) * max(1, int(keep[cout].sum()))
+        return total / self.flops_full
+
+    def channel_weights(self) -> list[torch.Tensor]:
+        """Per prunable layer, the weight of every BN channel (1 where not penalised)."""
+        out = []
+        for bn, sel, cls in zip(self.bns, self.sel, self.cls):
+            w = torch.ones_like(bn.weight, dtype=torch.float32)
+            w[sel] = self.weight[cls]
+            out.append(w)
+        return out
+
+    def cut_to_target(self, dead: torch.Tensor, target: float) -> torch.Tensor:
+        """`dead` plus the fewest live classes, cheapest first (smallest ‖(γ, β)‖ / w), that bring
+        the FLOPs if cut to at most `target` (bisection on a monotone count)."""
+        dead = dead.clone()
+        if self.flops_if_cut(dead) <= target:
+            return dead
+        live = torch.nonzero(~dead).flatten()
+        order = live[torch.argsort(self.norms()[live] / self.weight[live], stable=True)]
+
+        def with_k(k: int) -> torch.Tensor:
+            d = dead.clone()
+            d[order[:k]] = True
+            return d
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.flops_if_cut(with_k(mid)) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return with_k(hi)
+
+
+@dataclass
+class FlopsController:
+    """s for a FLOPs target. Over the shrink phase (the first 1 − `recover` of the run) a path
+    falls linearly from 1 to `target` by `ramp` of the phase; each optimizer step moves log s by
+    gain · clip((f − path) / (1 − target), ±1) · Δprogress / (1 − recover), f = the FLOPs share
+    the dead classes would leave: s rises while channels die too slowly and falls back once they
+    are ahead, so s can change by at most e^gain over the phase. Then `freeze`: the dead set is
+    completed to the target (cheapest live classes first, usually none or a few) and held at
+    zero while s = 0 lets the live channels recover for the rest of the run."""
+    target: float
+    s: float
+    recover: float = 0.3
+    ramp: float = 0.7
+    gain: float = 12.0
+    progress: float = 0.0
+    frozen: bool = False
+
+    def path(self, p: float) -> float:
+        end = max((1 - self.recover) * self.ramp, 1e-9)
+        return 1 - (1 - self.target) * min(1.0, p / end)
+
+    def shrinking(self, p: float) -> bool:
+        return p < 1 - self.recover
+
+    def update(self, p: float, f: float) -> float:
+        dp, self.progress = max(p - self.progress, 0.0), p
+        e = max(-1.0, min(1.0, (f - self.path(p)) / max(1 - self.target, 1e-9)))
+        self.s *= math.exp(self.gain * e * dp / max(1 - self.recover, 1e-9))
+        return self.s
+
+    def state_dict(self) -> dict:
+        return {"s": self.s, "progress": self.progress, "frozen": self.frozen}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.s, self.progress, self.frozen = st["s"], st["progress"], st["frozen"]
