@@ -27,7 +27,6 @@ from test_cli_errors import GOOD, GOOD_FLOATS
 SCRIPTS = ("train_sparse", "prune_channels", "prune_layers", "distill", "export", "evaluate",
            "detect")
 TOOLS = {"unstructured": "yolo_slim.tools.unstructured", "sensitivity": "yolo_slim.tools.sensitivity"}
-SHAPE_XFAIL = pytest.mark.xfail(strict=False, reason="shape pass: registry")
 BIG_PID = 4194304 + 4321  # above Linux's largest pid_max: never a live process
 
 
@@ -286,7 +285,7 @@ def prepare(row_id: str, d: Path) -> None:
 
 
 def _param(row):
-    marks = [SHAPE_XFAIL] if row[0].startswith("shape-") else []
+    marks: list = []
     if row[0] in ("bom-evaluate", "bom-detect", "bom-prune-ratios", "nan-export-onnx"):
         marks.append(pytest.mark.filterwarnings("ignore"))
     return pytest.param(*row, id=row[0], marks=marks)

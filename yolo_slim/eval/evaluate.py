@@ -265,3 +265,26 @@ def evaluate(model: torch.nn.Module, dataloader: Iterable, conf_thres: float = 0
     finally:
         model.train(was_training)
     return compute_map(dets, gts, nc, names)
+
+
+def validation_loader(data: str, img_size: int, batch_size: int, limit: int | None = None):
+    """The .data file's valid list as evaluation batches (letterboxed, no augmentation), and the
+    parsed .data: the one way every tool scores a model on a .data file."""
+    from yolo_slim.data.dataset import create_dataloader, parse_data_file
+    dc = parse_data_file(data)
+    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, workers=0,
+                                  nc=dc.classes, limit=limit or None, verbose=False)
+    return loader, dc
+
+
+def evaluate_on_data(models: Sequence[torch.nn.Module], data: str, img_size: int,
+                     batch_size: int = 8, limit: int | None = None) -> list[dict[str, float]]:
+    """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list (first `limit`
+    images), the batches loaded once and shared."""
+    loader, dc = validation_loader(data, img_size, batch_size, limit)
+    batches = list(loader)
+    out = []
+    for m in models:
+        res = evaluate(m, batches, progress=False, names=dc.names, nc=dc.classes)
+        out.append({"map50": float(res["map50"]), "map": float(res["map"])})
+    return out

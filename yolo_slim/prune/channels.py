@@ -7,25 +7,21 @@ written cfg + weights back to check they reproduce the compact model bit for bit
 """
 from __future__ import annotations
 
-import copy
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from yolo_slim.darknet.cfg import net_channels, net_size
+from yolo_slim.darknet.cfg import net_size
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.analysis.graph import ChannelGraph, build_graph
 from yolo_slim.nn.model import Darknet
-from yolo_slim.analysis.cost import count_params, model_flops, plot_channels, plot_gamma_hist
+from yolo_slim.analysis.cost import count_params, model_flops
 from yolo_slim.prune.compact import compact_model
-from yolo_slim.prune.fold import apply_masks, channel_cuts
-from yolo_slim.prune.verify import verify as verify_cut
+from yolo_slim.prune.fold import channel_cuts
+from yolo_slim.prune.verify import apply_cut, verify as verify_cut
 from yolo_slim.prune.masks import MaskSolver, assert_consistent, kept_channels
-from yolo_slim.prune.outputs import check_output_dir, max_abs, sha256_file, write_model_files, write_report
 
 
 @dataclass
@@ -110,9 +106,8 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     raised = [i for i, n in g.conv_nodes.items() if keep_node[n].sum() != bare[n].sum()]
     if raised:
         log(f"--layer-keep/--round-to/at-least-1 raised {len(raised)} layers: {raised}")
-    folded = copy.deepcopy(model)
-    apply_masks(folded, g, keep_node, fold=True)
-    compact = compact_model(folded, g, keep_node)
+    cuts = channel_cuts(g, keep_node)
+    folded, compact = apply_cut(model, cuts, lambda f: compact_model(f, g, keep_node))
     before = {i: len(n) for i, n in g.conv_nodes.items()}
     after = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
     report: dict[str, Any] = {
@@ -129,63 +124,30 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
         "kept_channels": {i: k for i, k in kept_channels(g, keep_node).items() if after[i] != before[i]},
     }
     if check:
-        report["verification"] = verify(model, folded, compact, g, keep_node, img_hw, opts.seed)
+        report["verification"] = verify_cut(model, folded, compact, cuts, seed=opts.seed)
     return PruneResult(compact, folded, g, keep_node, thr, report, scores)
 
 
 def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: int) -> list[dict]:
-    """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list (lazy imports:
-    evaluation is optional for pruning)."""
-    from yolo_slim.data.dataset import create_dataloader, parse_data_file
-    from yolo_slim.eval.evaluate import evaluate
-    dc = parse_data_file(data)
-    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, nc=dc.classes)
-    out = []
-    for m in models:
-        res = evaluate(m, loader, names=dc.names, progress=False)
-        out.append({"map50": float(res["map50"]), "map": float(res["map"])})
-    return out
+    """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list."""
+    from yolo_slim.eval.evaluate import evaluate_on_data  # evaluation is optional for pruning
+    return evaluate_on_data(models, data, img_size, batch_size)
 
 
 def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
         data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
-    """Load, prune, verify, write the output dir; returns the report."""
-    from yolo_slim.darknet.weights import load_model
-    model = load_model(cfg, weights)
-    stem = os.path.splitext(os.path.basename(cfg or weights))[0]
-    check_output_dir(out_dir, stem, [cfg, weights])
-    res = prune_model(model, opts, log=log)
-    rep = res.report
-    rep["manifest"] = {"cfg": cfg, "cfg_sha256": sha256_file(cfg) if cfg else None,
-                       "weights": weights, "weights_sha256": sha256_file(weights),
-                       "strategy": opts.strategy, "threshold": res.threshold,
-                       "kept_channels": rep.pop("kept_channels"),
-                       "kept_channels_note": "conv layers not listed keep all their channels"}
-    if data:
-        hw = rep["img_size"]
-        before, after = evaluate_maps([model, res.compact], data, hw[1], batch_size)
-        rep["map"] = {"before": before, "after": after}
-    rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(
-        res.compact, out_dir, stem, rep["manifest"], rep["img_size"], opts.seed + 1)
-    before, after = rep["channels"]["before"], rep["channels"]["after"]
-    plot_channels(before, after, os.path.join(out_dir, "channels.png"),
-                  f"{stem}: {opts.strategy}, threshold {res.threshold:.4g}")
-    gam = res.scores
-    prunable = [res.graph.conv_nodes[i] for i in rep["prunable_convs"]]
-    gam = gam[np.concatenate(prunable)] if prunable else np.zeros(0)
-    plot_gamma_hist(gam, os.path.join(out_dir, "gamma_hist.png"),
-                    res.threshold if math.isfinite(res.threshold) else None,
-                    title=f"{stem} {_score_name(opts.importance)}")
-    write_report(rep, os.path.join(out_dir, "prune_report.json"))
-    return rep
+    """Channel pruning through the one pipeline (prune/pipeline.py); returns the report."""
+    from yolo_slim.prune.pipeline import PrunePlan, run as run_plan
+    return run_plan(cfg, weights, out_dir, PrunePlan(channels=opts, seed=opts.seed), data,
+                    batch_size, log)
 
 
-def _score_name(importance: str) -> str:
+def score_name(importance: str) -> str:
     return "|gamma|" if importance == "bn" else f"{importance} score"
 
 
 def _gamma_text(stats: dict[str, Any], importance: str = "bn") -> str:
-    lines = [f"{_score_name(importance)} per prunable conv:  layer  min  q25  median  q75  max"]
+    lines = [f"{score_name(importance)} per prunable conv:  layer  min  q25  median  q75  max"]
     for i, q in stats["quantiles"].items():
         lines.append(f"  {i:5d}  " + "  ".join(f"{v:.4g}" for v in q))
     lines.append(f"largest threshold that empties no layer (without --layer-keep): "

@@ -8,19 +8,17 @@ dir, reading the written cfg + weights back to check they reproduce the final mo
 """
 from __future__ import annotations
 
-import copy
-import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from yolo_slim.darknet.cfg import net_size
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
-from yolo_slim.analysis.cost import canvas, count_params, model_flops, plot_channels, put_text, save_png
-from yolo_slim.prune.channels import PruneOptions, evaluate_maps, prune_model
-from yolo_slim.prune.layers import (Block, analyze_blocks, apply_block_removal, block_scores, choose_blocks,
-                     compact_blocks, depth, removed_table, verify_blocks)
-from yolo_slim.prune.outputs import check_output_dir, sha256_file, write_model_files, write_report
+from yolo_slim.analysis.cost import canvas, count_params, model_flops, put_text, save_png
+from yolo_slim.prune.channels import PruneOptions
+from yolo_slim.prune.layers import (Block, analyze_blocks, block_cuts, block_scores, choose_blocks,
+                                   compact_blocks, depth, removed_table, verify_blocks)
+from yolo_slim.prune.verify import apply_cut
 
 
 @dataclass
@@ -41,9 +39,14 @@ def prune_layers_model(model: Darknet, shortcuts: int, rank: str = "mean",
     blocks, why = analyze_blocks(model.module_defs)
     scores = block_scores(model, blocks, rank)
     removed = choose_blocks(blocks, scores, shortcuts)
-    folded = copy.deepcopy(model)
-    apply_block_removal(folded, removed, fold=True)
-    compact, index = compact_blocks(folded, removed)
+    index: dict[int, int] = {}
+
+    def compact_fn(folded: Darknet) -> Darknet:
+        new, idx = compact_blocks(folded, removed)
+        index.update(idx)
+        return new
+
+    folded, compact = apply_cut(model, block_cuts(model, removed), compact_fn)
     hw = tuple(img_size or net_size(model.module_defs))
     rep: dict[str, Any] = {
         "rank": rank, "shortcuts": shortcuts, "img_size": list(hw),
@@ -57,7 +60,7 @@ def prune_layers_model(model: Darknet, shortcuts: int, rank: str = "mean",
         "index_map": index,
     }
     if check:
-        rep["verification"] = verify_blocks(model, folded, compact, removed, hw, seed)
+        rep["verification"] = verify_blocks(model, folded, compact, removed, seed=seed)
     return LayerPruneResult(compact, folded, removed, index, scores, rep)
 
 
@@ -101,46 +104,11 @@ def plot_blocks(scores: dict[int, float], removed: list[Block], path: str, title
 def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str = "mean",
         channel_opts: PruneOptions | None = None, img_size: int | None = None, seed: int = 0,
         data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
-    """Load, remove blocks (+ prune channels), verify, write the output dir; returns the report."""
-    from yolo_slim.darknet.weights import load_model
-    model = load_model(cfg, weights)
-    stem = os.path.splitext(os.path.basename(cfg or weights))[0]
-    check_output_dir(out_dir, stem, [cfg, weights])
-    hw = (img_size, img_size) if img_size else None
-    lres = prune_layers_model(model, shortcuts, rank, hw, seed)
-    rep, final = lres.report, lres.compact
-    hw = tuple(rep["img_size"])
-    if channel_opts is not None and channel_opts.layer_ratios is not None:
-        ratios, dropped = ratios_after_removal(channel_opts.layer_ratios, lres.index, lres.removed)
-        if dropped:
-            log(f"--layer-ratios: layers {dropped} were in removed blocks; their ratios are unused")
-        channel_opts = replace(channel_opts, layer_ratios=ratios)
-    if channel_opts is not None:
-        cres = prune_model(lres.compact, channel_opts, log=log)
-        final = cres.compact
-        rep["channel_pruning"] = {k: cres.report[k] for k in (
-            "strategy", "threshold", "options", "img_size", "params", "flops", "channels",
-            "raised_by_floor_or_rounding", "verification")}
-        rep["channel_pruning"]["kept_channels"] = cres.report["kept_channels"]
-    rep["final"] = {"depth": depth(final), "params": count_params(final),
-                    "flops": model_flops(final, hw)}
-    rep["manifest"] = {"cfg": cfg, "cfg_sha256": sha256_file(cfg) if cfg else None, "weights": weights,
-                       "weights_sha256": sha256_file(weights), "rank": rank,
-                       "removed_shortcuts": [b.shortcut for b in lres.removed],
-                       "channel_options": asdict(channel_opts) if channel_opts else None}
-    if data:
-        before, after = evaluate_maps([model, final], data, hw[1], batch_size)
-        rep["map"] = {"before": before, "after": after}
-    rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(
-        final, out_dir, stem, rep["manifest"], hw, seed + 1)
-    plot_blocks(lres.scores, lres.removed, os.path.join(out_dir, "layers.png"),
-                f"{stem}: {rank} |gamma| of conv before each shortcut")
-    if channel_opts is not None:
-        ch = rep["channel_pruning"]["channels"]
-        plot_channels(ch["before"], ch["after"], os.path.join(out_dir, "channels.png"),
-                      f"{stem} after layer pruning: {channel_opts.strategy}")
-    write_report(rep, os.path.join(out_dir, "prune_report.json"))
-    return rep
+    """Layer (+ channel) pruning through the one pipeline (prune/pipeline.py)."""
+    from yolo_slim.prune.pipeline import PrunePlan, run as run_plan
+    plan = PrunePlan(shortcuts, rank, channel_opts,
+                     (img_size, img_size) if img_size else None, seed)
+    return run_plan(cfg, weights, out_dir, plan, data, batch_size, log)
 
 
 def summary_text(rep: dict[str, Any]) -> str:

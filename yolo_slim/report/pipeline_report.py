@@ -80,10 +80,8 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
-    from yolo_slim.data.dataset import create_dataloader, parse_data_file
-    dc = parse_data_file(data)
-    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, nc=dc.classes,
-                                  workers=0, verbose=False)
+    from yolo_slim.eval.evaluate import validation_loader
+    loader, dc = validation_loader(data, img_size, batch_size)
     rows = []
     for name, folder, kind in STAGES:
         found = find_stage_model(run, folder, kind)

@@ -182,11 +182,8 @@ def plot_heatmap(table: dict[str, Any], path: str, max_drop: float,
 
 def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) -> Callable:
     """mAP@0.5 on the first `eval_images` validation images (loaded once, kept in memory)."""
-    from yolo_slim.data.dataset import create_dataloader, parse_data_file
-    from yolo_slim.eval.evaluate import evaluate
-    dc = parse_data_file(data)
-    loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, workers=0,
-                                  nc=dc.classes, limit=eval_images or None, verbose=False)
+    from yolo_slim.eval.evaluate import evaluate, validation_loader
+    loader, dc = validation_loader(data, img_size, batch_size, eval_images)
     batches = list(loader)
     return lambda m: float(evaluate(m, batches, progress=False, nc=dc.classes)["map50"])
 
