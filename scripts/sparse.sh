@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Stage 2: sparse training (L1 on BN gamma) from the baseline -> $RUN/sparse/best.pt
+# Stage 2: sparse training (prox on BN (gamma, beta), or the L1 subgradient) from the baseline
+# -> $RUN/sparse/best.pt; with SPARSE_TARGET the dead channels meet that FLOPs share
 source "$(dirname "$0")/common.sh"
 OUT=$RUN/sparse
 stage_done "$OUT" && exit 0
 train_stage "$OUT" "$PY" train_sparse.py --data "$DATA" --weights "$RUN/baseline/best.pt" \
-    -sr --s "$S" --prune "$PRUNE" --sparsity "$SPARSITY" \
+    -sr --s "$S" --prune "$PRUNE" --sparsity "$SPARSITY" --sparsity-update "$SPARSE_UPDATE" \
+    --sparsity-weight "$SPARSE_WEIGHT" --target-flops "$SPARSE_TARGET" --target-recover "$SPARSE_RECOVER" \
     --epochs "$SPARSE_EPOCHS" --img-size "$IMG" --batch-size "$BATCH" --workers "$WORKERS" \
     ${DEVICE:+--device "$DEVICE"} --output-dir "$OUT" $TRAIN_ARGS

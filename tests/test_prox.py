@@ -296,6 +296,11 @@ def test_target_flops_run_resumes_exactly(shapes_data, tmp_path):
     assert [r["s_mean"] for r in ra] == [r["s_mean"] for r in rb]
     # the run ended at the target (the last third frozen with s = 0)
     assert float(ra[-1]["flops_if_cut"]) <= 0.5 and float(ra[-1]["s_mean"]) == 0.0
+    # best.pt is chosen among the epochs after the freeze: its dead channels meet the target
+    best = model()
+    best.load_state_dict(read_checkpoint(str(tmp_path / "a" / "best.pt"))["model"])
+    cl = ChannelClasses(best, "shortcut", (64, 64))
+    assert cl.flops_if_cut(cl.dead()) <= 0.5
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, log_dir: str) -> None:

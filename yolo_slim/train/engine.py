@@ -18,6 +18,7 @@ Hooks (subclass TrainHooks, override what you need):
   finalize(model)                  every rank, at epoch end, on the model about to be evaluated
                                    and saved (the EMA copy with --ema, else the raw model); may
                                    edit it in place
+  selectable(epoch) -> bool        rank 0: may this epoch's model become best.pt (default yes)
   epoch_start(epoch, model)        every rank; epoch_end(epoch, model) -> {column: float},
                                    rank 0 only, may write plots into cfg.output_dir
   state_dict() / load_state_dict() what the hook needs to continue after --resume
@@ -170,6 +171,10 @@ class TrainHooks:
 
     def finalize(self, model: torch.nn.Module) -> None:
         pass
+
+    def selectable(self, epoch: int) -> bool:
+        """Whether this epoch's model may become best.pt (e.g. not before a target is met)."""
+        return True
 
     def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
         pass
@@ -388,7 +393,8 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             _write_csv(os.path.join(out, "results.csv"), rows)
             plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
             fitness = 0.1 * metrics["map50"] + 0.9 * metrics["map"] if metrics else None
-            is_best = fitness is not None and fitness > best
+            is_best = (fitness is not None and fitness > best
+                       and all(h.selectable(epoch) for h in hooks))
             best = fitness if is_best else best
             save_checkpoint(final, last, epoch=epoch, best_fitness=best, results=rows,
                             opt=dataclasses.asdict(cfg),

@@ -244,6 +244,11 @@ class SparsityHook(TrainHooks):
         step = group["lr"] / (1 - group.get("momentum", 0.0))
         self.last_dead = cl.prox(step * s * cl.weight) == 0
 
+    def selectable(self, epoch: int) -> bool:
+        """With a FLOPs target, best.pt is chosen among the epochs after the freeze: a model
+        whose dead channels meet the target."""
+        return self.controller is None or self.controller.frozen
+
     def finalize(self, model: torch.nn.Module) -> None:
         if self.update == "prox" and self.classes.n:
             self.classes.scale((~self.classes.dead()).float(), models=[model])
