@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime against an independent numpy darknet forward (tests/darknet_ref.py)
 on real, pruned-looking and unseen random cfgs; dynamic/static batch; --raw; --nms against a
-plain numpy NMS; the check that refuses a bad export; cfg/weights mismatch through the script."""
+plain numpy NMS; the check that refuses a bad export; cfg/weights mismatch through the script;
+evaluate.py --onnx scoring an export exactly as the torch path scores the model."""
 from __future__ import annotations
 
 import json
@@ -379,3 +380,42 @@ def test_opsets(tmp_path, opset):
     assert ("Mish" in {n.op_type for n in m.graph.node}) == (opset >= 18)
     with pytest.raises(YoloSlimError, match="opset"):
         export_onnx(model, out, img_size=(64, 96), opset=10)
+
+
+def test_evaluate_onnx_matches_torch_path(tmp_path, run_script, shapes_data):
+    """evaluate.py --onnx (onnxruntime) and --weights (torch) give the same metrics: the same
+    letterbox, NMS and mAP code, only the forward differs (float rounding). A random-weight
+    model scores little, but thousands of detections enter the AP, so a single box that NMS
+    or matching treated differently would show. Also a --raw export (decoded by --cfg), a
+    static-batch export fed a ragged last batch, and the refusals."""
+    from yolo_slim.darknet.weights import save_checkpoint
+    from yolo_slim.eval.onnx_eval import evaluate_onnx
+    cfg = str(Path(__file__).resolve().parents[1] / "cfg" / "demo.cfg")  # 5 classes, like the set
+    torch.manual_seed(1)
+    model = Darknet(parse_cfg(cfg))
+    randomize_bn(model, 1)
+    model.eval()
+    pt, f, fr, fs = (str(tmp_path / n) for n in ("m.pt", "m.onnx", "raw.onnx", "static.onnx"))
+    save_checkpoint(model, pt)
+    export_onnx(model, f, img_size=64)
+    export_onnx(model, fr, img_size=64, raw=True)
+    export_onnx(model, fs, img_size=64, static=True, batch_size=2)
+    common = ["--data", shapes_data, "--batch-size", "3", "--workers", "0"]
+    runs = {"torch": ["--weights", pt, "--img-size", "64", "--device", "cpu"],
+            "onnx": ["--onnx", f], "raw": ["--onnx", fr, "--cfg", cfg]}
+    m = {}
+    for k, args in runs.items():
+        rc, so, se = run_script("evaluate.py", *args, *common, "--output-dir", tmp_path / k)
+        assert rc == 0, se
+        m[k] = json.loads((tmp_path / k / "metrics.json").read_text())
+    m["static"] = evaluate_onnx(fs, shapes_data, batch_size=3, workers=0, progress=False)
+    ref = m["torch"]
+    assert sum(c["n_dets"] for c in ref["per_class"]) > 1000 and ref["map50"] > 0
+    for k in ("onnx", "raw", "static"):
+        for key in ("map50", "map", "precision", "recall"):
+            assert m[k][key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (k, key)
+        assert [c["n_dets"] for c in m[k]["per_class"]] == [c["n_dets"] for c in ref["per_class"]]
+    rc, _, se = run_script("evaluate.py", "--onnx", f, "--img-size", "96", *common)
+    assert rc == 2 and "exported for 64" in se
+    rc, _, se = run_script("evaluate.py", "--onnx", fr, *common)
+    assert rc == 2 and "--cfg" in se and "Traceback" not in se
