@@ -7,6 +7,7 @@
 #   make sensitivity   per-layer cuts for TARGET_FLOPS under MAX_DROP, then prune with them
 #   make iterate       ROUNDS x (prune to ROUND_FLOPS -> fine-tune ROUND_EPOCHS), early stop
 #   make unstructured  AMOUNT of the weights zeroed vs channel pruning: sizes and latency
+#   make quantize      INT8 ONNX of the fine-tuned model (CALIB_IMAGES, CALIB_METHOD), REPORT rows
 # Override any variable on the command line, e.g.
 #   make sparse CFG=cfg/yolov3.cfg DATA=my.data WEIGHTS=yolov3.weights S=0.001 SPARSE_EPOCHS=100
 # Defaults live in one place, scripts/common.sh (`make help` prints them).
@@ -15,13 +16,13 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
        PRUNE STRATEGY PERCENT KEEP SHORTCUTS IMPORTANCE KD TEACHER T_CFG TRAIN_ARGS \
-       TARGET_FLOPS MAX_DROP ROUNDS ROUND_FLOPS ROUND_EPOCHS AMOUNT
+       TARGET_FLOPS MAX_DROP ROUNDS ROUND_FLOPS ROUND_EPOCHS AMOUNT CALIB_IMAGES CALIB_METHOD
 
 .PHONY: help install test data baseline sparse prune prune-layers finetune export report \
-        bench demo clean clean-run sensitivity iterate unstructured
+        bench demo clean clean-run sensitivity iterate unstructured quantize
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "variables (scripts/common.sh):"
 	@grep -E '^[A-Z_]+=\$$\{' scripts/common.sh | sed -E 's/^([A-Z_]+)=\$$\{[A-Z_]+:-([^}]*)\}(.*)$$/  \1=\2\3/'
 
@@ -60,6 +61,8 @@ iterate: sparse
 	bash scripts/iterate.sh
 unstructured: baseline
 	bash scripts/unstructured.sh
+quantize: export
+	bash scripts/quantize.sh
 
 # the whole chain; finished stages are skipped and an interrupted training stage resumes
 demo: install

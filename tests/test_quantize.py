@@ -201,3 +201,21 @@ def test_export_script_int8_end_to_end(tiny_model, shapes_data, tmp_path, run_sc
     assert r["options"]["calib_method"] == "entropy" and r["calib_images"] == 4
     rc, _, se = run_script("export.py", "--weights", pt, "--format", "onnx", "--int8")
     assert rc == 2 and "--calib-data" in se
+
+
+def test_report_rows_for_the_files_that_ship(shapes_data, tmp_path):
+    """REPORT.md's deployment table: every <run>/export/*.onnx scored through onnxruntime,
+    FP32 before INT8, sizes relative to the first file, interleaved latency."""
+    from yolo_slim.report.pipeline_report import deploy_table
+    torch.manual_seed(0)
+    model = Darknet(parse_cfg(str(REPO / "cfg" / "demo.cfg")))  # 5 classes, like the set
+    randomize_bn(model, 0)
+    (tmp_path / "export").mkdir()
+    export_onnx(model, str(tmp_path / "export" / "m.onnx"), img_size=64)
+    export_int8(model, str(tmp_path / "export" / "m.int8.onnx"), ExportOptions(img_size=64),
+                shapes_data, QuantOptions(calib_images=4))
+    rows = deploy_table(str(tmp_path), shapes_data, rounds=3)
+    table = [r for r in rows if r.startswith("| `export/")]
+    assert [r.split("|")[2].strip() for r in table] == ["FP32", "INT8"]
+    assert "(100%)" in table[0] and "AVX2" in "\n".join(rows)
+    assert deploy_table(str(tmp_path / "nothing"), shapes_data) == []

@@ -4,8 +4,10 @@
 
 For every stage found in the run folder: mAP@0.5 and mAP@0.5:0.95 on the valid list, params,
 FLOPs (report.model_flops), size of the darknet .weights on disk, and onnxruntime CPU latency
-(batch 1, median after warm-up) of the exported ONNX. Pictures and the commands that made the
-run (<run>/commands.txt, appended by the Makefile / scripts) are linked in.
+(batch 1, median after warm-up) of the exported ONNX. Then the files in <run>/export (FP32 and
+the INT8 of `make quantize`) as they ship: mAP through onnxruntime, size, interleaved latency.
+Pictures and the commands that made the run (<run>/commands.txt, appended by the Makefile /
+scripts) are linked in.
 """
 from __future__ import annotations
 
@@ -79,6 +81,41 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out)
 
 
+def is_int8(path: str) -> bool:
+    import onnx
+    return any(n.op_type == "DequantizeLinear" for n in onnx.load(path).graph.node)
+
+
+def deploy_table(run: str, data: str, rounds: int = 50) -> list[str]:
+    """The files that ship (<run>/export/*.onnx, FP32 and INT8) scored by evaluate.py's ONNX
+    path, their size, and their onnxruntime latency timed interleaved in one run."""
+    from yolo_slim.deploy.ort_bench import cpu_isa, interleaved_latency
+    from yolo_slim.eval.onnx_eval import OnnxDetector, evaluate_onnx
+    paths = sorted(glob.glob(os.path.join(run, "export", "*.onnx")), key=lambda p: (is_int8(p), p))
+    if not paths:
+        return []
+    names = {f"export/{os.path.basename(p)}": p for p in paths}
+    hw = OnnxDetector(paths[0]).img_hw
+    lat = interleaved_latency(names, hw, 1, rounds, 5, os.cpu_count())
+    base = os.path.getsize(paths[0])
+    rows = ["## The files that ship (onnxruntime, CPU)", "",
+            f"mAP by `evaluate.py --onnx` (the same letterbox, NMS and mAP as above, run in "
+            f"onnxruntime); latency at batch 1, all files interleaved in one run ({rounds} rounds "
+            f"after 5 warm-up), median and 25-75th percentile; x = median per-round ratio to the "
+            f"first file. CPU: {cpu_isa()['text']}.", "",
+            "| file | weights | mAP@0.5 | mAP@0.5:0.95 | size | ORT latency (b1) | x |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, path in names.items():
+        print(f"report: evaluating {name}", flush=True)
+        m = evaluate_onnx(path, data, workers=0, progress=False)
+        size, t = os.path.getsize(path), lat[name]
+        rows.append(f"| `{name}` | {'INT8' if is_int8(path) else 'FP32'} | {m['map50']:.3f} | "
+                    f"{m['map']:.3f} | {size / 2**20:.2f} MB ({size / base:.0%}) | "
+                    f"{t['median_ms']:.1f} ms ({t['p25_ms']:.1f}-{t['p75_ms']:.1f}) | "
+                    f"{t['ratio_median']:.2f} |")
+    return rows + [""]
+
+
 def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
     from yolo_slim.eval.evaluate import validation_loader
     loader, dc = validation_loader(data, img_size, batch_size)
@@ -97,6 +134,7 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> st
              f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
              "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
              "median of 30 runs after 5 warm-up runs.", "", format_table(rows), ""]
+    parts += deploy_table(run, data)
     for rel, caption in PICTURES:
         if os.path.isfile(os.path.join(run, rel)):
             parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]

@@ -1,0 +1,83 @@
+"""onnxruntime CPU latency of several ONNX files measured side by side, and the CPU's
+instruction sets that decide whether INT8 pays off.
+
+Files are timed interleaved: every round runs each file once, in an order rotated per round,
+so a burst of load from another process hits all of them alike; the per-file median and
+spread (25th-75th percentile) and the per-round ratio to a reference file come from the same
+rounds. On a shared machine the absolute numbers move; the ratios are what to read.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+# flags in /proc/cpuinfo that matter for INT8 GEMM/conv kernels
+ISA_FLAGS = [("avx2", "AVX2"), ("avx512f", "AVX-512F"), ("avx512_vnni", "AVX512-VNNI"),
+             ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")]
+
+
+def cpu_isa() -> dict[str, Any]:
+    """CPU model name and which of ISA_FLAGS it has (Linux /proc/cpuinfo; else unknown)."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = val.strip()
+                elif key.strip() == "flags":
+                    flags = set(val.split())
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or "unknown CPU"
+    has = {label: flag in flags for flag, label in ISA_FLAGS}
+    vnni = has["AVX512-VNNI"] or has["AVX-VNNI"]
+    return {"cpu": name, "cores": os.cpu_count(), "isa": has, "vnni": vnni,
+            "text": f"{name}, {os.cpu_count()} cores visible; "
+                    + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in has.items())}
+
+
+def interleaved_latency(paths: dict[str, str], img_hw: tuple[int, int], batch: int = 1,
+                        rounds: int = 50, warmup: int = 5, threads: int | None = None,
+                        ref: str | None = None) -> dict[str, dict[str, float]]:
+    """{name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}}; ratio_median is the median
+    over rounds of (this file's time / `ref`'s time in the same round)."""
+    from yolo_slim.deploy.export import ort_session
+    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    names = list(sessions)
+    feed = np.random.default_rng(0).random((batch, 3, *img_hw), dtype=np.float32)
+
+    def run(k: str) -> float:
+        s = sessions[k]
+        t = time.perf_counter()
+        s.run(None, {s.get_inputs()[0].name: feed})
+        return (time.perf_counter() - t) * 1e3
+
+    for _ in range(warmup):
+        for k in names:
+            run(k)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            times[k].append(run(k))
+    ref = ref or names[0]
+    out = {}
+    for k, t in times.items():
+        q = np.percentile(t, [25, 75])
+        out[k] = {"median_ms": statistics.median(t), "p25_ms": float(q[0]), "p75_ms": float(q[1]),
+                  "min_ms": min(t),
+                  "ratio_median": statistics.median(a / b for a, b in zip(t, times[ref]))}
+    return out
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
