@@ -116,8 +116,8 @@ def run(cfg: str | None, weights: str, out_dir: str, plan: PrunePlan, data: str 
     if data:
         before, after = evaluate_maps([model, p.final], data, hw[1], batch_size)
         rep["map"] = {"before": before, "after": after}
-    rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(
-        p.final, out_dir, stem, rep["manifest"], hw, plan.seed + 1)
+    rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(  # bit-exact at any size
+        p.final, out_dir, stem, rep["manifest"], tuple(rep["verification"]["img_size"]), plan.seed + 1)
     _pictures(p, plan, out_dir, stem)
     write_report(rep, os.path.join(out_dir, "prune_report.json"))
     return rep

@@ -55,11 +55,17 @@ class ConvBlock(SectionModule):
 @torch.no_grad()
 def absorb(m: ConvBlock, off: torch.Tensor) -> None:
     """Fold a constant input offset into a conv: Σ_{in,ky,kx} W·off per output (per group)
-    goes into running_mean (BN: y - rm is what BN sees) or the bias."""
-    w = m.conv.weight.detach().double().sum((2, 3))  # [O, I/G]
+    goes into running_mean (BN: y - rm is what BN sees) or the bias. float64, and only the input
+    channels that carry an offset are read (a cut touches a few of a big kernel's columns)."""
     g = m.conv.groups
-    o, ig = w.shape
-    delta = torch.bmm(w.view(g, o // g, ig), off.view(g, ig, 1)).flatten()
+    o, ig = m.conv.out_channels, m.conv.in_channels // g
+    if g == 1:
+        idx = torch.nonzero(off).flatten()
+        w = m.conv.weight.detach()[:, idx].double().sum((2, 3))  # [O, k]
+        delta = w @ off[idx]
+    else:
+        w = m.conv.weight.detach().double().sum((2, 3))  # [O, I/G]
+        delta = torch.bmm(w.view(g, o // g, ig), off.view(g, ig, 1)).flatten()
     if m.bn is not None:
         m.bn.running_mean -= delta.to(m.bn.running_mean.dtype)
     else:

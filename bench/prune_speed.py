@@ -1,0 +1,82 @@
+"""CPU cost of one verified channel prune: yolov3-spp at its cfg size (608), random weights with
+half the |γ| exactly zero, --global-percent 0.5 (issue 11's case).
+
+Measures CPU seconds (time.process_time: every thread of this process) and wall seconds of the
+whole `prune_channels` job in process — load .weights, graph, masks, fold, compact, verification
+(three forwards at the small verification size), write cfg/weights/pt/report/PNGs, reload check —
+and the same steps one by one. The reference the issue measured on this machine type:
+tanluren's slim-prune steps (masks, merge, keep-size folding, compact, write; no verification)
+take 6.3 s of CPU.
+
+  .venv/bin/python bench/prune_speed.py [--cfg ../shared/darknet-cfg/AlexeyAB/yolov3-spp.cfg]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from netgen import randomize_bn  # noqa: E402
+
+from yolo_slim.darknet.weights import load_model, save_darknet_weights  # noqa: E402
+from yolo_slim.nn.model import build_model  # noqa: E402
+from yolo_slim.prune.channels import PruneOptions  # noqa: E402
+from yolo_slim.prune.pipeline import PrunePlan, prune, run  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float, float]] = []
+
+    def __call__(self, name: str, fn):
+        c, w = time.process_time(), time.perf_counter()
+        out = fn()
+        self.rows.append((name, time.process_time() - c, time.perf_counter() - w))
+        return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--cfg", default=str(ROOT.parent / "shared/darknet-cfg/AlexeyAB/yolov3-spp.cfg"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = build_model(a.cfg).eval()
+    randomize_bn(model, 0, zero_fraction=0.5)
+    opts = PruneOptions(global_percent=0.5)
+    print(f"# Verified channel prune: {Path(a.cfg).name} at its cfg size, half the |γ| zero, "
+          f"--global-percent 0.5\n\ntorch {torch.__version__}, {a.threads} threads, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        wts = os.path.join(tmp, "in.weights")
+        save_darknet_weights(model, wts)
+        print("| run | CPU s | wall s |\n|---|---|---|")
+        for k in range(a.repeats):
+            c, w = time.process_time(), time.perf_counter()
+            rep = run(a.cfg, wts, os.path.join(tmp, f"o{k}"), PrunePlan(channels=opts), log=lambda *x: None)
+            print(f"| whole prune_channels job {k + 1} | {time.process_time() - c:.2f} | "
+                  f"{time.perf_counter() - w:.2f} |", flush=True)
+        v = rep["verification"]
+        print(f"\nverified at {v['img_size'][0]}x{v['img_size'][1]}: max |Δ| compact vs folded "
+              f"{v['max_abs_vs_folded']:.2g}, vs masked (border gap) {v['max_abs_vs_masked_unfolded']:.2g}, "
+              f"reloaded files {v['max_abs_reloaded']:.2g}; params {rep['params']['after'] / rep['params']['before']:.3f}, "
+              f"FLOPs {rep['flops']['after'] / rep['flops']['before']:.3f} kept\n")
+        clock = Clock()
+        m = clock("load cfg + .weights", lambda: load_model(a.cfg, wts))
+        clock("graph, masks, fold, compact, verify", lambda: prune(m, PrunePlan(channels=opts), log=lambda *x: None))
+        print("| step (one more run) | CPU s | wall s |\n|---|---|---|")
+        for name, c, w in clock.rows:
+            print(f"| {name} | {c:.2f} | {w:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
