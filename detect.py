@@ -47,7 +47,7 @@ def main(argv=None):
     from yolo_slim.core.paths import ensure_dir, guard_outputs
     from yolo_slim.eval.detect import check_img_size, list_sources, load_names, run_detect
     from yolo_slim.core.device import select_device
-    from yolo_slim.darknet.weights import load_model
+    from yolo_slim.nn.weights import load_model
     check_img_size(args.img_size)
     sources = list_sources(args.source)  # fail on a bad source before loading the model
     guard_outputs({"--cfg": args.cfg, "--weights": args.weights, "--names": args.names,

@@ -38,7 +38,7 @@ def main(argv=None):
     from yolo_slim.data.inputs import data_inputs
     from yolo_slim.train.distill import DistillConfig, make_distill_hook
     from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, train
-    from yolo_slim.darknet.weights import load_model, export_run_model
+    from yolo_slim.nn.weights import load_model, export_run_model
     p = Parser(description=__doc__)
     TrainConfig.add_args(p)
     add_kd_args(p)
@@ -56,7 +56,7 @@ def main(argv=None):
         raise YoloSlimError(f"--kd {kd.mode} needs a teacher: --t-weights (and --t-cfg)")
     if cfg.resume:
         from yolo_slim.train.engine import resume_config
-        from yolo_slim.darknet.weights import model_from_checkpoint
+        from yolo_slim.nn.weights import model_from_checkpoint
         saved, ckpt = resume_config(cfg)
         refuse_changed(saved, cfg, given, (*RUNTIME_FIELDS, "output_dir"), "--resume")
         src, out_dir = saved.cfg or saved.weights, saved.output_dir

@@ -68,7 +68,7 @@ def main(argv=None):
 def evaluate_torch(args):
     from yolo_slim.core.device import select_device
     from yolo_slim.data.dataset import create_dataloader, parse_data_file
-    from yolo_slim.darknet.weights import load_model
+    from yolo_slim.nn.weights import load_model
     from yolo_slim.eval.evaluate import evaluate
     data = parse_data_file(args.data)
     model = load_model(args.cfg, args.weights)

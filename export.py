@@ -62,7 +62,7 @@ def main(argv=None):
         return 0
     from yolo_slim.core.cli import write_resolved
     from yolo_slim.core.paths import guard_outputs
-    from yolo_slim.darknet.weights import load_model, save_checkpoint, save_darknet_weights
+    from yolo_slim.nn.weights import load_model, save_checkpoint, save_darknet_weights
     ext = {"weights": ".weights", "pt": ".pt", "onnx": ".onnx"}[args.format]
     out = args.output or os.path.splitext(args.weights)[0] + (".int8" if args.int8 else "") + ext
     resolved_json = out + ".args.json"

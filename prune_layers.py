@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         if not a.cfg and not a.weights:
             raise YoloSlimError("--list needs --cfg (and --weights for the |γ| scores)")
         from yolo_slim.darknet.cfg import parse_cfg
-        from yolo_slim.darknet.weights import load_model
+        from yolo_slim.nn.weights import load_model
         model = load_model(a.cfg, a.weights) if a.weights else None
         print(blocks_text(model.module_defs if model else parse_cfg(a.cfg), model, a.rank))
         return 0

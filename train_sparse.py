@@ -24,7 +24,7 @@ def main(argv=None):
     from yolo_slim.core.cli import Parser, parse_given, refuse_changed
     from yolo_slim.core.device import seed_all
     from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, resume_config, train
-    from yolo_slim.darknet.weights import load_model, load_transfer, model_from_checkpoint
+    from yolo_slim.nn.weights import load_model, load_transfer, model_from_checkpoint
     p = Parser(description=__doc__)
     TrainConfig.add_args(p)
     p.set_defaults(resume="")

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from yolo_slim.tools.sensitivity import SensitivityOptions, run as sensitivity
     from yolo_slim.data.synthetic import make_shapes_dataset
     from yolo_slim.tools.unstructured import run as unstructured
-    from yolo_slim.darknet.weights import export_run_model, load_model, read_checkpoint
+    from yolo_slim.nn.weights import export_run_model, load_model, read_checkpoint
 
     recipe = {**demo_recipe(), "batch_size": 16, "workers": 1, "seed": 0}
     w = a.work

@@ -20,7 +20,7 @@ import torch
 
 from yolo_slim.analysis.cost import count_params, model_flops
 from yolo_slim.analysis.graph import build_graph
-from yolo_slim.darknet.weights import load_model, save_checkpoint
+from yolo_slim.nn.weights import load_model, save_checkpoint
 from yolo_slim.eval.evaluate import evaluate_on_data
 from yolo_slim.prune.compact import compact_model
 from yolo_slim.prune.fold import apply_masks

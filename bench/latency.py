@@ -31,7 +31,7 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main  #
 from yolo_slim.deploy.export import export_onnx, median_ms, ort_session  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
 from yolo_slim.analysis.cost import model_flops  # noqa: E402
-from yolo_slim.darknet.weights import load_model  # noqa: E402
+from yolo_slim.nn.weights import load_model  # noqa: E402
 
 
 def shrunk_model(cfg: str, ratio: float) -> Darknet:

@@ -25,7 +25,7 @@ from netgen import randomize_bn  # noqa: E402
 
 from yolo_slim.nn.model import build_model  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model, run  # noqa: E402
-from yolo_slim.darknet.weights import save_darknet_weights  # noqa: E402
+from yolo_slim.nn.weights import save_darknet_weights  # noqa: E402
 
 STRATEGIES = ("normal", "shortcut", "slim")
 

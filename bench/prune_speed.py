@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from netgen import randomize_bn  # noqa: E402
 
-from yolo_slim.darknet.weights import load_model, save_darknet_weights  # noqa: E402
+from yolo_slim.nn.weights import load_model, save_darknet_weights  # noqa: E402
 from yolo_slim.nn.model import build_model  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions  # noqa: E402
 from yolo_slim.prune.pipeline import PrunePlan, prune, run  # noqa: E402

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main  # noqa: E402
-from yolo_slim.darknet.weights import load_model  # noqa: E402
+from yolo_slim.nn.weights import load_model  # noqa: E402
 from yolo_slim.deploy.export import ExportOptions, export_onnx  # noqa: E402
 from yolo_slim.deploy.ort_bench import cpu_isa, interleaved_latency, load_average  # noqa: E402
 from yolo_slim.deploy.quantize import QuantOptions, export_int8  # noqa: E402

@@ -43,7 +43,7 @@ def gamma_share(weights: str) -> float:
     import torch
 
     from yolo_slim.analysis.graph import prunable_convs
-    from yolo_slim.darknet.weights import model_from_checkpoint
+    from yolo_slim.nn.weights import model_from_checkpoint
     m = model_from_checkpoint(weights)
     g = torch.cat([m.module_list[i].bn.weight.detach().abs().flatten()
                    for i in prunable_convs(m.module_defs, "shortcut")])

@@ -95,7 +95,7 @@ def read_output_dir(out: Path, extra: Iterable[str], stem: str = "net"):
     the cfg needs. Returns the model loaded from the files (eval mode)."""
     from yolo_slim.darknet.cfg import parse_cfg
     from yolo_slim.nn.model import Darknet, conv_layers
-    from yolo_slim.darknet.weights import load_darknet_weights
+    from yolo_slim.nn.weights import load_darknet_weights
     files = sorted(os.listdir(out))
     assert [f for f in files if f.endswith((".cfg", ".weights"))] == [f"{stem}.cfg", f"{stem}.weights"]
     assert set(extra) <= set(files)

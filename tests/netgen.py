@@ -164,7 +164,7 @@ def write_random_net(out_dir, seed: int, text: str | None = None, stem: str = "n
     """random_model(seed, text) written as <out_dir>/<stem>.cfg + .weights: (cfg, weights, model)."""
     from pathlib import Path
 
-    from yolo_slim.darknet.weights import save_darknet_weights
+    from yolo_slim.nn.weights import save_darknet_weights
     text = text or random_darknet(seed)
     cfg, wts = Path(out_dir) / f"{stem}.cfg", Path(out_dir) / f"{stem}.weights"
     cfg.write_text(text)

@@ -57,7 +57,7 @@ def make_inputs(d: Path) -> dict[str, str]:
     import cv2
     import torch
     from yolo_slim.darknet.cfg import parse_cfg_text
-    from yolo_slim.darknet.weights import save_checkpoint
+    from yolo_slim.nn.weights import save_checkpoint
     from yolo_slim.nn.model import Darknet
     from yolo_slim.train.engine import TrainConfig
     (d / "good.cfg").write_text(GOOD)

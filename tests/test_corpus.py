@@ -19,7 +19,7 @@ from yolo_slim.darknet.cfg import ALIASES, CfgError, parse_cfg
 from yolo_slim.nn.model import Darknet
 from yolo_slim.prune.verify import verification_size
 from yolo_slim.sections import SECTIONS
-from yolo_slim.darknet.weights import weights_float_count
+from yolo_slim.nn.weights import weights_float_count
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 INDEX = json.loads((CORPUS / "index.json").read_text()) if (CORPUS / "index.json").is_file() else []

@@ -24,7 +24,7 @@ from netgen import randomize_bn  # noqa: E402
 from test_corpus import INDEX, expected_refusal  # noqa: E402
 from test_sections import kill_classes  # noqa: E402
 from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
-from yolo_slim.darknet.weights import load_darknet_weights, save_darknet_weights, weights_float_count  # noqa: E402
+from yolo_slim.nn.weights import load_darknet_weights, save_darknet_weights, weights_float_count  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
 from yolo_slim.prune.layer_run import prune_layers_model  # noqa: E402

@@ -14,7 +14,7 @@ from yolo_slim.eval.detect import detect_image, list_sources, run_detect
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
 from yolo_slim.data.synthetic import make_shapes_dataset
-from yolo_slim.darknet.weights import save_checkpoint
+from yolo_slim.nn.weights import save_checkpoint
 
 from cfgs import ANCHORS_10, conv_section, maxpool_section, tiny_detector_cfg
 

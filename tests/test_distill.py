@@ -16,7 +16,7 @@ from yolo_slim.train.engine import TrainConfig, train
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.nn.model import Darknet
-from yolo_slim.darknet.weights import save_checkpoint
+from yolo_slim.nn.weights import save_checkpoint
 
 
 def cfg_text(width: int, classes: int = 5, anchors: str = "8,8, 16,16, 32,32") -> str:

@@ -17,7 +17,7 @@ from yolo_slim.darknet.cfg import parse_cfg_text
 from yolo_slim.train.engine import TrainConfig, TrainHooks, train
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
-from yolo_slim.darknet.weights import model_from_checkpoint, read_checkpoint
+from yolo_slim.nn.weights import model_from_checkpoint, read_checkpoint
 
 from cfgs import conv_section, tiny_detector_cfg
 

@@ -227,7 +227,7 @@ def test_evaluate_cli_on_generated_set(tmp_path, run_script):
     from yolo_slim.darknet.cfg import parse_cfg_text
     from yolo_slim.nn.model import Darknet
     from yolo_slim.data.synthetic import make_shapes_dataset
-    from yolo_slim.darknet.weights import save_checkpoint
+    from yolo_slim.nn.weights import save_checkpoint
     data = make_shapes_dataset(str(tmp_path / "shapes"), 2, 6, 64, seed=0)
     n_labels = sum(len((tmp_path / "shapes/labels/valid" / f"{i:06d}.txt").read_text().splitlines())
                    for i in range(6))

@@ -20,7 +20,7 @@ from yolo_slim.darknet.cfg import parse_cfg_text  # noqa: E402
 from yolo_slim.core.errors import YoloSlimError  # noqa: E402
 from yolo_slim.tools.iterate import IterateOptions, parse_train_overrides, run  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
-from yolo_slim.darknet.weights import read_checkpoint, save_darknet_weights  # noqa: E402
+from yolo_slim.nn.weights import read_checkpoint, save_darknet_weights  # noqa: E402
 from cfgs import TINY_RESIDUAL as TINY  # noqa: E402
 
 TRAIN = {"workers": 0, "device": "cpu", "nominal_batch": 4, "ema": False}

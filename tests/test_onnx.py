@@ -23,7 +23,7 @@ from yolo_slim.darknet.cfg import parse_cfg, parse_cfg_text, write_cfg  # noqa: 
 from yolo_slim.core.errors import YoloSlimError  # noqa: E402
 from yolo_slim.deploy.export import ExportOptions, export_onnx, ort_session  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
-from yolo_slim.darknet.weights import load_model, save_darknet_weights  # noqa: E402
+from yolo_slim.nn.weights import load_model, save_darknet_weights  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 REAL = ["yolov3-tiny", "yolov4-tiny"]
@@ -388,7 +388,7 @@ def test_evaluate_onnx_matches_torch_path(tmp_path, run_script, shapes_data):
     model scores little, but thousands of detections enter the AP, so a single box that NMS
     or matching treated differently would show. Also a --raw export (decoded by --cfg), a
     static-batch export fed a ragged last batch, and the refusals."""
-    from yolo_slim.darknet.weights import save_checkpoint
+    from yolo_slim.nn.weights import save_checkpoint
     from yolo_slim.eval.onnx_eval import evaluate_onnx
     cfg = str(Path(__file__).resolve().parents[1] / "cfg" / "demo.cfg")  # 5 classes, like the set
     torch.manual_seed(1)

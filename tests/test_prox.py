@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from yolo_slim.analysis.graph import build_graph
 from yolo_slim.darknet.cfg import parse_cfg_text
-from yolo_slim.darknet.weights import read_checkpoint
+from yolo_slim.nn.weights import read_checkpoint
 from yolo_slim.nn.model import Darknet, conv_layers
 from yolo_slim.prune.compact import compact_model
 from yolo_slim.prune.fold import apply_masks

@@ -25,7 +25,7 @@ from yolo_slim.prune.masks import MaskSolver  # noqa: E402
 from yolo_slim.analysis.cost import model_flops  # noqa: E402
 from yolo_slim.tools.sensitivity import (SensitivityOptions, choose_ratios, layer_ratio_map,  # noqa: E402
                                    measure, run)
-from yolo_slim.darknet.weights import save_darknet_weights  # noqa: E402
+from yolo_slim.nn.weights import save_darknet_weights  # noqa: E402
 from cfgs import TINY_RESIDUAL as TINY  # noqa: E402
 
 RATIOS = [0.25, 0.5, 0.75]

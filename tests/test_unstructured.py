@@ -19,7 +19,7 @@ from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
 from yolo_slim.core.errors import YoloSlimError  # noqa: E402
 from yolo_slim.nn.model import Darknet, conv_layers  # noqa: E402
 from yolo_slim.tools.unstructured import magnitude_prune, run  # noqa: E402
-from yolo_slim.darknet.weights import load_darknet_weights  # noqa: E402
+from yolo_slim.nn.weights import load_darknet_weights  # noqa: E402
 
 
 def conv_weights(m: Darknet) -> torch.Tensor:

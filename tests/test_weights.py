@@ -13,7 +13,7 @@ import torch
 from yolo_slim.darknet.cfg import parse_cfg_text
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet, build_model, conv_layers
-from yolo_slim.darknet.weights import (darknet_weights_bytes, load_darknet_weights, load_model,
+from yolo_slim.nn.weights import (darknet_weights_bytes, load_darknet_weights, load_model,
                                load_weights, model_from_checkpoint, read_checkpoint,
                                save_checkpoint, save_darknet_weights, weights_float_count)
 
@@ -279,7 +279,7 @@ def _demo_pair(tmp_path, classes: int):
 
 def prefix_floats(convs, k: int) -> int:
     """Floats the first k conv layers take in a .weights file."""
-    from yolo_slim.darknet.weights import _layer_tensors
+    from yolo_slim.nn.weights import _layer_tensors
     return sum(t.numel() for _, m in convs[:k] for t in _layer_tensors(m))
 
 
@@ -294,7 +294,7 @@ def _same(a: dict, b: dict) -> bool:
 def test_transfer_other_class_count(tmp_path):
     """COCO-style weights of a 5-class model onto a 2-class cfg: every conv but the heads is
     copied exactly, the heads keep their initialisation; the same from a .pt."""
-    from yolo_slim.darknet.weights import load_transfer, save_checkpoint
+    from yolo_slim.nn.weights import load_transfer, save_checkpoint
     src_cfg, src = _demo_pair(tmp_path, 5)
     torch.manual_seed(1)
     for p in src.parameters():
@@ -322,7 +322,7 @@ def test_transfer_other_class_count(tmp_path):
 def test_transfer_prefix_like_darknet53_conv(tmp_path):
     """A .weights holding the first k conv layers (darknet53.conv.74 style) loads them exactly;
     a file ending inside a layer, or longer than the cfg, is a clear error."""
-    from yolo_slim.darknet.weights import load_transfer
+    from yolo_slim.nn.weights import load_transfer
     _, src = _demo_pair(tmp_path, 5)
     torch.manual_seed(2)
     for p in src.parameters():

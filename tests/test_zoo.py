@@ -8,7 +8,7 @@ import torch
 from yolo_slim.darknet import zoo
 from yolo_slim.darknet.cfg import parse_cfg, parse_cfg_text
 from yolo_slim.nn.model import Darknet
-from yolo_slim.darknet.weights import weights_float_count
+from yolo_slim.nn.weights import weights_float_count
 
 STANDARD = ["yolov3", "yolov3-tiny", "yolov3-spp", "yolov4", "yolov4-tiny"]
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from yolo_slim.darknet.cfg import net_channels, parse_cfg
-from yolo_slim.sections import SECTIONS, infer_shapes, section_of
+from yolo_slim.sections import infer_shapes, section_of
 from yolo_slim.sections.convolutional import CONV, SHORTCUT, has_bn
 
 INPUT = 0  # node kinds: INPUT here, CONV and SHORTCUT (any element-wise join) from the sections
@@ -244,12 +244,12 @@ def describe(module_defs: list[dict[str, Any]]) -> str:
     g = build_graph(module_defs)
     lines = ["layer  type           ch  carries"]
     for i, (t, nodes) in enumerate(zip(g.types, g.layer_nodes)):
-        if t in ("convolutional",):
+        d = g.defs[i + 1]
+        sec = section_of(d)
+        if sec.has_weights:
             src = f"new (reads {_segments(g, g.in_nodes(i))})"
-        elif t in ("shortcut", "sam", "scale_channels"):
-            d = g.defs[i + 1]
-            op = "sum" if t == "shortcut" else "product"
-            src = f"{op} of " + " + ".join(str(j) for j in SECTIONS[t].inputs(d, i))
+        elif sec.join:
+            src = f"{sec.join} of " + " + ".join(str(j) for j in sec.inputs(d, i))
         else:
             src = _segments(g, nodes)
         lines.append(f"{i:5d}  {t:13s} {len(nodes):4d}  {src}")

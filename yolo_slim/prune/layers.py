@@ -99,10 +99,9 @@ def analyze_blocks(defs: list[dict[str, Any]]) -> tuple[list[Block], dict[int, s
     for i, d in enumerate(defs[1:]):
         for j in _refs(d, i):
             readers.setdefault(j, []).append(i)
-    types = [d["type"] for d in defs[1:]]
     blocks, why = [], {}
     for s, d in enumerate(defs[1:]):
-        if types[s] != "shortcut":
+        if section_of(d).join != "sum":  # a residual block ends at an element-wise sum
             continue
         src = _refs(d, s)
         if len(src) != 1 or src[0] != s - 3:

@@ -100,7 +100,7 @@ def write_model_files(model: Darknet, out_dir: str, stem: str, manifest: dict[st
                       hw: tuple[int, int], seed: int) -> tuple[dict[str, str], float]:
     """Write `<stem>.cfg/.weights/.pt`; read cfg + weights back as a fresh user would and return
     (file names, max |Δ| of the raw head maps on one seeded input; must be 0)."""
-    from yolo_slim.darknet.weights import load_darknet_weights, save_checkpoint, save_darknet_weights
+    from yolo_slim.nn.weights import load_darknet_weights, save_checkpoint, save_darknet_weights
     paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("cfg", "weights", "pt")}
     save_cfg(model.module_defs, paths["cfg"])
     save_darknet_weights(model, paths["weights"])

@@ -103,7 +103,7 @@ def _pictures(p: Pruned, plan: PrunePlan, out_dir: str, stem: str) -> None:
 def run(cfg: str | None, weights: str, out_dir: str, plan: PrunePlan, data: str | None = None,
         batch_size: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load, prune by the plan, verify, write the output dir; returns the report."""
-    from yolo_slim.darknet.weights import load_model
+    from yolo_slim.nn.weights import load_model
     model = load_model(cfg, weights)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, {"--cfg": cfg, "--weights": weights})

@@ -22,7 +22,7 @@ import torch
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import count_params, model_flops
-from yolo_slim.darknet.weights import darknet_weights_bytes, load_model
+from yolo_slim.nn.weights import darknet_weights_bytes, load_model
 
 # stage name, folder, how its model is stored (a run's best.pt, or a prune dir's cfg+weights)
 STAGES = [("baseline", "baseline", "run"), ("sparse", "sparse", "run"),

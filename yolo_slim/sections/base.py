@@ -105,6 +105,7 @@ class Section:
     is_head: ClassVar[bool] = False           # [yolo]: forward's outputs, not the next input
     absorbs_offset: ClassVar[bool] = False    # [convolutional]: folds constants into BN/bias
     has_weights: ClassVar[bool] = False       # [convolutional]: parameters, FLOPs, .weights floats
+    join: ClassVar[str | None] = None         # element-wise join of its inputs: "sum" or "product"
 
     # ---- references ----------------------------------------------------------------------------
     def refs(self, d: dict[str, Any], i: int) -> list[int]:

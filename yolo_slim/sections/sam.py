@@ -60,6 +60,7 @@ def product_carry(fc, i: int, m: Product, what: str) -> Carry:
 class SamSection(Section):
     type = "sam"
     ref_keys = ("from",)
+    join = "product"
 
     def shape(self, d: dict[str, Any], i: int, shapes: Shapes) -> Shape:
         activation_of(d, "linear")

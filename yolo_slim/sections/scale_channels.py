@@ -20,6 +20,7 @@ from yolo_slim.sections.sam import Product, product_carry, single_source, tie_pr
 class ScaleChannelsSection(Section):
     type = "scale_channels"
     ref_keys = ("from",)
+    join = "product"
 
     def shape(self, d: dict[str, Any], i: int, shapes: Shapes) -> Shape:
         require_default(d, "scale_wh", 0, " (a spatial scale map)")

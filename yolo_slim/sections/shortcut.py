@@ -47,6 +47,7 @@ class Shortcut(SectionModule):
 class ShortcutSection(Section):
     type = "shortcut"
     ref_keys = ("from",)
+    join = "sum"
 
     def shape(self, d: dict[str, Any], i: int, shapes: Shapes) -> Shape:
         if get_str(d, "weights_type", "none") != "none":

@@ -105,7 +105,7 @@ def _finetune(rd: str, cfg: str, weights: str, data: str, opts: IterateOptions, 
               hooks: Sequence[Any]) -> str:
     """Fine-tune round `rd`'s pruned model (or resume it); returns the run dir."""
     from yolo_slim.train import engine
-    from yolo_slim.darknet.weights import load_model, model_from_checkpoint, read_checkpoint
+    from yolo_slim.nn.weights import load_model, model_from_checkpoint, read_checkpoint
     td = os.path.join(rd, "train")
     last = os.path.join(td, "last.pt")
     cfg_t = engine.TrainConfig(**{**FINETUNE_DEFAULTS, "progress": False, **opts.train,
@@ -135,7 +135,7 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
     from yolo_slim.darknet.cfg import net_size
     from yolo_slim.prune.channels import PruneOptions, run as prune_run
     from yolo_slim.analysis.cost import model_flops
-    from yolo_slim.darknet.weights import export_run_model, load_model
+    from yolo_slim.nn.weights import export_run_model, load_model
     if opts.rounds < 1 or opts.epochs_per_round < 1 or not 0 < opts.per_round_flops < 1:
         raise YoloSlimError("--rounds and --epochs-per-round must be >= 1, --per-round-flops in (0, 1)")
     if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:

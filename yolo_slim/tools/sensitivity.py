@@ -191,7 +191,7 @@ def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) ->
 def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: SensitivityOptions,
         log=print) -> dict[str, Any]:
     from yolo_slim.darknet.cfg import net_size
-    from yolo_slim.darknet.weights import load_model
+    from yolo_slim.nn.weights import load_model
     if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
         raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
     if not opts.ratios or any(not 0 < r <= 1 for r in opts.ratios):

@@ -82,7 +82,7 @@ def run(cfg: str | None, weights: str, out_dir: str, amount: float,
     from yolo_slim.darknet.cfg import net_size, save_cfg
     from yolo_slim.prune.channels import PruneOptions, prune_model
     from yolo_slim.prune.outputs import check_output_dir
-    from yolo_slim.darknet.weights import darknet_weights_bytes, load_model
+    from yolo_slim.nn.weights import darknet_weights_bytes, load_model
     model = load_model(cfg, weights).eval()
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, [cfg, weights])

@@ -53,7 +53,7 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
-from yolo_slim.darknet.weights import load_checkpoint_into, read_checkpoint, save_checkpoint
+from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_checkpoint
 
 
 @dataclass
