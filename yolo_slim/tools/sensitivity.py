@@ -21,7 +21,6 @@ and the options that reproduce the same masks (strategy, importance, --layer-kee
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import io
 import json
@@ -37,7 +36,8 @@ from yolo_slim.analysis.graph import STRATEGIES, build_graph
 from yolo_slim.analysis.importance import IMPORTANCE, node_scores
 from yolo_slim.nn.model import Darknet
 from yolo_slim.prune.compact import compact_model
-from yolo_slim.prune.fold import apply_masks
+from yolo_slim.prune.fold import channel_cuts
+from yolo_slim.prune.verify import apply_cut
 from yolo_slim.prune.masks import MaskSolver
 
 
@@ -57,9 +57,8 @@ class SensitivityOptions:
 
 
 def pruned_copy(model: Darknet, g, keep: np.ndarray) -> Darknet:
-    folded = copy.deepcopy(model)
-    apply_masks(folded, g, keep, fold=True)
-    return compact_model(folded, g, keep).eval()
+    """The compact model of a channel mask, cut as every pruning run cuts (prune/verify.py)."""
+    return apply_cut(model, channel_cuts(g, keep), lambda f: compact_model(f, g, keep))[1]
 
 
 def measure(model: Darknet, solver: MaskSolver, ratios: Sequence[float],
