@@ -9,11 +9,19 @@ tanluren's slim-prune steps (masks, merge, keep-size folding, compact, write; no
 take 6.3 s of CPU.
 
   .venv/bin/python bench/prune_speed.py [--cfg ../shared/darknet-cfg/AlexeyAB/yolov3-spp.cfg]
+  git worktree add /tmp/old f1442ef && .venv/bin/python bench/prune_speed.py --baseline-src /tmp/old
+
+With --baseline-src (a checkout of an older commit), the two versions' `prune_channels.py` run as
+separate processes, alternating old/new, each timed by its own CPU (getrusage of the child:
+python + torch start-up, load, prune, write) on the same .weights file.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,11 +50,25 @@ class Clock:
         return out
 
 
+def script_cpu(src: Path, cfg: str, wts: str, out: str, threads: int) -> tuple[float, float]:
+    """(CPU s, wall s) of one `prune_channels.py` process of the checkout `src`."""
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w = time.perf_counter()
+    subprocess.run([sys.executable, str(src / "prune_channels.py"), "--cfg", cfg, "--weights", wts,
+                    "--output-dir", out, "--global-percent", "0.5"], env=env, check=True,
+                   capture_output=True, cwd=str(src))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            time.perf_counter() - w)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--cfg", default=str(ROOT.parent / "shared/darknet-cfg/AlexeyAB/yolov3-spp.cfg"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baseline-src", type=Path, help="checkout of an older commit to compare with")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -70,6 +92,19 @@ def main() -> None:
               f"{v['max_abs_vs_folded']:.2g}, vs masked (border gap) {v['max_abs_vs_masked_unfolded']:.2g}, "
               f"reloaded files {v['max_abs_reloaded']:.2g}; params {rep['params']['after'] / rep['params']['before']:.3f}, "
               f"FLOPs {rep['flops']['after'] / rep['flops']['before']:.3f} kept\n")
+        if a.baseline_src:
+            runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "this tree": []}
+            for k in range(a.repeats):  # alternating, so both see the same machine load
+                for name, src in (("baseline", a.baseline_src), ("this tree", ROOT)):
+                    runs[name].append(script_cpu(src, a.cfg, wts, os.path.join(tmp, f"{name[0]}{k}"),
+                                                 a.threads))
+            print(f"| prune_channels.py process ({a.repeats} runs, alternating) | median CPU s | "
+                  "median wall s |\n|---|---|---|")
+            for name, r in runs.items():
+                label = f"{name} ({a.baseline_src})" if name == "baseline" else name
+                print(f"| {label} | {statistics.median(c for c, _ in r):.2f} | "
+                      f"{statistics.median(w for _, w in r):.2f} |")
+            print()
         clock = Clock()
         m = clock("load cfg + .weights", lambda: load_model(a.cfg, wts))
         clock("graph, masks, fold, compact, verify", lambda: prune(m, PrunePlan(channels=opts), log=lambda *x: None))
