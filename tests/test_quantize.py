@@ -219,3 +219,18 @@ def test_report_rows_for_the_files_that_ship(shapes_data, tmp_path):
     assert [r.split("|")[2].strip() for r in table] == ["FP32", "INT8"]
     assert "(100%)" in table[0] and "AVX2" in "\n".join(rows)
     assert deploy_table(str(tmp_path / "nothing"), shapes_data) == []
+
+
+@pytest.mark.parametrize("eo, qo, msg", [
+    (dict(opset=11), {}, "opset 13"),
+    (dict(nms=True), {}, "--nms"),
+    (dict(img_size=(64, 96)), {}, "square"),
+    ({}, dict(calib_method="kl"), "--calib-method"),
+    ({}, dict(calib_images=0), "--calib-images"),
+])
+def test_int8_option_errors(tiny_model, shapes_data, tmp_path, eo, qo, msg):
+    """Refused before any export or calibration work, with the flag named."""
+    with pytest.raises(YoloSlimError, match=msg):
+        export_int8(tiny_model, str(tmp_path / "x.onnx"), ExportOptions(**{"img_size": 64, **eo}),
+                    shapes_data, QuantOptions(**qo))
+    assert os.listdir(tmp_path) == []

@@ -227,6 +227,9 @@ def export_int8(model, out_path: str, export_opts: ExportOptions | Any, calib_da
         raise YoloSlimError(f"--int8 calibrates on letterboxed square images: --img-size {h} {w} "
                             "must be square")
     qopts.validate()
+    if qopts.per_channel and eo.opset < 13:  # DequantizeLinear's axis attribute is opset 13
+        raise YoloSlimError(f"--int8 with per-channel weights needs --opset 13 or newer (got "
+                            f"{eo.opset}); or add --per-tensor")
     images = CalibrationImages(calib_data, h, qopts.calib_images, qopts.calib_split)
     model = getattr(model, "module", model)
     decode = None
