@@ -5,6 +5,7 @@ cfg + weights.
       --strategy slim --global-percent 0.5 --layer-keep 0.01 [--round-to 8] [--data x.data]
   python prune_channels.py ... --importance rank --data x.data --target-flops 0.5
   python prune_channels.py ... --layer-ratios runs/sens/ratios.json   # from yolo_slim.tools.sensitivity
+  python prune_channels.py ... --target-latency 2.5 [--latency-threads 2]  # ms on onnxruntime CPU
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from yolo_slim.core.cli import Parser, parse, write_resolved
 from yolo_slim.core.errors import cli_main
 from yolo_slim.prune.channels import run, summary_text
 from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run
+from yolo_slim.prune.pipeline import latency_text
+from yolo_slim.tools.latency import for_script
 
 
 def parser() -> Parser:
@@ -30,9 +33,13 @@ def main(argv=None) -> int:
     if a is None:  # --help
         return 0
     guard_run(a)  # before anything is written: no output may be an input
-    rep = run(a.cfg, a.weights, a.output_dir, channel_options(a), data=a.data, batch_size=a.batch_size)
+    opts, measure, table = for_script(a, channel_options(a))  # latency table + measured latency
+    rep = run(a.cfg, a.weights, a.output_dir, opts, data=a.data, batch_size=a.batch_size,
+              measure=measure, latency_table=table)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(summary_text(rep))
+    if measure:
+        print(latency_text(rep))
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
           "+ prune_report.json, channels.png, gamma_hist.png, args.json")
     return 0

@@ -45,11 +45,15 @@ def main(argv=None) -> int:
         if getattr(a, flag) is None:
             raise YoloSlimError(f"--{flag.replace('_', '-')} is required (or use --list)")
     guard_run(a)  # before anything is written: no output may be an input
-    rep = run(a.cfg, a.weights, a.output_dir, a.shortcuts, a.rank,
-              channel_options(a) if wants_channels(a) else None, a.img_size, a.seed,
-              data=a.data, batch_size=a.batch_size)
+    from yolo_slim.prune.pipeline import latency_text
+    from yolo_slim.tools.latency import for_script  # latency table + measured latency
+    opts, measure, table = for_script(a, channel_options(a) if wants_channels(a) else None)
+    rep = run(a.cfg, a.weights, a.output_dir, a.shortcuts, a.rank, opts, a.img_size, a.seed,
+              data=a.data, batch_size=a.batch_size, measure=measure, latency_table=table)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(summary_text(rep))
+    if measure:
+        print(latency_text(rep))
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
           "+ prune_report.json, layers.png" + (", channels.png" if wants_channels(a) else "") + ", args.json")
     return 0

@@ -39,6 +39,9 @@ class PruneOptions:
     rank_data: str | None = None  # .data whose train images give --importance rank its maps
     rank_batches: int = 2
     rank_batch_size: int = 8
+    target_latency: float | None = None  # ms, predicted by the latency table
+    target_speedup: float | None = None  # x faster than the table's whole-model prediction
+    latency_table: str | None = None     # analysis/latency.py JSON (tools/latency.py measures it)
 
 
 @dataclass
@@ -52,17 +55,19 @@ class PruneResult:
     scores: np.ndarray | None = None  # per-node importance scores the masks were cut by
 
 
+TARGETS = ("global_percent", "threshold", "target_flops", "layer_ratios", "target_latency",
+           "target_speedup")
+
+
 def choose_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[float, int | None]:
     """(threshold, n_cut): --threshold cuts by value (n_cut None); --global-percent and
     --target-flops cut a number of deciders in score order (threshold = what that amounts to);
-    --layer-ratios has no global threshold (nan)."""
-    given = [k for k in ("global_percent", "threshold", "target_flops", "layer_ratios")
-             if getattr(opts, k) is not None]
+    --layer-ratios and latency targets have no global threshold (nan)."""
+    given = [k for k in TARGETS if getattr(opts, k) is not None]
     if len(given) != 1:
-        raise YoloSlimError("give exactly one of --global-percent, --threshold, --target-flops, "
-                            "--layer-ratios")
-    if opts.layer_ratios is not None:
-        return math.nan, None  # no global threshold: prune_model cuts per unit
+        raise YoloSlimError("give exactly one of " + ", ".join("--" + k.replace("_", "-") for k in TARGETS))
+    if given[0] in ("layer_ratios", "target_latency", "target_speedup"):
+        return math.nan, None  # no global threshold: prune_model cuts per unit / per latency
     if opts.threshold is not None:
         if opts.threshold < 0 or math.isnan(opts.threshold):
             raise YoloSlimError(f"--threshold must be >= 0, got {opts.threshold}")
@@ -95,9 +100,13 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     stats = solver.gamma_stats()
     log(_gamma_text(stats, opts.importance))
     thr, n_cut = choose_cut(solver, opts)
+    latency = None
     if opts.layer_ratios is not None:
         keep_node = solver.ratio_keep(opts.layer_ratios)
         bare = solver.ratio_keep(opts.layer_ratios, enforce=False)
+    elif opts.target_latency is not None or opts.target_speedup is not None:
+        keep_node, latency = _latency_cut(solver, opts)
+        bare = keep_node
     else:
         keep_node = solver.keep(thr, n_cut=n_cut)
         # which layers only the floor / rounding filled up
@@ -123,9 +132,25 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
         "gamma": stats,
         "kept_channels": {i: k for i, k in kept_channels(g, keep_node).items() if after[i] != before[i]},
     }
+    if latency is not None:
+        report["latency"] = latency
     if check:
         report["verification"] = verify_cut(model, folded, compact, cuts, seed=opts.seed)
     return PruneResult(compact, folded, g, keep_node, thr, report, scores)
+
+
+def _latency_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[np.ndarray, dict[str, Any]]:
+    from yolo_slim.analysis.latency import LatencyTable
+    from yolo_slim.prune.latency_target import table_target
+    if opts.latency_table is None:
+        raise YoloSlimError("--target-latency/--target-speedup need a latency table (the scripts "
+                            "measure one; see python -m yolo_slim.tools.latency)")
+    if opts.target_speedup is not None and not opts.target_speedup >= 1:
+        raise YoloSlimError(f"--target-speedup must be >= 1, got {opts.target_speedup}")
+    table = LatencyTable.load(opts.latency_table)
+    keep_node, info = solver.latency_keep(table, table_target(table, opts.target_latency,
+                                                              opts.target_speedup))
+    return keep_node, {**info, "table": opts.latency_table}
 
 
 def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: int) -> list[dict]:
@@ -135,11 +160,13 @@ def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: i
 
 
 def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
-        data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
+        data: str | None = None, batch_size: int = 8, log=print, measure=None,
+        latency_table: str | None = None) -> dict[str, Any]:
     """Channel pruning through the one pipeline (prune/pipeline.py); returns the report."""
     from yolo_slim.prune.pipeline import PrunePlan, run as run_plan
-    return run_plan(cfg, weights, out_dir, PrunePlan(channels=opts, seed=opts.seed), data,
-                    batch_size, log)
+    return run_plan(cfg, weights, out_dir, PrunePlan(channels=opts, seed=opts.seed,
+                                                     latency_table=latency_table),
+                    data, batch_size, log, measure)
 
 
 def score_name(importance: str) -> str:

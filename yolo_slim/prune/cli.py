@@ -27,6 +27,16 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                       help="at most F x the original FLOPs")
     what.add_argument("--layer-ratios", metavar="JSON",
                       help="per-conv fractions to cut, e.g. from yolo_slim.tools.sensitivity")
+    what.add_argument("--target-latency", metavar="MS", type=number(float, gt=0),
+                      help="widths predicted to run in MS ms on the latency table's runtime")
+    what.add_argument("--target-speedup", metavar="X", type=number(float, min=1),
+                      help="widths predicted to run X times faster than the unpruned model")
+    p.add_argument("--latency-table", metavar="JSON", help="use this latency table (default: "
+                   "measure or reuse the cached one, python -m yolo_slim.tools.latency)")
+    p.add_argument("--latency-threads", type=number(int, min=1), default=2,
+                   help="onnxruntime threads of the table and of the measured latency")
+    p.add_argument("--latency-report", action="store_true",
+                   help="predict and measure the latency before/after also without a latency target")
     p.add_argument("--importance", choices=list(IMPORTANCE), default="bn",
                    help="channel score: BN |γ|, BN-scaled filter L1, or HRank (needs --data)")
     p.add_argument("--rank-batches", type=number(int, min=1), default=2, help="--importance rank: batches of --data")
@@ -49,7 +59,8 @@ def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> N
 
 def wants_channels(a: argparse.Namespace) -> bool:
     return any(getattr(a, k, None) is not None
-               for k in ("global_percent", "threshold", "target_flops", "layer_ratios"))
+               for k in ("global_percent", "threshold", "target_flops", "layer_ratios",
+                         "target_latency", "target_speedup"))
 
 
 # what a sensitivity ratios.json records about the masks it measured, and the flag each is
@@ -97,7 +108,9 @@ def channel_options(a: argparse.Namespace) -> PruneOptions:
                         importance=a.importance, rank_batches=a.rank_batches,
                         rank_data=getattr(a, "data", None),
                         layer_ratios=read_layer_ratios(a.layer_ratios, a) if a.layer_ratios else None,
-                        rank_batch_size=getattr(a, "batch_size", 8))
+                        rank_batch_size=getattr(a, "batch_size", 8),
+                        target_latency=a.target_latency, target_speedup=a.target_speedup,
+                        latency_table=a.latency_table)
 
 
 def guard_run(a: argparse.Namespace) -> None:
@@ -107,5 +120,6 @@ def guard_run(a: argparse.Namespace) -> None:
     from yolo_slim.data.inputs import data_inputs
     from yolo_slim.prune.outputs import output_files, output_stem
     guard_outputs({"--cfg": a.cfg, "--weights": a.weights,
-                   "--layer-ratios": getattr(a, "layer_ratios", None), **data_inputs(a.data)},
+                   "--layer-ratios": getattr(a, "layer_ratios", None),
+                   "--latency-table": getattr(a, "latency_table", None), **data_inputs(a.data)},
                   {"--output-dir": output_files(a.output_dir, output_stem(a.cfg, a.weights))})

@@ -103,12 +103,13 @@ def plot_blocks(scores: dict[int, float], removed: list[Block], path: str, title
 
 def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str = "mean",
         channel_opts: PruneOptions | None = None, img_size: int | None = None, seed: int = 0,
-        data: str | None = None, batch_size: int = 8, log=print) -> dict[str, Any]:
+        data: str | None = None, batch_size: int = 8, log=print, measure=None,
+        latency_table: str | None = None) -> dict[str, Any]:
     """Layer (+ channel) pruning through the one pipeline (prune/pipeline.py)."""
     from yolo_slim.prune.pipeline import PrunePlan, run as run_plan
     plan = PrunePlan(shortcuts, rank, channel_opts,
-                     (img_size, img_size) if img_size else None, seed)
-    return run_plan(cfg, weights, out_dir, plan, data, batch_size, log)
+                     (img_size, img_size) if img_size else None, seed, latency_table)
+    return run_plan(cfg, weights, out_dir, plan, data, batch_size, log, measure)
 
 
 def summary_text(rep: dict[str, Any]) -> str:

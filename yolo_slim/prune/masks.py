@@ -34,7 +34,7 @@ class MaskSolver:
         if round_to < 1:
             raise YoloSlimError(f"--round-to must be >= 1, got {round_to}")
         self.g, self.gamma, self.strategy = g, abs_gamma, strategy
-        self.layer_keep, self.round_to = layer_keep, round_to
+        self.layer_keep, self.round_to, self.img_hw = layer_keep, round_to, tuple(img_hw)
         self.prunable = prunable_of(g, strategy)
         n = len(g.root)
         pnodes = np.zeros(n, bool)
@@ -256,6 +256,12 @@ class MaskSolver:
             else:
                 lo = mid + 1
         return hi  # flops(hi) <= target: hi only ever takes values that meet it (or n)
+
+    def latency_keep(self, table, target_ms: float) -> tuple[np.ndarray, dict]:
+        """Per-node keep vector whose predicted latency (an analysis.latency table) meets
+        target_ms, keeping the most score per ms saved (prune/latency_target.py), and its numbers."""
+        from yolo_slim.prune.latency_target import latency_keep
+        return latency_keep(self, table, target_ms)
 
     def gamma_stats(self) -> dict:
         """Per prunable conv |γ| quantiles, and the largest threshold that empties no layer

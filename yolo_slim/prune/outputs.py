@@ -43,7 +43,8 @@ def max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 # every file a pruning run may write into its output dir, besides <stem>.cfg/.weights/.pt
-RUN_FILES = ("prune_report.json", "channels.png", "gamma_hist.png", "layers.png", "args.json")
+RUN_FILES = ("prune_report.json", "channels.png", "gamma_hist.png", "layers.png", "latency.png",
+             "args.json")
 
 
 def output_stem(cfg: str | None, weights: str) -> str:

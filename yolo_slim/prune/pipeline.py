@@ -33,6 +33,7 @@ class PrunePlan:
     channels: PruneOptions | None = None   # channel pruning (None: none)
     img_size: tuple[int, int] | None = None  # FLOPs size (the cfg's if None)
     seed: int = 0                          # seed of the verification inputs
+    latency_table: str | None = None       # analysis/latency.py table: predicted latency in the report
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _report(model: Darknet, p: Pruned, plan: PrunePlan) -> dict[str, Any]:
         c = p.channels.report
         rep["channel_pruning"] = {k: c[k] for k in (
             "strategy", "threshold", "options", "img_size", "params", "flops", "channels",
-            "raised_by_floor_or_rounding", "verification", "kept_channels")}
+            "raised_by_floor_or_rounding", "verification", "kept_channels", "latency") if k in c}
     hw = tuple(rep["img_size"])
     rep["final"] = {"depth": depth(p.final), "params": count_params(p.final),
                     "flops": model_flops(p.final, hw)}
@@ -100,9 +101,54 @@ def _pictures(p: Pruned, plan: PrunePlan, out_dir: str, stem: str) -> None:
                         title=f"{stem} {score_name(opts.importance)}")
 
 
+def _latency(model: Darknet, p: Pruned, plan: PrunePlan, rep: dict[str, Any], measure, out_dir: str,
+             stem: str) -> dict[str, Any]:
+    """Predicted (the table) and measured (`measure`: the two models timed interleaved) latency
+    of the model before and after, speed-up ÷ FLOPs reduction, and latency.png."""
+    from yolo_slim.analysis.latency import LatencyTable, plot_latency_flops
+    out = dict(rep.get("latency") or {})
+    fred = rep["flops"]["before"] / max(1, rep["final"]["flops"] if "final" in rep else rep["flops"]["after"])
+    out["flops_reduction"] = fred
+    path = plan.latency_table or (plan.channels.latency_table if plan.channels else None)
+    if path:
+        table = LatencyTable.load(path)
+        before, after = (table.predict(m.module_defs)["total_ms"] for m in (model, p.final))
+        out.update(predicted_before_ms=before, predicted_ms=after, predicted_speedup=before / after,
+                   table=path)
+        if len(model.module_defs) == len(p.final.module_defs):  # per-layer picture: channel cuts only
+            plot_latency_flops(model.module_defs, table, os.path.join(out_dir, "latency.png"),
+                               p.final.module_defs, title=stem)
+    if measure is not None:
+        m = measure({"before": model, "after": p.final}, tuple(rep["img_size"]))
+        b, a = m["models"]["before"], m["models"]["after"]
+        out.update(measured=m, measured_before_ms=b["median_ms"], measured_ms=a["median_ms"],
+                   speedup=1 / a["ratio_median"], speedup_per_flops_reduction=1 / a["ratio_median"] / fred)
+        if "predicted_ms" in out:
+            out["predicted_error"] = out["predicted_ms"] / a["median_ms"] - 1
+    return out
+
+
+def latency_text(rep: dict[str, Any]) -> str:
+    L = rep.get("latency")
+    if not L:
+        return ""
+    parts = []
+    if "target_ms" in L:
+        parts.append(f"latency target {L['target_ms']:.3g} ms")
+    if "predicted_ms" in L:
+        parts.append(f"predicted {L['predicted_before_ms']:.3g} -> {L['predicted_ms']:.3g} ms")
+    if "measured_ms" in L:
+        parts.append(f"measured {L['measured_before_ms']:.3g} -> {L['measured_ms']:.3g} ms (median, "
+                     f"interleaved; speed-up {L['speedup']:.2f}x, FLOPs reduction "
+                     f"{L['flops_reduction']:.2f}x, ratio {L['speedup_per_flops_reduction']:.2f})")
+    return "; ".join(parts)
+
+
 def run(cfg: str | None, weights: str, out_dir: str, plan: PrunePlan, data: str | None = None,
-        batch_size: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load, prune by the plan, verify, write the output dir; returns the report."""
+        batch_size: int = 8, log: Callable[[str], None] = print,
+        measure: Callable[[dict[str, Darknet], tuple[int, int]], dict] | None = None) -> dict[str, Any]:
+    """Load, prune by the plan, verify, write the output dir; returns the report. `measure`
+    (tools/latency.py's measure_hook: prune/ sits below deploy/) times both models."""
     from yolo_slim.nn.weights import load_model
     model = load_model(cfg, weights)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
@@ -119,5 +165,7 @@ def run(cfg: str | None, weights: str, out_dir: str, plan: PrunePlan, data: str 
     rep["files"], rep["verification"]["max_abs_reloaded"] = write_model_files(  # bit-exact at any size
         p.final, out_dir, stem, rep["manifest"], tuple(rep["verification"]["img_size"]), plan.seed + 1)
     _pictures(p, plan, out_dir, stem)
+    if measure is not None or plan.latency_table or (plan.channels and plan.channels.latency_table):
+        rep["latency"] = _latency(model, p, plan, rep, measure, out_dir, stem)
     write_report(rep, os.path.join(out_dir, "prune_report.json"))
     return rep

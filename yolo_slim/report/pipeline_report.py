@@ -4,7 +4,7 @@
 
 For every stage found in the run folder: mAP@0.5 and mAP@0.5:0.95 on the valid list, params,
 FLOPs (report.model_flops), size of the darknet .weights on disk, and onnxruntime CPU latency
-(batch 1, median after warm-up) of the exported ONNX. Then the files in <run>/export (FP32 and
+(batch 1) of the exported ONNX, all stages timed interleaved in one run. Then the files in <run>/export (FP32 and
 the INT8 of `make quantize`) as they ship: mAP through onnxruntime, size, interleaved latency.
 Pictures and the commands that made the run (<run>/commands.txt, appended by the Makefile /
 scripts) are linked in.
@@ -16,7 +16,6 @@ import glob
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
@@ -30,6 +29,8 @@ STAGES = [("baseline", "baseline", "run"), ("sparse", "sparse", "run"),
 PICTURES = [("sparse/gamma_hist.png", "|γ| of the prunable BN layers during sparse training"),
             ("pruned/channels.png", "channels kept per layer"),
             ("pruned/layers.png", "residual blocks removed (layer pruning)"),
+            ("pruned/latency.png", "per conv: share of FLOPs vs share of predicted latency, before "
+             "and after (latency table)"),
             ("baseline/results.png", "baseline training curves"),
             ("finetune/results.png", "fine-tuning curves")]
 
@@ -46,38 +47,35 @@ def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str]
     return None
 
 
-def onnx_latency_ms(model: Darknet, img_size: int, tmp_dir: str, runs: int = 30,
-                    warmup: int = 5) -> float:
-    """Median onnxruntime CPU latency (ms) of the exported model at batch 1."""
-    from yolo_slim.deploy.export import ExportOptions, export_onnx, median_ms, ort_session
-    path = os.path.join(tmp_dir, "latency.onnx")
-    export_onnx(model, path, ExportOptions(img_size=img_size))
-    sess = ort_session(path, threads=os.cpu_count())
-    feed = {"images": np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)}
-    try:
-        return median_ms(lambda: sess.run(None, feed), runs, warmup)
-    finally:
-        os.remove(path)
+def stage_latency(models: dict[str, Darknet], img_size: int, rounds: int = 30) -> dict[str, dict]:
+    """onnxruntime CPU latency at batch 1 of every stage's model, timed interleaved in one run
+    (deploy/ort_latency.models_latency): timed one after another on a busy machine, a stage
+    identical in shape to the baseline once came out at 41% of its latency."""
+    from yolo_slim.deploy.ort_latency import models_latency
+    return models_latency(models, (img_size, img_size), 1, os.cpu_count(), rounds, 5,
+                          ref=next(iter(models)))
 
 
-def measure_stage(model: Darknet, loader: Any, img_size: int, tmp_dir: str) -> dict[str, Any]:
+def measure_stage(model: Darknet, loader: Any, img_size: int) -> dict[str, Any]:
     from yolo_slim.eval.evaluate import evaluate
     m = evaluate(model, loader, progress=False)
     return {"map50": float(m["map50"]), "map": float(m["map"]), "params": count_params(model),
             "flops": model_flops(model, (img_size, img_size)),
-            "size_mb": len(darknet_weights_bytes(model)) / 2 ** 20,
-            "onnx_ms": onnx_latency_ms(model, img_size, tmp_dir)}
+            "size_mb": len(darknet_weights_bytes(model)) / 2 ** 20}
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     base = rows[0][1]
-    out = ["| stage | mAP@0.5 | mAP@0.5:0.95 | params | FLOPs | .weights size | ONNX CPU latency (b1) |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| stage | mAP@0.5 | mAP@0.5:0.95 | params | FLOPs | .weights size | ONNX CPU latency (b1), "
+           "median (p25-p75) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows:
         rel = lambda k: f" ({r[k] / base[k]:.0%})" if name != rows[0][0] else ""  # noqa: E731
+        t = r["latency"]
+        lat = f"{t['median_ms']:.1f} ms ({t['p25_ms']:.1f}-{t['p75_ms']:.1f})" + \
+            (f" ({t['ratio_median']:.0%})" if name != rows[0][0] else "")
         out.append(f"| {name} | {r['map50']:.3f} | {r['map']:.3f} | {r['params'] / 1e6:.3f} M{rel('params')} "
                    f"| {r['flops'] / 1e9:.3f} G{rel('flops')} | {r['size_mb']:.2f} MB{rel('size_mb')} "
-                   f"| {r['onnx_ms']:.1f} ms{rel('onnx_ms')} |")
+                   f"| {lat} |")
     return "\n".join(out)
 
 
@@ -119,21 +117,29 @@ def deploy_table(run: str, data: str, rounds: int = 50) -> list[str]:
 def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
     from yolo_slim.eval.evaluate import validation_loader
     loader, dc = validation_loader(data, img_size, batch_size)
-    rows = []
+    rows, models = [], {}
     for name, folder, kind in STAGES:
         found = find_stage_model(run, folder, kind)
         if found is None:
             continue
         print(f"report: measuring {name} ({found[1]})", flush=True)
+        models[name] = load_model(*found)
         with torch.no_grad():
-            rows.append((name, measure_stage(load_model(*found), loader, img_size, run)))
+            rows.append((name, measure_stage(models[name], loader, img_size)))
     if not rows:
         raise YoloSlimError(f"{run}: no stage outputs found (run `make demo` or the stages first)")
+    from yolo_slim.deploy.ort_bench import load_average
+    load = load_average()
+    lat = stage_latency(models, img_size)
+    for name, r in rows:
+        r["latency"] = lat[name]
     parts = [f"# yolo-slim pipeline report: `{run}`", "",
              f"Data: `{data}` (valid list, {len(loader.dataset)} images), {img_size} px. "
              f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
              "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
-             "median of 30 runs after 5 warm-up runs.", "", format_table(rows), ""]
+             "every stage's model timed interleaved in one run (30 rounds after 5 warm-up), median "
+             "with its 25th-75th percentile; the latency percentage is the median per-round ratio "
+             f"to the baseline (load average {load} when timing started).", "", format_table(rows), ""]
     parts += deploy_table(run, data)
     for rel, caption in PICTURES:
         if os.path.isfile(os.path.join(run, rel)):

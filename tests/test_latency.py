@@ -1,0 +1,204 @@
+"""Latency table (analysis/latency.py), latency-targeted widths (prune/latency_target.py) and the
+onnxruntime timer (deploy/ort_latency.py). The table and the chooser are tested with an injected
+fake timer (deterministic); only the smoke tests time anything for real."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cfgs import max_abs, raw, tol  # noqa: E402
+from netgen import random_model, standard_model, write_random_net  # noqa: E402
+
+from yolo_slim.analysis.graph import build_graph, shortcut_groups  # noqa: E402
+from yolo_slim.analysis.latency import (LatencyTable, class_latency_saving, measure_table,  # noqa: E402
+                                        spec_key)
+from yolo_slim.core.errors import TargetUnreachable  # noqa: E402
+from yolo_slim.nn.model import conv_layers  # noqa: E402
+from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
+from yolo_slim.prune.latency_target import table_target  # noqa: E402
+
+HW = (64, 64)
+
+
+def fake_timer(penalty: float = 1.0, calls: list | None = None, inputs: bool = False):
+    """ms = 0.01 + 1e-6 · H·W·k²·cin·cout / stride², times `penalty` when cout is off 8 (and
+    again when cin is, with `inputs`)."""
+    def t(spec, cin, cout):
+        if calls is not None:
+            calls.append((spec_key(spec), cin, cout))
+        h, w = spec["in_hw"]
+        ms = 0.01 + 1e-6 * h * w * spec["size"] ** 2 * cin * cout / (spec["stride_y"] * spec["stride_x"])
+        return ms * (penalty if cout % 8 else 1.0) * (penalty if inputs and cin % 8 else 1.0)
+    return t
+
+
+def counts(m) -> dict[int, int]:
+    return {i: c.conv.out_channels for i, c in conv_layers(m)}
+
+
+def test_table_is_deterministic_given_its_measurements(tmp_path, corpus_dir):
+    defs = standard_model("yolov3", corpus_dir).module_defs
+    c1, c2 = [], []
+    t1 = measure_table(defs, HW, fake_timer(1.5, c1), overhead_ms=0.005, full_ms=40.0)
+    t2 = measure_table(defs, HW, fake_timer(1.5, c2), overhead_ms=0.005, full_ms=40.0)
+    assert c1 == c2 and t1.to_json() == t2.to_json()
+    # convs of one residual stage share an entry: far fewer entries than convs
+    assert len(t1.entries) < len(t1.layers) == len(counts(standard_model("yolov3", corpus_dir)))
+    t1.save(str(tmp_path / "t.json"))
+    back = LatencyTable.load(str(tmp_path / "t.json"))
+    assert back.to_json() == json.loads((tmp_path / "t.json").read_text())
+    assert back.to_json() == json.loads(json.dumps(t1.to_json()))
+    # the whole model is calibrated to what was measured
+    assert back.predict(defs)["total_ms"] == pytest.approx(40.0)
+    g = build_graph(defs)
+    for i in g.must_keep_convs():  # a head conv's outputs never change: timed at full only
+        e = back.entries[back.layers[i]]
+        assert e["cout"] == [e["spec"]["cout"]]
+    # the penalty of an unaligned output count is what the timer shows (1.5 x one channel more),
+    # inputs have none
+    pens = {tuple(e["penalty"]) for e in back.entries.values() if e["vary"][1] and len(e["cout"]) > 2}
+    assert pens and all(p[0] == 1.0 and 1.4 < p[1] <= 1.5 for p in pens)
+
+
+def test_bilinear_prediction_is_exact_for_a_bilinear_cost():
+    m = random_model(2)
+    table = measure_table(m.module_defs, HW, fake_timer())
+    for i, k in table.layers.items():
+        e = table.entries[k]
+        s = e["spec"]
+        for cin in range(min(e["cin"]), max(e["cin"]) + 1, 3):
+            for cout in range(min(e["cout"]), max(e["cout"]) + 1, 5):
+                assert table.conv_ms(k, cin, cout) == pytest.approx(fake_timer()(s, cin, cout), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_latency_target_meets_prediction_and_every_graph_constraint(seed):
+    m = random_model(seed)
+    x = torch.rand(1, 3, *HW, generator=torch.Generator().manual_seed(seed))
+    for penalty, (strategy, frac, keep) in zip((1.0, 2.0, 2.0), (("slim", 0.6, 0.0),
+                                                                 ("shortcut", 0.7, 0.2), ("slim", 0.5, 0.1))):
+        # unaligned counts cost more on both axes: then cutting off the block never pays
+        table = measure_table(m.module_defs, HW, fake_timer(penalty, inputs=True))
+        path = f"/tmp/yolo_slim_test_latency_{seed}_{penalty}_{strategy}.json"
+        table.save(path)
+        target = frac * table.predict(m.module_defs)["total_ms"]
+        try:
+            r = prune_model(m, PruneOptions(strategy=strategy, target_latency=target, layer_keep=keep,
+                                            latency_table=path))
+        except TargetUnreachable:
+            continue
+        lat = r.report["latency"]
+        assert lat["predicted_ms"] <= target + 1e-12
+        # the prediction is the table's for the compact cfg itself
+        assert table.predict(r.compact.module_defs)["total_ms"] == pytest.approx(lat["predicted_ms"])
+        before, after = counts(m), counts(r.compact)
+        for grp in shortcut_groups(m.module_defs):
+            assert len({after[i] for i in grp}) == 1
+        for i in r.graph.must_keep_convs():
+            assert after[i] == before[i]
+        for i, c in after.items():
+            assert c >= max(1, math.ceil(keep * before[i] - 1e-9))
+            e = table.entries[table.layers[i]]
+            if e["penalty"][1] > 1:  # alignment pays there: never an unaligned cut
+                assert c == before[i] or c % 8 == 0, (seed, i, c, before[i])
+        # verified exact like any other cut
+        assert r.report["verification"]["rel_vs_folded"] <= 1e-5
+        ref = raw(r.folded, x)
+        assert max_abs(raw(r.compact, x), ref) <= tol(ref)
+
+
+def test_latency_target_keeps_more_importance_than_the_flops_cut_at_equal_prediction():
+    """With latency per FLOP differing by layer, the chooser spends cuts where they save time."""
+    m = random_model(4)
+    h = {}
+
+    def timer(spec, cin, cout):  # small maps cost 4x per FLOP: cutting them saves more time
+        per = 4e-6 if spec["in_hw"][0] <= 16 else 1e-6
+        return 0.001 + per * spec["in_hw"][0] * spec["in_hw"][1] * spec["size"] ** 2 * cin * cout
+    table = measure_table(m.module_defs, HW, timer)
+    table.save("/tmp/yolo_slim_test_latency_kept.json")
+    flops_cut = prune_model(m, PruneOptions(target_flops=0.6), check=False)
+    target = table.predict(flops_cut.compact.module_defs)["total_ms"]
+    lat_cut = prune_model(m, PruneOptions(target_latency=target,
+                                          latency_table="/tmp/yolo_slim_test_latency_kept.json"), check=False)
+    for name, r in (("flops", flops_cut), ("latency", lat_cut)):
+        from yolo_slim.prune.masks import MaskSolver
+        s = MaskSolver(r.graph, r.scores, "slim")
+        roots = np.flatnonzero(s.cuttable_roots() & r.keep_node)
+        h[name] = float(s.class_scores()[roots].sum())
+    assert lat_cut.report["latency"]["predicted_ms"] <= target
+    assert h["latency"] >= h["flops"]
+
+
+def test_unreachable_target_and_speedup():
+    m = random_model(1)
+    table = measure_table(m.module_defs, HW, fake_timer())
+    table.save("/tmp/yolo_slim_test_latency_u.json")
+    with pytest.raises(TargetUnreachable):
+        prune_model(m, PruneOptions(target_latency=1e-9, latency_table="/tmp/yolo_slim_test_latency_u.json"),
+                    check=False)
+    full = table.predict(m.module_defs)["total_ms"]
+    assert table_target(table, None, 2.0) == pytest.approx(full / 2)
+    r = prune_model(m, PruneOptions(target_speedup=1.5, latency_table="/tmp/yolo_slim_test_latency_u.json"),
+                    check=False)
+    assert r.report["latency"]["predicted_ms"] <= full / 1.5
+
+
+def test_sparsity_weights_from_the_table():
+    m = random_model(0)
+    g = build_graph(m.module_defs)
+    table = measure_table(m.module_defs, HW, fake_timer())
+    roots = np.unique(g.root[np.concatenate([g.conv_nodes[i] for i in g.conv_nodes])])
+    cls = np.full(len(g.root), -1)
+    cls[roots] = np.arange(len(roots))
+    w = class_latency_saving(table, g, cls, len(roots))
+    assert w.shape == (len(roots),) and (w >= 0).all() and w.sum() > 0
+
+
+def test_cli_target_latency_writes_predicted_and_measured(tmp_path):
+    import prune_channels
+    cfg, wts, m = write_random_net(tmp_path, 3, stem="net")
+    table = measure_table(m.module_defs, HW, fake_timer(), full_ms=5.0)
+    table.save(str(tmp_path / "table.json"))
+    out = tmp_path / "out"
+    assert prune_channels.main(["--cfg", str(cfg), "--weights", str(wts), "--output-dir", str(out),
+                                "--target-speedup", "1.4", "--latency-table", str(tmp_path / "table.json"),
+                                "--latency-threads", "1"]) == 0
+    rep = json.loads((out / "prune_report.json").read_text())
+    lat = rep["latency"]
+    assert lat["predicted_ms"] <= lat["target_ms"] == pytest.approx(5.0 / 1.4)
+    assert lat["measured_ms"] > 0 and lat["speedup"] > 0 and lat["flops_reduction"] > 1
+    assert set(lat["measured"]["models"]) == {"before", "after"}
+    assert (out / "latency.png").is_file()
+    # a table is an input: the run refuses to write over it
+    assert prune_channels.main(["--cfg", str(cfg), "--weights", str(wts), "--output-dir", str(tmp_path),
+                                "--target-latency", "1", "--latency-table", str(tmp_path / "args.json")]) == 2
+
+
+def test_ort_timer_smoke():
+    from yolo_slim.deploy.ort_latency import OrtConvTimer, conv_graph
+    import onnx
+    spec = {"size": 3, "stride_y": 1, "stride_x": 1, "padding": 1, "groups": 1, "dilation": 1,
+            "in_hw": [16, 16], "cin": 8, "cout": 8, "act": "leaky", "batch": 1}
+    for act in ("leaky", "linear", "mish", "swish", "relu", "logistic", "tanh"):
+        onnx.checker.check_model(onnx.load_from_string(conv_graph({**spec, "act": act}, 8, 16)))
+    t = OrtConvTimer(threads=1, runs=3, warmup=1)
+    ms = t(spec, 8, 16)
+    assert 0 < ms < 1000 and math.isfinite(t.empty_ms())
+
+
+def test_report_stage_latency_row_shows_median_spread_and_ratio():
+    from yolo_slim.report.pipeline_report import format_table
+    base = {"map50": 0.5, "map": 0.3, "params": 2e6, "flops": 1e9, "size_mb": 8.0}
+    lat = {"median_ms": 4.0, "p25_ms": 3.8, "p75_ms": 4.4, "min_ms": 3.5, "ratio_median": 1.0}
+    rows = [("baseline", {**base, "latency": lat}),
+            ("pruned", {**base, "flops": 2e8, "latency": {**lat, "median_ms": 2.0, "ratio_median": 0.52}})]
+    text = format_table(rows)
+    assert "4.0 ms (3.8-4.4) |" in text and "2.0 ms (3.8-4.4) (52%) |" in text

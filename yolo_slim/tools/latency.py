@@ -1,0 +1,153 @@
+"""The latency table of a cfg on this machine's runtime, measured once and cached, and the
+measured latency of a pruning run's models: the onnxruntime timers (deploy/ort_latency.py) wired
+to the table (analysis/latency.py) and to the pruning pipeline (prune/pipeline.py takes them as
+callables, because prune/ sits below deploy/).
+
+  python -m yolo_slim.tools.latency --cfg cfg/yolov3-tiny.cfg --img-size 416 [--threads 2] \
+      [--batch 1] [--runtime onnxruntime-cpu] [--out table.json] [--plot latency.png] [--refresh]
+
+The cache is one JSON file per (cfg text, size, batch, runtime, threads, machine, grid) under
+$YOLO_SLIM_CACHE or ~/.cache/yolo-slim/latency/; the file name says what it is for, and
+python -m yolo_slim.analysis.latency FILE prints one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any, Callable
+
+from yolo_slim.analysis.latency import LatencyTable, measure_table, plot_latency_flops, table_text
+from yolo_slim.core.cli import Parser, number, parse
+from yolo_slim.core.errors import cli_main
+from yolo_slim.darknet.cfg import net_size, parse_cfg
+from yolo_slim.deploy.ort_bench import cpu_isa
+from yolo_slim.deploy.ort_latency import RUNTIMES, STATS, OrtConvTimer, models_latency
+from yolo_slim.nn.model import Darknet
+
+
+def _defs(cfg: str) -> list[dict[str, Any]]:
+    """module_defs of a cfg, or of the cfg a yolo-slim .pt (or .weights with no cfg: error) carries."""
+    if cfg.endswith(".pt"):
+        from yolo_slim.nn.weights import load_model
+        return load_model(None, cfg).module_defs
+    return parse_cfg(cfg, warn=False)
+
+
+def cache_dir() -> str:
+    return os.environ.get("YOLO_SLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                             "yolo-slim", "latency")
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+    isa = cpu_isa()
+    return {"cpu": isa["cpu"], "cores": isa["cores"], "onnxruntime": onnxruntime.__version__,
+            "avx512f": isa["isa"]["AVX-512F"]}
+
+
+def table_path(cfg: str, img_hw: tuple[int, int], batch: int, runtime: str, threads: int | None,
+               steps: int, align: int, stat: str = "median") -> str:
+    defs = [{k: v for k, v in d.items() if not k.startswith("_")} for d in _defs(cfg)]
+    key = json.dumps([defs, list(img_hw), batch, runtime, threads, machine(), steps, align, stat], sort_keys=True)
+    h = hashlib.sha256(key.encode()).hexdigest()[:12]
+    stem = os.path.splitext(os.path.basename(cfg))[0]
+    return os.path.join(cache_dir(), f"{stem}_{img_hw[0]}x{img_hw[1]}_b{batch}_{runtime}_"
+                                     f"t{threads or 'auto'}_{stat}_{h}.json")
+
+
+def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1,
+                 runtime: str = "onnxruntime-cpu", threads: int | None = 2, steps: int = 4,
+                 align: int | None = None, runs: int = 7, stat: str = "median", refresh: bool = False,
+                 log: Callable[[str], None] = print) -> str:
+    """Path of the cached table for these settings, measured now if absent (or refresh)."""
+    defs = _defs(cfg)
+    hw = tuple(img_hw or net_size(defs))
+    align = align or (16 if machine()["avx512f"] else 8)  # MLAS's NCHWc block: 16 floats on AVX-512
+    path = table_path(cfg, hw, batch, runtime, threads, steps, align, stat)
+    if os.path.exists(path) and not refresh:
+        log(f"latency table: {path} (cached)")
+        return path
+    t0 = time.time()
+    log(f"latency table: measuring every conv of {cfg} at {hw[0]}x{hw[1]}, batch {batch}, "
+        f"{runtime}, {threads or 'auto'} threads (load average {_load()})")
+    timer = OrtConvTimer(runtime, threads, runs=runs, stat=stat)
+    full = models_latency({"full": Darknet(defs).eval()}, hw, batch, threads,
+                          rounds=3 * runs)["full"][f"{stat}_ms"]
+    table = measure_table(defs, hw, timer, batch, steps, align,
+                          meta={"cfg": cfg, "runtime": runtime, "threads": threads, "runs": runs, "stat": stat,
+                                "machine": machine(), "load_average": _load(),
+                                "measured": time.strftime("%Y-%m-%d %H:%M:%S")},
+                          overhead_ms=timer.empty_ms(), full_ms=full)
+    table.meta["seconds"] = round(time.time() - t0, 1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    table.save(path)
+    log(f"latency table: {path} ({table.meta['seconds']:.0f} s)")
+    return path
+
+
+def measure_hook(threads: int | None = 2, batch: int = 1, rounds: int = 30):
+    """A `measure(models, img_hw)` for prune/pipeline.run: the models timed interleaved in one run."""
+    def measure(models: dict[str, Darknet], img_hw: tuple[int, int]) -> dict[str, Any]:
+        out = models_latency(models, img_hw, batch, threads, rounds, ref=next(iter(models)))
+        return {"models": out, "threads": threads, "batch": batch, "rounds": rounds,
+                "load_average": _load(), "runtime": "onnxruntime-cpu"}
+    return measure
+
+
+def for_script(a, opts):
+    """The pruning scripts' latency wiring: (PruneOptions with the table, measure hook, table
+    path), the table measured or taken from the cache, when a latency target or
+    --latency-report asks for it; else (opts, None, None)."""
+    from dataclasses import replace
+    if not (getattr(a, "target_latency", None) or getattr(a, "target_speedup", None)
+            or getattr(a, "latency_report", False)):
+        return opts, None, None
+    hw = (a.img_size, a.img_size) if a.img_size else None
+    path = a.latency_table or ensure_table(a.cfg or a.weights, hw, threads=a.latency_threads)
+    opts = replace(opts, latency_table=path) if opts is not None else None
+    return opts, measure_hook(a.latency_threads), path
+
+
+def _load() -> str:
+    from yolo_slim.deploy.ort_bench import load_average
+    return load_average()
+
+
+def main(argv: list[str] | None = None) -> int:
+    @cli_main
+    def run(args) -> int:
+        p = Parser(prog="python -m yolo_slim.tools.latency", description=__doc__)
+        p.add_argument("--cfg", required=True)
+        p.add_argument("--img-size", type=number(int, min=32, multiple_of=32))
+        p.add_argument("--batch", type=number(int, min=1), default=1)
+        p.add_argument("--threads", type=number(int, min=1), default=2)
+        p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime-cpu")
+        p.add_argument("--steps", type=number(int, min=1), default=4, help="grid points per axis")
+        p.add_argument("--runs", type=number(int, min=1), default=7, help="timed runs per point (median)")
+        p.add_argument("--stat", choices=list(STATS), default="median",
+                       help="per point: median of the runs, or the fastest (a shared machine)")
+        p.add_argument("--out", help="also copy the table here")
+        p.add_argument("--plot", help="PNG: per conv, share of FLOPs vs share of latency")
+        p.add_argument("--refresh", action="store_true", help="measure again even if cached")
+        a = parse(p, args)
+        if a is None:
+            return 0
+        hw = (a.img_size, a.img_size) if a.img_size else None
+        path = ensure_table(a.cfg, hw, a.batch, a.runtime, a.threads, a.steps, runs=a.runs,
+                            stat=a.stat, refresh=a.refresh)
+        table = LatencyTable.load(path)
+        print(table_text(table))
+        if a.out:
+            shutil.copyfile(path, a.out)
+        if a.plot:
+            plot_latency_flops(parse_cfg(a.cfg, warn=False), table, a.plot, title=os.path.basename(a.cfg))
+        return 0
+    return run(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
