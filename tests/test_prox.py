@@ -240,10 +240,12 @@ def spied_hooks(cfg, m):
     return [Spy(hook.classes, True), hook, Spy(hook.classes, False)]
 
 
-def test_engine_accumulation_steps_and_saved_zeros(shapes_data, tmp_path):
+@pytest.mark.parametrize("ema", [True, False])
+def test_engine_accumulation_steps_and_saved_zeros(shapes_data, tmp_path, ema):
     """Accumulating 2 micro-batches: the prox runs once per optimizer step with the same τ; the
-    saved models (EMA in last.pt/best.pt, raw train_model) hold exactly the same dead set."""
-    cfg = config(shapes_data, tmp_path, batch_size=2, nominal_batch=4, sparsity_weight="flops")
+    saved models (EMA or raw in last.pt/best.pt, raw train_model) hold exactly the same dead set."""
+    cfg = config(shapes_data, tmp_path, batch_size=2, nominal_batch=4, sparsity_weight="flops",
+                 ema=ema)
     m = model()
     hooks = spied_hooks(cfg, m)
     train(cfg, m, hooks)
@@ -342,3 +344,18 @@ def test_engine_does_not_import_sparsity_and_defaults_agree():
     c, d = TrainConfig(), SparsitySchedule()
     assert (c.sparsity_decay_start, c.sparsity_decay_factor, c.sparsity_keep_fraction) == \
         (d.decay_start, d.decay_factor, d.keep_fraction)
+
+
+def test_subgradient_path_takes_the_flops_weights_too():
+    """--sparsity-update subgradient: grad(γ) += s·w_c·sign(γ) (uniform: the older tools' s·sign(γ))."""
+    for weight in ("uniform", "flops"):
+        m = model()
+        hook = make_sparsity_hook(m, "shortcut", SparsitySchedule(s=0.01), 1, "",
+                                  update="subgradient", weight=weight, img_hw=(64, 64))
+        for p in m.parameters():
+            p.grad = torch.zeros_like(p)
+        hook.after_backward(m, 0)
+        ws = hook.classes.channel_weights()
+        for bn, w in zip(hook.classes.bns, ws):
+            torch.testing.assert_close(bn.weight.grad, 0.01 * w * torch.sign(bn.weight.detach()))
+        assert (weight == "uniform") == all(bool((w == 1).all()) for w in ws)
