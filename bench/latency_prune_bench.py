@@ -70,7 +70,9 @@ def main() -> int:
         with open(os.path.join(out, "prune_report.json")) as f:
             reps[name] = json.load(f)
     cut("flops", "--target-flops", str(a.target_flops))
-    cut("latency", "--target-latency", str(reps["flops"]["latency"]["predicted_ms"]))
+    # the same measured speed-up as the FLOPs cut, in the table's units
+    L = reps["flops"]["latency"]
+    cut("latency", "--target-latency", str(L["predicted_before_ms"] / L["speedup"]))
     for t in a.target_ms:
         cut(f"T{t:g}", "--target-latency", str(t))
     hw = (a.img_size, a.img_size)

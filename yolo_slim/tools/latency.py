@@ -61,7 +61,7 @@ def table_path(cfg: str, img_hw: tuple[int, int], batch: int, runtime: str, thre
 
 def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1,
                  runtime: str = "onnxruntime-cpu", threads: int | None = 2, steps: int = 4,
-                 align: int | None = None, runs: int = 7, stat: str = "median", refresh: bool = False,
+                 align: int | None = None, runs: int = 7, stat: str = "min", refresh: bool = False,
                  log: Callable[[str], None] = print) -> str:
     """Path of the cached table for these settings, measured now if absent (or refresh)."""
     defs = _defs(cfg)
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime-cpu")
         p.add_argument("--steps", type=number(int, min=1), default=4, help="grid points per axis")
         p.add_argument("--runs", type=number(int, min=1), default=7, help="timed runs per point (median)")
-        p.add_argument("--stat", choices=list(STATS), default="median",
-                       help="per point: median of the runs, or the fastest (a shared machine)")
+        p.add_argument("--stat", choices=list(STATS), default="min",
+                       help="per point: the fastest of the runs (robust on a shared machine) or their median")
         p.add_argument("--out", help="also copy the table here")
         p.add_argument("--plot", help="PNG: per conv, share of FLOPs vs share of latency")
         p.add_argument("--refresh", action="store_true", help="measure again even if cached")
