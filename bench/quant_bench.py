@@ -89,18 +89,21 @@ def main(argv=None):
     p.add_argument("--calib-method", default="minmax")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=60)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}),
+                   help="onnxruntime intra-op threads; each count is timed separately (one "
+                        "thread is steadier on a shared machine)")
     p.add_argument("--work", help="folder for the ONNX files (default <run>/quant_bench)")
     p.add_argument("--machine", default="", help="free text for the report (e.g. 'shared with 4 jobs')")
     p.add_argument("--out", default="bench/results/quantize.md")
     a = p.parse_args(argv)
     a.work = a.work or os.path.join(a.run, "quant_bench")
     os.makedirs(a.work, exist_ok=True)
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(max(a.threads))
     files, maps, parity = build(a)
     load0 = load_average()
-    lats = {b: interleaved_latency(files, (a.img_size, a.img_size), b, a.rounds, 5, a.threads,
-                                   ref="baseline FP32") for b in a.batches}
+    lats = {(b, t): interleaved_latency(files, (a.img_size, a.img_size), b, a.rounds, 5, t,
+                                        ref="baseline FP32")
+            for t in a.threads for b in a.batches}
     load1 = load_average()
     base_bytes = os.path.getsize(files["baseline FP32"])
     isa = cpu_isa()
@@ -108,7 +111,7 @@ def main(argv=None):
              f"- date: {datetime.date.today()}; machine: {isa['text']}"
              + (f"; {a.machine}" if a.machine else ""),
              f"- onnxruntime {onnxruntime.__version__} CPUExecutionProvider, intra-op threads "
-             f"{a.threads}; 1-min load average {load0.split()[0]} before the timing, "
+             f"{' and '.join(map(str, a.threads))}; 1-min load average {load0.split()[0]} before the timing, "
              f"{load1.split()[0]} after",
              f"- INT8: QDQ, uint8 activations / int8 per-channel weights, {a.calib_method} "
              f"calibration on {a.calib_images} training images, decode tail in float",
@@ -116,8 +119,9 @@ def main(argv=None):
              "on the whole validation list",
              f"- latency: the four files interleaved, {a.rounds} rounds after 5 warm-up rounds, "
              "ms per batch; the x columns are medians of the per-round ratios", ""]
-    for b in a.batches:
-        lines += [f"### batch {b}", ""] + table(files, maps, lats[b], base_bytes) + [""]
+    for (b, t), lat in lats.items():
+        lines += [f"### batch {b}, {t} thread{'s' if t > 1 else ''}", ""]
+        lines += table(files, maps, lat, base_bytes) + [""]
     lines += ["The torch models (eval.evaluate, same loader) for comparison with the FP32 rows: "
               + "; ".join(f"{k.rsplit(' ', 1)[0]} {v[0]:.4f} / {v[1]:.4f}"
                           for k, v in maps.items() if k.endswith(" torch")), ""]
@@ -130,7 +134,7 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(a.out, text.encode())
     atomic_write_bytes(os.path.splitext(a.out)[0] + ".json", json.dumps(
-        {"maps": maps, "latency": {str(b): v for b, v in lats.items()}, "isa": isa,
+        {"maps": maps, "latency": {f"b{b}_t{t}": v for (b, t), v in lats.items()}, "isa": isa,
          "sizes": {k: os.path.getsize(v) for k, v in files.items()}}, indent=1).encode())
     print(text)
 
