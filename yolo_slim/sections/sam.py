@@ -51,24 +51,11 @@ def tie_product(gb, i: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def product_carry(fc, i: int, m: Product, what: str) -> Carry:
-    a, b = fc.carry(i - 1), fc.carry(m.source)
-    return nonlinear_join(fc, i, [a, b], lambda offs: offs[0] * offs[1], m.activation, what)
-
-
-@register
-class SamSection(Section):
-    type = "sam"
+class ProductSection(Section):
+    """An element-wise product of the previous output and one `from=` layer, then an activation:
+    the build, channel rule and constant rule [sam] and [scale_channels] share."""
     ref_keys = ("from",)
     join = "product"
-
-    def shape(self, d: dict[str, Any], i: int, shapes: Shapes) -> Shape:
-        activation_of(d, "linear")
-        j = single_source(self, d, i, shapes)
-        if shapes.of(j) != shapes.prev(i):
-            raise fail(d, f"multiplies layer {j} {shapes.of(j)} with the previous layer's "
-                       f"{shapes.prev(i)} (channels, height, width): they must be equal")
-        return shapes.prev(i)
 
     def build(self, d: dict[str, Any], i: int, shapes: Shapes) -> Product:
         return Product(self.refs(d, i)[0], activation_of(d, "linear"))
@@ -77,7 +64,22 @@ class SamSection(Section):
         return tie_product(gb, i, gb.in_nodes(i), gb.nodes(self.refs(d, i)[0]))
 
     def propagate(self, d: dict[str, Any], i: int, m: Product, fc) -> Carry:
-        return product_carry(fc, i, m, "[sam]")
+        a, b = fc.carry(i - 1), fc.carry(m.source)
+        return nonlinear_join(fc, i, [a, b], lambda offs: offs[0] * offs[1], m.activation,
+                              f"[{self.type}]")
 
     def passes_offset(self, d: dict[str, Any]) -> str | None:
-        return "[sam] multiplies: (x + c)·y is not x·y plus a constant"
+        return f"[{self.type}] multiplies: (x + c)·y is not x·y plus a constant"
+
+
+@register
+class SamSection(ProductSection):
+    type = "sam"
+
+    def shape(self, d: dict[str, Any], i: int, shapes: Shapes) -> Shape:
+        activation_of(d, "linear")
+        j = single_source(self, d, i, shapes)
+        if shapes.of(j) != shapes.prev(i):
+            raise fail(d, f"multiplies layer {j} {shapes.of(j)} with the previous layer's "
+                       f"{shapes.prev(i)} (channels, height, width): they must be equal")
+        return shapes.prev(i)

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from yolo_slim.sections import register
-from yolo_slim.sections.base import Carry, Section, Shape, Shapes, activation_of, fail, require_default
-from yolo_slim.sections.sam import Product, product_carry, single_source, tie_product
+from yolo_slim.sections.base import Shape, Shapes, activation_of, fail, require_default
+from yolo_slim.sections.sam import ProductSection, single_source
 
 
 @register
-class ScaleChannelsSection(Section):
+class ScaleChannelsSection(ProductSection):
     type = "scale_channels"
-    ref_keys = ("from",)
-    join = "product"
 
     def shape(self, d: dict[str, Any], i: int, shapes: Shapes) -> Shape:
         require_default(d, "scale_wh", 0, " (a spatial scale map)")
@@ -31,15 +27,3 @@ class ScaleChannelsSection(Section):
             raise fail(d, f"the previous layer must be a 1x1 map of one scale per channel of layer "
                        f"{j} ({shapes.of(j)[0]}); it is {c}x{h}x{w}")
         return shapes.of(j)
-
-    def build(self, d: dict[str, Any], i: int, shapes: Shapes) -> Product:
-        return Product(self.refs(d, i)[0], activation_of(d, "linear"))
-
-    def channels(self, d: dict[str, Any], i: int, gb) -> np.ndarray:
-        return tie_product(gb, i, gb.in_nodes(i), gb.nodes(self.refs(d, i)[0]))
-
-    def propagate(self, d: dict[str, Any], i: int, m: Product, fc) -> Carry:
-        return product_carry(fc, i, m, "[scale_channels]")
-
-    def passes_offset(self, d: dict[str, Any]) -> str | None:
-        return "[scale_channels] multiplies: (x + c)·s is not x·s plus a constant"
