@@ -51,7 +51,7 @@ def main(argv=None):
     guard_outputs({"--cfg": args.cfg, "--weights": args.weights, "--onnx": args.onnx,
                    **data_inputs(args.data)}, {"--output-dir": [out]})
     if args.onnx:
-        from yolo_slim.eval.onnx_eval import evaluate_onnx
+        from yolo_slim.deploy.onnx_eval import evaluate_onnx
         if args.rect or args.half:
             raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, onnxruntime CPU)")
         m = evaluate_onnx(args.onnx, args.data, args.split, args.batch_size, args.conf_thres,

@@ -25,7 +25,7 @@ from yolo_slim.nn.weights import load_model  # noqa: E402
 from yolo_slim.deploy.export import ExportOptions, export_onnx  # noqa: E402
 from yolo_slim.deploy.ort_bench import cpu_isa, interleaved_latency, load_average  # noqa: E402
 from yolo_slim.deploy.quantize import QuantOptions, export_int8  # noqa: E402
-from yolo_slim.eval.onnx_eval import evaluate_onnx  # noqa: E402
+from yolo_slim.deploy.onnx_eval import evaluate_onnx  # noqa: E402
 from yolo_slim.report.pipeline_report import find_stage_model  # noqa: E402
 
 MODELS = [("baseline", "baseline", "run"), ("pruned+ft", "finetune", "files")]

@@ -389,7 +389,7 @@ def test_evaluate_onnx_matches_torch_path(tmp_path, run_script, shapes_data):
     or matching treated differently would show. Also a --raw export (decoded by --cfg), a
     static-batch export fed a ragged last batch, and the refusals."""
     from yolo_slim.nn.weights import save_checkpoint
-    from yolo_slim.eval.onnx_eval import evaluate_onnx
+    from yolo_slim.deploy.onnx_eval import evaluate_onnx
     cfg = str(Path(__file__).resolve().parents[1] / "cfg" / "demo.cfg")  # 5 classes, like the set
     torch.manual_seed(1)
     model = Darknet(parse_cfg(cfg))

@@ -88,7 +88,7 @@ def deploy_table(run: str, data: str, rounds: int = 50) -> list[str]:
     """The files that ship (<run>/export/*.onnx, FP32 and INT8) scored by evaluate.py's ONNX
     path, their size, and their onnxruntime latency timed interleaved in one run."""
     from yolo_slim.deploy.ort_bench import cpu_isa, interleaved_latency
-    from yolo_slim.eval.onnx_eval import OnnxDetector, evaluate_onnx
+    from yolo_slim.deploy.onnx_eval import OnnxDetector, evaluate_onnx
     paths = sorted(glob.glob(os.path.join(run, "export", "*.onnx")), key=lambda p: (is_int8(p), p))
     if not paths:
         return []
