@@ -39,7 +39,8 @@ def build(a: argparse.Namespace) -> tuple[dict, dict, dict]:
         if found is None:
             raise YoloSlimError(f"{a.run}/{folder}: no model (run make demo first)")
         model = load_model(*found)
-        maps[f"{name} torch"] = torch_map(model, a)
+        if not a.no_torch:
+            maps[f"{name} torch"] = torch_map(model, a)
         stem = os.path.join(a.work, name.replace("+", "_"))
         eo = ExportOptions(img_size=a.img_size)
         export_onnx(model, stem + ".onnx", eo)
@@ -93,6 +94,7 @@ def main(argv=None):
                    help="onnxruntime intra-op threads; each count is timed separately (one "
                         "thread is steadier on a shared machine)")
     p.add_argument("--work", help="folder for the ONNX files (default <run>/quant_bench)")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch models' mAP")
     p.add_argument("--machine", default="", help="free text for the report (e.g. 'shared with 4 jobs')")
     p.add_argument("--out", default="bench/results/quantize.md")
     a = p.parse_args(argv)
@@ -122,15 +124,18 @@ def main(argv=None):
     for (b, t), lat in lats.items():
         lines += [f"### batch {b}, {t} thread{'s' if t > 1 else ''}", ""]
         lines += table(files, maps, lat, base_bytes) + [""]
-    lines += ["The torch models (eval.evaluate, same loader) for comparison with the FP32 rows: "
-              + "; ".join(f"{k.rsplit(' ', 1)[0]} {v[0]:.4f} / {v[1]:.4f}"
-                          for k, v in maps.items() if k.endswith(" torch")), ""]
+    if not a.no_torch:
+        lines += ["The torch models (eval.evaluate, same loader) for comparison with the FP32 "
+                  "rows: " + "; ".join(f"{k.rsplit(' ', 1)[0]} {v[0]:.4f} / {v[1]:.4f}"
+                                       for k, v in maps.items() if k.endswith(" torch")), ""]
     lines += ["INT8 vs FP32 parity at export (on the calibration images):", ""]
     for name, r in parity.items():
         pr = r["parity"]
-        lines.append(f"- {name}: {pr['match_rate']:.1%} of {pr['ref_detections']} FP32 detections "
-                     f"(score > {pr['conf']}) found again, mean IoU {pr['mean_iou']:.3f}, score "
-                     f"|delta| max {pr['score_delta_max']:.3f}; calibration {r['calib_seconds']} s")
+        f = lambda v, fmt: "n/a" if v is None else format(v, fmt)  # noqa: E731
+        lines.append(f"- {name}: {f(pr['match_rate'], '.1%')} of {pr['ref_detections']} FP32 "
+                     f"detections (score > {pr['conf']}) found again, mean IoU "
+                     f"{f(pr['mean_iou'], '.3f')}, score |delta| max {pr['score_delta_max']:.3f}; "
+                     f"calibration {r['calib_seconds']} s")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(a.out, text.encode())
     atomic_write_bytes(os.path.splitext(a.out)[0] + ".json", json.dumps(
