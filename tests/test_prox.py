@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import os
 import socket
 
@@ -168,6 +169,25 @@ def test_controller_meets_a_flops_target(target, weight):
     # the controller alone got there within 0.1 before the freeze had to help
     assert abs(at_freeze - target) <= 0.1, at_freeze
     assert hook.s_now == 0.0 and hook.controller.frozen  # recovery: s = 0, dead set held
+
+
+def test_cut_to_target_respects_the_layer_floor():
+    """With FLOPs weights the cheapest classes are all high-resolution ones: without a floor the
+    target is met by emptying the first convs; with layer_keep every conv keeps its share."""
+    m = model()
+    for _, c in conv_layers(m):  # equal norms: the order is by cost alone
+        if c.bn is not None:
+            c.bn.weight.data.fill_(1.0)
+            c.bn.bias.data.zero_()
+    for keep in (0.0, 0.25):
+        cl = ChannelClasses(m, "shortcut", (64, 64), "flops", layer_keep=keep)
+        dead = cl.cut_to_target(torch.zeros(cl.n, dtype=torch.bool), 0.3)
+        assert cl.flops_if_cut(dead) <= 0.3
+        alive = {i: int((~dead[c]).sum()) for i, c in zip(cl.layers, cl.cls)}
+        if keep:
+            assert all(alive[i] >= math.ceil(keep * len(c)) for i, c in zip(cl.layers, cl.cls))
+        else:
+            assert alive[0] == 1  # the 64x64 conv emptied down to the one channel always kept
 
 
 def test_controller_law():

@@ -139,6 +139,9 @@ class TrainConfig:
     target_flops: float = field(default=0.0, metadata={
         "min": 0, "lt": 1, "help": "--sr prox: adapt s so the dead channels remove all but this "
                                    "share of the FLOPs (0 = off, fixed s)"})
+    target_layer_keep: float = field(default=0.1, metadata={
+        "min": 0, "max": 1, "help": "--target-flops: every conv keeps at least this share of its "
+                                    "channels alive (and at least 1)"})
     target_recover: float = field(default=0.3, metadata={
         "min": 0, "lt": 1, "help": "--target-flops: last share of the run with the dead set "
                                    "frozen and s = 0"})

@@ -44,7 +44,7 @@ class ChannelClasses:
     grouped by the class of the channel graph they belong to (must-keep classes excluded)."""
 
     def __init__(self, model: torch.nn.Module, strategy: str, img_hw: tuple[int, int],
-                 weight: str = "uniform"):
+                 weight: str = "uniform", layer_keep: float = 0.0):
         if weight not in WEIGHTS:
             raise ValueError(f"sparsity weight must be one of {WEIGHTS}, not {weight!r}")
         model = getattr(model, "module", model)
@@ -75,6 +75,15 @@ class ChannelClasses:
             saving += fac * len(cout) * np.bincount(cin[cin >= 0], minlength=self.n)
             saving += fac * len(cin) * np.bincount(cout[cout >= 0], minlength=self.n)
         self.saving = saving
+        # per conv: how many of its input / output channels each class holds (for the greedy
+        # cut below), and the floor of output channels a FLOPs target may not cut into
+        self.touch: list[list[tuple[int, int, int]]] = [[] for _ in range(self.n)]
+        for j, (_, cin, cout) in enumerate(self.convs):
+            n_in = np.bincount(cin[cin >= 0], minlength=self.n)
+            n_out = np.bincount(cout[cout >= 0], minlength=self.n)
+            for r in np.flatnonzero(n_in + n_out):
+                self.touch[r].append((j, int(n_in[r]), int(n_out[r])))
+        self.floor = [max(1, math.ceil(layer_keep * len(cout) - 1e-9)) for _, _, cout in self.convs]
         w = saving if weight == "flops" else np.ones(self.n)
         self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
         self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
@@ -132,26 +141,33 @@ class ChannelClasses:
         return out
 
     def cut_to_target(self, dead: torch.Tensor, target: float) -> torch.Tensor:
-        """`dead` plus the fewest live classes, cheapest first (smallest ‖(γ, β)‖ / w), that bring
-        the FLOPs if cut to at most `target` (bisection on a monotone count)."""
+        """`dead` plus live classes, cheapest first (smallest ‖(γ, β)‖ / w), until the FLOPs if
+        cut are at most `target`; a class that would take a conv below its floor of output
+        channels (layer_keep, at least 1) is skipped. Greedy, FLOPs updated incrementally."""
         dead = dead.clone()
-        if self.flops_if_cut(dead) <= target:
+        keep = np.append(~dead.numpy(), True)
+        kin = [int(keep[cin].sum()) for _, cin, _ in self.convs]
+        kout = [int(keep[cout].sum()) for _, _, cout in self.convs]
+        fac = [c[0] for c in self.convs]
+        total = sum(f * max(1, a) * max(1, b) for f, a, b in zip(fac, kin, kout))
+        goal = target * self.flops_full
+        if total <= goal:
             return dead
         live = torch.nonzero(~dead).flatten()
-        order = live[torch.argsort(self.norms()[live] / self.weight[live], stable=True)]
-
-        def with_k(k: int) -> torch.Tensor:
-            d = dead.clone()
-            d[order[:k]] = True
-            return d
-        lo, hi = 0, len(order)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.flops_if_cut(with_k(mid)) <= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        return with_k(hi)
+        order = live[torch.argsort(self.norms()[live] / self.weight[live], stable=True)].tolist()
+        for r in order:
+            t = self.touch[r]
+            if any(kout[j] - n_out < self.floor[j] for j, _, n_out in t if n_out):
+                continue
+            for j, n_in, n_out in t:
+                total -= fac[j] * max(1, kin[j]) * max(1, kout[j])
+                kin[j] -= n_in
+                kout[j] -= n_out
+                total += fac[j] * max(1, kin[j]) * max(1, kout[j])
+            dead[r] = True
+            if total <= goal:
+                break
+        return dead
 
 
 @dataclass

@@ -184,8 +184,8 @@ class SparsityHook(TrainHooks):
     def __init__(self, model: Darknet, strategy: str, schedule: SparsitySchedule, epochs: int,
                  output_dir: str, update: str = "prox", weight: str = "uniform",
                  target_flops: float = 0.0, recover: float = 0.3,
-                 img_hw: tuple[int, int] = (416, 416)):
-        self.classes = ChannelClasses(model, strategy, img_hw, weight)
+                 img_hw: tuple[int, int] = (416, 416), layer_keep: float = 0.1):
+        self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep)
         ws = self.classes.channel_weights() if weight != "uniform" else None
         self.sp = BNSparsity(model, self.classes.layers, schedule, ws)
         self.schedule, self.epochs, self.output_dir, self.update = schedule, epochs, output_dir, update
@@ -318,6 +318,7 @@ def make_train_hooks(cfg, model: Darknet) -> list:
     update = getattr(cfg, "sparsity_update", "subgradient")
     weight = getattr(cfg, "sparsity_weight", "uniform")
     target, recover = getattr(cfg, "target_flops", 0.0), getattr(cfg, "target_recover", 0.3)
+    layer_keep = getattr(cfg, "target_layer_keep", 0.1)
     if update not in ("prox", "subgradient"):
         raise YoloSlimError(f"--sparsity-update must be prox or subgradient, not {update!r}")
     if weight not in WEIGHTS:
@@ -338,4 +339,4 @@ def make_train_hooks(cfg, model: Darknet) -> list:
     img = cfg.img_size or net_size(getattr(model, "module", model).module_defs)[1]
     return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
                                cfg.output_dir, update=update, weight=weight, target_flops=target,
-                               recover=recover, img_hw=(img, img))]
+                               recover=recover, img_hw=(img, img), layer_keep=layer_keep)]
