@@ -238,3 +238,32 @@ def test_a_new_section_type_is_one_file(activation_registered):
     assert blocks_ok.report["verification"]["max_abs_vs_folded"] <= tol(raw(blocks_ok.folded, x))
     assert sum(conv_flops_table(m.module_defs, (32, 32)).values()) == 2 * 32 * 32 * (
         8 * 3 * 9 + 8 * 8 * 9 + 4 * 8 + 8 * 4 * 9 + 8 * 8 * 9 + 4 * 8 + 8 * 4 * 9 + 8 * 8 * 9 + 6 * 8)
+
+
+def test_prune_channels_dead_cuts_exactly_the_dead_channels(tmp_path):
+    """prune_channels.py --dead: every dead class goes, no live one, and the written model
+    computes what the unpruned one does at every pixel (the cut is free)."""
+    import json
+
+    import prune_channels
+    from yolo_slim.darknet.cfg import parse_cfg
+    from yolo_slim.nn.weights import load_darknet_weights, save_darknet_weights
+    m = random_model(8, ALL_NEW)
+    keep = kill_classes(m, 0.4, seed=1)
+    (tmp_path / "n.cfg").write_text(ALL_NEW)
+    save_darknet_weights(m, str(tmp_path / "n.weights"))
+    out = tmp_path / "out"
+    assert prune_channels.main(["--cfg", str(tmp_path / "n.cfg"), "--weights", str(tmp_path / "n.weights"),
+                                "--output-dir", str(out), "--dead"]) == 0
+    rep = json.loads((out / "prune_report.json").read_text())
+    g = build_graph(m.module_defs)
+    n_dead_convs = sum(int((~keep[n]).sum()) for i, n in g.conv_nodes.items())
+    assert sum(rep["channels"]["before"][k] - rep["channels"]["after"][k]
+               for k in rep["channels"]["before"]) == n_dead_convs
+    assert rep["dead"]["dead_deciders"] > 0 and rep["dead"]["live_cut_by_percent"] > 0
+    pruned = Darknet(parse_cfg(str(out / "n.cfg"))).eval()
+    load_darknet_weights(pruned, str(out / "n.weights"))
+    x = torch.rand(2, 3, 64, 64)
+    ref = raw(m, x)
+    assert max_abs(raw(pruned, x), ref) <= tol(ref)
+    assert rep["verification"]["max_abs_vs_masked_unfolded"] <= tol(ref)

@@ -21,7 +21,7 @@ from yolo_slim.analysis.cost import count_params, model_flops
 from yolo_slim.prune.compact import compact_model
 from yolo_slim.prune.fold import channel_cuts
 from yolo_slim.prune.verify import apply_cut, verify as verify_cut
-from yolo_slim.prune.masks import MaskSolver, assert_consistent, kept_channels
+from yolo_slim.prune.masks import MaskSolver, assert_consistent, dead_nodes, kept_channels
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PruneOptions:
     target_latency: float | None = None  # ms, predicted by the latency table
     target_speedup: float | None = None  # x faster than the table's whole-model prediction
     latency_table: str | None = None     # analysis/latency.py JSON (tools/latency.py measures it)
+    dead: bool | None = None             # cut exactly the channels with γ = β = 0 (prox training)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class PruneResult:
 
 
 TARGETS = ("global_percent", "threshold", "target_flops", "layer_ratios", "target_latency",
-           "target_speedup")
+           "target_speedup", "dead")
 
 
 def choose_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[float, int | None]:
@@ -66,7 +67,7 @@ def choose_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[float, int | Non
     given = [k for k in TARGETS if getattr(opts, k) is not None]
     if len(given) != 1:
         raise YoloSlimError("give exactly one of " + ", ".join("--" + k.replace("_", "-") for k in TARGETS))
-    if given[0] in ("layer_ratios", "target_latency", "target_speedup"):
+    if given[0] in ("layer_ratios", "target_latency", "target_speedup", "dead"):
         return math.nan, None  # no global threshold: prune_model cuts per unit / per latency
     if opts.threshold is not None:
         if opts.threshold < 0 or math.isnan(opts.threshold):
@@ -100,8 +101,16 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     stats = solver.gamma_stats()
     log(_gamma_text(stats, opts.importance))
     thr, n_cut = choose_cut(solver, opts)
-    latency = None
-    if opts.layer_ratios is not None:
+    latency = dead_counts = None
+    if opts.dead:
+        dead = dead_nodes(model, g)
+        keep_node, bare = solver.dead_keep(dead), solver.dead_keep(dead, enforce=False)
+        dead_counts = solver.dead_report(dead, percent=0.5, threshold=0.01)
+        log(f"--dead: {dead_counts['dead_deciders']} of {dead_counts['deciders']} prunable channels "
+            f"are dead (γ = β = 0) and cut for free; --global-percent 0.5 would also cut "
+            f"{dead_counts['live_cut_by_percent']} live ones, --threshold 0.01 "
+            f"{dead_counts['live_cut_by_threshold']}")
+    elif opts.layer_ratios is not None:
         keep_node = solver.ratio_keep(opts.layer_ratios)
         bare = solver.ratio_keep(opts.layer_ratios, enforce=False)
     elif opts.target_latency is not None or opts.target_speedup is not None:
@@ -134,6 +143,8 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     }
     if latency is not None:
         report["latency"] = latency
+    if dead_counts is not None:
+        report["dead"] = dead_counts
     if check:
         report["verification"] = verify_cut(model, folded, compact, cuts, seed=opts.seed)
     return PruneResult(compact, folded, g, keep_node, thr, report, scores)

@@ -31,6 +31,9 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                       help="widths predicted to run in MS ms on the latency table's runtime")
     what.add_argument("--target-speedup", metavar="X", type=number(float, min=1),
                       help="widths predicted to run X times faster than the unpruned model")
+    what.add_argument("--dead", action="store_const", const=True, default=None,
+                      help="cut exactly the channels with γ = β = 0 (train_sparse.py -sr "
+                           "--sparsity-update prox leaves them): free, borders included")
     p.add_argument("--latency-table", metavar="JSON", help="use this latency table (default: "
                    "measure or reuse the cached one, python -m yolo_slim.tools.latency)")
     p.add_argument("--latency-threads", type=number(int, min=1), default=2,
@@ -60,7 +63,7 @@ def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> N
 def wants_channels(a: argparse.Namespace) -> bool:
     return any(getattr(a, k, None) is not None
                for k in ("global_percent", "threshold", "target_flops", "layer_ratios",
-                         "target_latency", "target_speedup"))
+                         "target_latency", "target_speedup", "dead"))
 
 
 # what a sensitivity ratios.json records about the masks it measured, and the flag each is
@@ -110,7 +113,7 @@ def channel_options(a: argparse.Namespace) -> PruneOptions:
                         layer_ratios=read_layer_ratios(a.layer_ratios, a) if a.layer_ratios else None,
                         rank_batch_size=getattr(a, "batch_size", 8),
                         target_latency=a.target_latency, target_speedup=a.target_speedup,
-                        latency_table=a.latency_table)
+                        latency_table=a.latency_table, dead=getattr(a, "dead", None))
 
 
 def guard_run(a: argparse.Namespace) -> None:
