@@ -128,9 +128,9 @@ class Convolutional(Section):
         if fc.fold and inp.dead.any():  # the folded value at a dead input never matters
             g = m.conv.groups
             ig, og = m.conv.in_channels // g, m.conv.out_channels // g
-            for c in np.flatnonzero(inp.dead):
-                k = c // ig
-                m.conv.weight[k * og:(k + 1) * og, c % ig] = 0
+            w = m.conv.weight.view(g, og, ig, *m.conv.weight.shape[2:])
+            dead = np.flatnonzero(inp.dead)
+            w[torch.from_numpy(dead // ig), :, torch.from_numpy(dead % ig)] = 0
         cut = fc.cut_out(i, m.conv.out_channels)
         out = Carry.zeros(m.conv.out_channels)
         if cut.any():

@@ -84,7 +84,8 @@ class ShortcutSection(Section):
         n = len(prev.dead)
         parts = [prev]
         for j in m.sources:  # each source as a full-width carry: absent channels add 0, live
-            s, k = fc.carry(j), min(len(fc.carry(j).dead), n)
+            s = fc.carry(j)
+            k = min(len(s.dead), n)
             full = Carry.zeros(n)
             full.off[:k], full.dead[:k] = s.off[:k], s.dead[:k]
             if k < n:  # channels this source does not reach: neutral for "all dead"

@@ -1,0 +1,108 @@
+"""TrainConfig: every training flag as one dataclass field. core/cli.py turns the fields into
+kebab-case flags (ranges from the metadata, checked at parse time) and back; the resolved config
+is written as opt.json next to every run."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from yolo_slim.core.cli import add_dataclass_args, from_args
+
+
+@dataclass
+class TrainConfig:
+    """Every training flag; `--kebab-case` on the command line maps to the snake_case field."""
+    cfg: str = field(default="", metadata={"help": "darknet cfg (optional with --resume)"})
+    data: str = field(default="", metadata={"help": "darknet .data file"})
+    weights: str = field(default="", metadata={"help": "start from these weights, epoch 0"})
+    transfer: bool = field(default=False, metadata={
+        "help": "--weights made for another cfg: copy the conv layers that fit (a .pt, or a "
+                ".weights with --weights-cfg), or read a .weights as a prefix (darknet53.conv.74)"})
+    weights_cfg: str = field(default="", metadata={
+        "help": "--transfer: the cfg --weights was written for (e.g. COCO yolov3.cfg)"})
+    resume: str = field(default="", metadata={"help": "continue a run: a last.pt, or no value "
+                                              "= <output-dir>/last.pt", "nargs": "?", "const": "auto"})
+    output_dir: str = "runs/train"
+    # ranges (min/max/gt/lt/multiple_of) are checked when the flags are parsed: core/cli.py
+    img_size: int = field(default=0, metadata={"help": "0: the cfg's [net] width", "min": 0,
+                                               "multiple_of": 32})
+    batch_size: int = field(default=16, metadata={"help": "total over all DDP processes", "min": 1})
+    nominal_batch: int = field(default=64, metadata={"help": "accumulate gradients to this", "min": 1})
+    epochs: int = field(default=100, metadata={"min": 1})
+    device: str = field(default="", metadata={"help": "cpu, cuda, cuda:N or '' (auto)"})
+    workers: int = field(default=2, metadata={"min": 0})
+    seed: int = 0
+    lr0: float = field(default=0.01, metadata={"gt": 0})
+    lrf: float = field(default=0.01, metadata={"help": "final LR as a fraction of lr0", "min": 0})
+    lr_schedule: str = field(default="cosine", metadata={"choices": ["cosine", "step"]})
+    lr_steps: list = field(default_factory=lambda: [0.8, 0.9],
+                           metadata={"help": "step schedule: fractions of --epochs"})
+    momentum: float = field(default=0.937, metadata={"min": 0, "lt": 1})
+    nesterov: bool = True
+    weight_decay: float = field(default=5e-4, metadata={"min": 0})
+    warmup_epochs: float = field(default=3.0, metadata={"min": 0})
+    warmup_momentum: float = field(default=0.8, metadata={"min": 0, "lt": 1})
+    warmup_bias_lr: float = field(default=0.1, metadata={"min": 0})
+    clip_grad: float = field(default=0.0, metadata={"help": "max grad norm, 0 = off", "min": 0})
+    ema: bool = True
+    ema_decay: float = field(default=0.9999, metadata={"min": 0, "max": 1})
+    ema_tau: float = field(default=2000.0, metadata={"gt": 0})
+    amp: bool = field(default=True, metadata={"help": "mixed precision (CUDA only)"})
+    multi_scale: bool = field(default=False, metadata={"help": "random size 0.5-1.5x per batch"})
+    box: float = 3.2
+    obj: float = 64.0
+    cls: float = 32.0
+    anchor_t: float = 4.0
+    iou_obj: float = 1.0
+    label_smoothing: float = 0.0
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+    scale: float = 0.5
+    translate: float = 0.1
+    mosaic: float = 0.0
+    eval_interval: int = field(default=1, metadata={"help": "evaluate every N epochs (+ last)",
+                                                    "min": 1})
+    eval_subset: int = field(default=0, metadata={"help": "evaluate on the first N images", "min": 0})
+    conf_thres: float = field(default=0.001, metadata={"min": 0, "max": 1})
+    iou_thres: float = field(default=0.6, metadata={"min": 0, "max": 1})
+    progress: bool = True
+    # sparsity training: yolo_slim.train.sparsity builds the hook from these flags (the
+    # engine only carries them, so that opt.json and --resume keep them)
+    sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)",
+                                              "aliases": ("-sr",)})
+    s: float = field(default=0.001, metadata={"help": "sparsity rate", "min": 0})
+    prune: int = field(default=0, metadata={"help": "which BN layers --sr applies to"})
+    sparsity: str = field(default="", metadata={"help": "sparsity schedule: constant, "
+                                                "global-decay or local-decay"})
+    sparsity_decay_start: float = field(default=0.5, metadata={
+        "help": "decay schedules: fraction of the epochs after which s decays"})
+    sparsity_decay_factor: float = field(default=0.01, metadata={
+        "help": "decay schedules: s multiplier once decayed"})
+    sparsity_keep_fraction: float = field(default=0.15, metadata={
+        "help": "local-decay: share of channels (largest |gamma|) whose s decays"})
+    sparsity_update: str = field(default="prox", metadata={
+        "choices": ["prox", "subgradient"],
+        "help": "prox: group soft-threshold on (gamma, beta) after each step, dead channels "
+                "exactly 0; subgradient: s*sign(gamma) added to the gradient (older tools)"})
+    sparsity_weight: str = field(default="uniform", metadata={
+        "choices": ["uniform", "flops"], "help": "per-channel weight of the penalty: the same, "
+                                                "or the FLOPs removing the channel saves"})
+    target_flops: float = field(default=0.0, metadata={
+        "min": 0, "lt": 1, "help": "--sr prox: adapt s so the dead channels remove all but this "
+                                   "share of the FLOPs (0 = off, fixed s)"})
+    target_layer_keep: float = field(default=0.1, metadata={
+        "min": 0, "max": 1, "help": "--target-flops: every conv keeps at least this share of its "
+                                    "channels alive (and at least 1)"})
+    target_recover: float = field(default=0.3, metadata={
+        "min": 0, "lt": 1, "help": "--target-flops: last share of the run with the dead set "
+                                   "frozen and s = 0"})
+
+    @classmethod
+    def add_args(cls, p: argparse.ArgumentParser) -> None:
+        add_dataclass_args(p, cls)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "TrainConfig":
+        return from_args(cls, ns)
