@@ -379,3 +379,45 @@ def test_subgradient_path_takes_the_flops_weights_too():
         for bn, w in zip(hook.classes.bns, ws):
             torch.testing.assert_close(bn.weight.grad, 0.01 * w * torch.sign(bn.weight.detach()))
         assert (weight == "uniform") == all(bool((w == 1).all()) for w in ws)
+
+
+def test_latency_weights_follow_the_table(tmp_path):
+    """--sparsity-weight latency: w_c is the predicted latency removing class c saves. With a
+    table whose times are linear in cin·cout (FLOPs-like, no alignment effects) it equals the
+    FLOPs weight; a conv whose time does not fall with its width gives its channels no weight
+    from it; the hook reads the table from --latency-table and refuses to run without one."""
+    from yolo_slim.analysis.latency import measure_table
+    from yolo_slim.core.errors import YoloSlimError
+
+    def linear(spec, cin, cout):  # ms ∝ the conv's FLOPs at these counts (+ a constant)
+        h, w = spec["in_hw"]
+        return 0.01 + 1e-6 * h * w * spec["size"] ** 2 * cin * cout / (spec["stride_y"] * spec["stride_x"])
+    m = model()
+    # align 1: every count is its own block, so the grid reaches 1 channel and interpolation of
+    # a bilinear time is exact (with the default 8, a conv 8 wide is one block: flat below it)
+    table = measure_table(m.module_defs, (64, 64), linear, align=1)
+    lat = ChannelClasses(m, "shortcut", (64, 64), "latency", latency=table)
+    flops = ChannelClasses(m, "shortcut", (64, 64), "flops")
+    assert lat.weight.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(lat.weight, flops.weight, rtol=1e-3, atol=1e-3)
+    # conv 0's time made flat in its output count: its channels weigh only what they save in
+    # the conv that reads them (conv 2, after the maxpool)
+    flat = measure_table(m.module_defs, (64, 64), align=1, timer=lambda spec, ci, co: linear(
+        spec, ci, spec["cout"] if spec["cin"] == 3 else co))
+    lat_flat = ChannelClasses(m, "shortcut", (64, 64), "latency", latency=flat)
+    own = lat.cls[lat.layers.index(0)]
+    raw, raw_flat = lat.weight * lat.saving_scale, lat_flat.weight * lat_flat.saving_scale
+    f0 = 1e-6 * 64 * 64 * 9 * 3  # conv 0: ms per output channel
+    torch.testing.assert_close(raw_flat[own], raw[own] - f0, rtol=1e-3, atol=1e-7)
+    # through the flags: the hook loads --latency-table; without one it is a clear error
+    path = tmp_path / "t.json"
+    table.save(str(path))
+    hook = make_train_hooks(config("unused.data", tmp_path, sparsity_weight="latency",
+                                   latency_table=str(path)), model())[0]
+    torch.testing.assert_close(hook.classes.weight, lat.weight)
+    with pytest.raises(YoloSlimError, match="--latency-table"):
+        make_train_hooks(config("unused.data", tmp_path, sparsity_weight="latency"), model())
+    path.write_text('{"meta": 1}')
+    with pytest.raises(YoloSlimError, match="not a latency table"):
+        make_train_hooks(config("unused.data", tmp_path, sparsity_weight="latency",
+                                latency_table=str(path)), model())

@@ -144,9 +144,13 @@ class LatencyTable:
     @staticmethod
     def load(path: str) -> "LatencyTable":
         with open(path, encoding="utf-8-sig") as f:
-            o = json.load(f)
-        return LatencyTable(o["meta"], o["entries"], {int(i): k for i, k in o["layers"].items()},
-                            float(o.get("full_ms", math.nan)), o["calib"])
+            try:
+                o = json.load(f)
+                return LatencyTable(o["meta"], o["entries"], {int(i): k for i, k in o["layers"].items()},
+                                    float(o.get("full_ms", math.nan)), o["calib"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise YoloSlimError(f"{path}: not a latency table of python -m yolo_slim.tools.latency "
+                                    f"({type(e).__name__}: {e})") from None
 
 
 def _axis(pts: list[int], c: int, align: int, penalty: float) -> tuple[float, int]:

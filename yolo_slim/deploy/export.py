@@ -176,11 +176,16 @@ def output_names(model: Darknet, opts: ExportOptions) -> list[str]:
     return ["boxes", "scores", "classes", "batch_index"] if opts.nms else ["detections"]
 
 
-def ort_session(path: str, threads: int | None = None):
+def ort_session(path: str, threads: int | None = None, stop_spinning: bool = False):
+    """An onnxruntime CPU session. `stop_spinning`: the thread pool still spins during a run (as
+    deployed) but stops when the run returns — for sessions timed side by side in one process,
+    where the idle threads of one would otherwise spin on the cores the next one is timed on."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
+    if stop_spinning:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 

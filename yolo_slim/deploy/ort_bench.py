@@ -1,10 +1,17 @@
 """onnxruntime CPU latency of several ONNX files measured side by side, and the CPU's
 instruction sets that decide whether INT8 pays off.
 
-Files are timed interleaved: every round runs each file once, in an order rotated per round,
-so a burst of load from another process hits all of them alike; the per-file median and
-spread (25th-75th percentile) and the per-round ratio to a reference file come from the same
-rounds. On a shared machine the absolute numbers move; the ratios are what to read.
+Files are timed interleaved: every round runs each file, in an order rotated per round, so a
+burst of load from another process hits all of them alike; the per-file median and spread
+(25th-75th percentile) and the per-round ratio to a reference file come from the same rounds.
+On a shared machine the absolute numbers move; the ratios are what to read.
+
+Two things make side-by-side timing in one process differ from a deployed model running
+alone, and both are removed: onnxruntime's idle threads spin after a run (measured: two
+sessions interleaved on 2 cores took 2.4x and 1.8x their time alone), so every session stops
+spinning when its run returns; and the previous file's run leaves its own weights in the
+caches, so each timed run follows an untimed run of the same file (a deployed model runs back
+to back). With both, interleaved times match each file timed alone within noise (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -49,12 +56,13 @@ def interleaved_latency(paths: dict[str, str], img_hw: tuple[int, int], batch: i
     """{name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}}; ratio_median is the median
     over rounds of (this file's time / `ref`'s time in the same round)."""
     from yolo_slim.deploy.export import ort_session
-    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    sessions = {k: ort_session(p, threads, stop_spinning=True) for k, p in paths.items()}
     names = list(sessions)
     feed = np.random.default_rng(0).random((batch, 3, *img_hw), dtype=np.float32)
 
     def run(k: str) -> float:
         s = sessions[k]
+        s.run(None, {s.get_inputs()[0].name: feed})  # warm: this file's weights in the caches
         t = time.perf_counter()
         s.run(None, {s.get_inputs()[0].name: feed})
         return (time.perf_counter() - t) * 1e3

@@ -232,11 +232,10 @@ def export_int8(model, out_path: str, export_opts: ExportOptions | Any, calib_da
                             f"{eo.opset}); or add --per-tensor")
     images = CalibrationImages(calib_data, h, qopts.calib_images, qopts.calib_split)
     model = getattr(model, "module", model)
-    decode = None
-    if eo.raw:
-        def decode(outs: list[np.ndarray]) -> np.ndarray:
-            with torch.no_grad():
-                return model.decode([torch.from_numpy(o) for o in outs], (h, w)).numpy()
+    def decode_raw(outs: list[np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return model.decode([torch.from_numpy(o) for o in outs], (h, w)).numpy()
+    decode = decode_raw if eo.raw else None
     out_dir = os.path.dirname(os.path.abspath(out_path))
     with tempfile.TemporaryDirectory(dir=out_dir if os.path.isdir(out_dir) else None) as tmp:
         fp32 = os.path.join(tmp, "fp32.onnx")

@@ -114,6 +114,31 @@ def deploy_table(run: str, data: str, rounds: int = 50) -> list[str]:
     return rows + [""]
 
 
+def cut_note(run: str) -> list[str]:
+    """What the channel cut cost, from pruned/prune_report.json: the compact model vs the model
+    it was cut from with the cut channels masked (raw head maps, one random input, zero-padded
+    borders included) — with prox sparse training and --dead, the masked model is the sparse
+    model itself and the gap is float rounding."""
+    import json
+    path = os.path.join(run, "pruned", "prune_report.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        rep = json.load(f)
+    v, dead = rep.get("verification", {}), rep.get("dead")
+    if "max_abs_vs_masked_unfolded" not in v:
+        return []
+    hw = "x".join(str(x) for x in v.get("img_size", []))
+    what = (f"only channels sparse training left exactly dead (γ = β = 0): {dead['dead_deciders']} of "
+            f"{dead['deciders']} (`prune_channels.py --dead`), so the masked model is the sparse "
+            "model itself" if dead else "the cut channels' constant outputs folded into the next "
+            "layers (exact away from zero-padded borders)")
+    return [f"**The cut**: {what}. Max |Δ| of the raw head maps, pruned vs the model it was cut "
+            f"from with those channels masked, on a random {hw} input, borders included: "
+            f"{v['max_abs_vs_masked_unfolded']:.3g} (outputs up to {v['max_abs_output']:.3g}); "
+            f"vs the folded model: {v['max_abs_vs_folded']:.3g}.", ""]
+
+
 def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
     from yolo_slim.eval.evaluate import validation_loader
     loader, dc = validation_loader(data, img_size, batch_size)
@@ -140,6 +165,7 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> st
              "every stage's model timed interleaved in one run (30 rounds after 5 warm-up), median "
              "with its 25th-75th percentile; the latency percentage is the median per-round ratio "
              f"to the baseline (load average {load} when timing started).", "", format_table(rows), ""]
+    parts += cut_note(run)
     parts += deploy_table(run, data)
     for rel, caption in PICTURES:
         if os.path.isfile(os.path.join(run, rel)):

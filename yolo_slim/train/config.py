@@ -87,8 +87,13 @@ class TrainConfig:
         "help": "prox: group soft-threshold on (gamma, beta) after each step, dead channels "
                 "exactly 0; subgradient: s*sign(gamma) added to the gradient (older tools)"})
     sparsity_weight: str = field(default="uniform", metadata={
-        "choices": ["uniform", "flops"], "help": "per-channel weight of the penalty: the same, "
-                                                "or the FLOPs removing the channel saves"})
+        "choices": ["uniform", "flops", "latency"],
+        "help": "per-channel weight of the penalty: the same, the FLOPs removing the channel "
+                "saves, or the latency it saves by --latency-table"})
+    latency_table: str = field(default="", metadata={
+        "help": "--sparsity-weight latency: the latency table (JSON of python -m "
+                "yolo_slim.tools.latency; default: measured now or reused from the cache for this "
+                "cfg at --img-size, onnxruntime CPU, 2 threads)"})
     target_flops: float = field(default=0.0, metadata={
         "min": 0, "lt": 1, "help": "--sr prox: adapt s so the dead channels remove all but this "
                                    "share of the FLOPs (0 = off, fixed s)"})

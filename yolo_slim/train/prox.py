@@ -20,7 +20,10 @@ groups= pair of halves) is one group: it dies as a whole, so the pruner can cut 
 Weights w (mean 1 over the classes): `uniform` w = 1; `flops` w = the FLOPs removing the class
 saves (its rows in the producing convs and its input slices in every consumer, at full size),
 so the penalty spends itself where the cost is — a channel of a 208×208 map weighs 256× one of a
-13×13 map with the same fan-in/out.
+13×13 map with the same fan-in/out; `latency` w = the latency removing the class saves on the
+deployment runtime, from the measured table of analysis/latency.py (a conv whose time does not
+fall with its width — too small to matter, or between the runtime's channel blocks — costs
+little to keep, so its channels are shrunk little).
 
 `FlopsController` adapts s during the run so the dead classes remove a target share of FLOPs;
 with a target, only the classes it needs (the cheapest by ‖(γ, β)‖ / w) are shrunk each step.
@@ -35,8 +38,9 @@ import torch
 
 from yolo_slim.analysis.cost import conv_flops_table
 from yolo_slim.analysis.graph import build_graph, prunable_of
+from yolo_slim.analysis.latency import LatencyTable, class_latency_saving
 
-WEIGHTS = ("uniform", "flops")
+WEIGHTS = ("uniform", "flops", "latency")
 
 
 class ChannelClasses:
@@ -44,7 +48,8 @@ class ChannelClasses:
     grouped by the class of the channel graph they belong to (must-keep classes excluded)."""
 
     def __init__(self, model: torch.nn.Module, strategy: str, img_hw: tuple[int, int],
-                 weight: str = "uniform", layer_keep: float = 0.0):
+                 weight: str = "uniform", layer_keep: float = 0.0,
+                 latency: LatencyTable | None = None):
         if weight not in WEIGHTS:
             raise ValueError(f"sparsity weight must be one of {WEIGHTS}, not {weight!r}")
         model = getattr(model, "module", model)
@@ -84,7 +89,15 @@ class ChannelClasses:
             for r in np.flatnonzero(n_in + n_out):
                 self.touch[r].append((j, int(n_in[r]), int(n_out[r])))
         self.floor = [max(1, math.ceil(layer_keep * len(cout) - 1e-9)) for _, _, cout in self.convs]
-        w = saving if weight == "flops" else np.ones(self.n)
+        if weight == "latency":
+            if latency is None:
+                raise ValueError("sparsity weight 'latency' needs a latency table")
+            w = class_latency_saving(latency, g, cls_of_root, self.n)
+            if self.n and not w.any():  # a table in which no cut saves anything: fall back
+                w = np.ones(self.n)
+        else:
+            w = saving if weight == "flops" else np.ones(self.n)
+        self.saving_scale = float(w.mean()) if self.n else 1.0  # weight × this = the saving itself
         self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
         self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
                                    minlength=self.n)

@@ -32,6 +32,7 @@ import torch
 
 from yolo_slim.nn.model import Darknet
 from yolo_slim.train.engine import TrainHooks
+from yolo_slim.analysis.latency import LatencyTable
 from yolo_slim.train.prox import ChannelClasses, FlopsController
 
 SCHEDULES = ("constant", "global-decay", "local-decay")
@@ -184,8 +185,9 @@ class SparsityHook(TrainHooks):
     def __init__(self, model: Darknet, strategy: str, schedule: SparsitySchedule, epochs: int,
                  output_dir: str, update: str = "prox", weight: str = "uniform",
                  target_flops: float = 0.0, recover: float = 0.3,
-                 img_hw: tuple[int, int] = (416, 416), layer_keep: float = 0.1):
-        self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep)
+                 img_hw: tuple[int, int] = (416, 416), layer_keep: float = 0.1,
+                 latency: LatencyTable | None = None):
+        self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep, latency)
         ws = self.classes.channel_weights() if weight != "uniform" else None
         self.sp = BNSparsity(model, self.classes.layers, schedule, ws)
         self.schedule, self.epochs, self.output_dir, self.update = schedule, epochs, output_dir, update
@@ -287,7 +289,7 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
     """The engine hook for sparse training on the convs `strategy` may prune (from the graph)."""
     hook = SparsityHook(model, strategy, schedule, epochs, output_dir, **kw)
     what = (f"prox on (gamma, beta) of {hook.classes.n} channel classes" if hook.update == "prox"
-            else f"L1 subgradient on gamma")
+            else "L1 subgradient on gamma")
     goal = (f", s adapted for FLOPs <= {kw['target_flops']} (last {kw.get('recover', 0.3)} of "
             f"the run frozen)" if kw.get("target_flops") else "")
     print(f"sparsity: {what}, s={schedule.s} ({schedule.kind}, {kw.get('weight', 'uniform')} "
@@ -333,10 +335,17 @@ def make_train_hooks(cfg, model: Darknet) -> list:
             raise YoloSlimError("--target-flops sets s itself: leave --sparsity constant")
         if not 0 <= recover < 1:
             raise YoloSlimError(f"--target-recover must be in [0, 1), not {recover}")
+    latency = None
+    if weight == "latency":
+        path = getattr(cfg, "latency_table", "")
+        if not path:  # train_sparse.py measures or finds the cached table and sets the path
+            raise YoloSlimError("--sparsity-weight latency needs --latency-table")
+        latency = LatencyTable.load(path)
     schedule = SparsitySchedule(s=cfg.s, kind=kind, decay_start=cfg.sparsity_decay_start,
                                 decay_factor=cfg.sparsity_decay_factor,
                                 keep_fraction=cfg.sparsity_keep_fraction)
     img = cfg.img_size or net_size(getattr(model, "module", model).module_defs)[1]
     return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
                                cfg.output_dir, update=update, weight=weight, target_flops=target,
-                               recover=recover, img_hw=(img, img), layer_keep=layer_keep)]
+                               recover=recover, img_hw=(img, img), layer_keep=layer_keep,
+                               latency=latency)]
