@@ -1,48 +1,53 @@
 #!/usr/bin/env bash
-# Issue 13 benchmark: from the demo's trained baseline, the demo's sparse recipe (5 epochs) with
-#   flops:   --sparsity-update prox --sparsity-weight flops   --target-flops 0.25
-#   uniform: --sparsity-update prox --sparsity-weight uniform --target-flops 0.25
-#   subgrad: --sparsity-update subgradient --s 0.01 (today's demo), then prune_channels.py --target-flops 0.25
-# each cut (prox: exactly the dead channels, bench/dead_cut.py) and measured before fine-tuning,
-# then fine-tuned like the demo (6 epochs, KD chen from the baseline); the control is the
-# unpruned baseline trained the same 5 + 6 epochs. Usage: bench/prox_bench.sh [variant...]
+# Issue 13 benchmark: from one trained baseline (default: the demo's), the demo's sparse budget
+# (5 epochs) then the demo's fine-tuning (6 epochs, KD chen from the baseline), per variant:
+#   flops:   --sparsity-update prox --sparsity-weight flops   --target-flops 0.25, prune --dead
+#   uniform: --sparsity-update prox --sparsity-weight uniform --target-flops 0.25, prune --dead
+#   subgrad: --sparsity-update subgradient --s 0.01 (the older tools), prune --target-flops 0.25
+#   control: the unpruned baseline trained the same 5 + 6 epochs ("dense")
+# every cut measured before fine-tuning (prune_report.json: map before/after), then
+# bench/prox_table.py prints the table. Usage: bench/prox_bench.sh [variant...]
+# SEED=1 bench/prox_bench.sh ... trains with another seed into $OUT/seed1/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 BASE=${BASE:-runs/demo/baseline/best.pt}
 DATA=${DATA:-data/shapes/shapes.data}
+SEED=${SEED:-0}
 OUT=${OUT:-runs/prox}
+[[ $SEED != 0 ]] && OUT=$OUT/seed$SEED
 TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:-2} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
-       --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5 --no-progress)
+       --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5 --no-progress --seed "$SEED")
 sparse() {  # name, extra flags
     local d=$OUT/$1/sparse; shift
-    [[ -f $d/best.pt ]] || "$PY" train_sparse.py --data "$DATA" --weights "$BASE" -sr --prune 1 --epochs 5 \
-        "${TRAIN[@]}" --output-dir "$d" "$@"
+    [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" -sr --prune 1 --epochs 5 \
+        "${TRAIN[@]}" --output-dir "$d" "$@" && touch "$d/.done"; }
 }
-finetune() {  # name, pruned weights
+prune() {  # name, flags
+    local d=$OUT/$1/pruned; shift
+    [[ -f $d/prune_report.json ]] || "$PY" prune_channels.py --weights "$OUT/$(basename "$(dirname "$d")")/sparse/best.pt" \
+        --strategy slim --img-size 256 --data "$DATA" --output-dir "$d" "$@"
+}
+finetune() {  # name, weights to fine-tune
     local d=$OUT/$1/finetune
-    [[ -f $d/best.pt ]] || "$PY" distill.py --weights "$2" --data "$DATA" --kd chen --t-weights "$BASE" \
-        --epochs 6 "${TRAIN[@]}" --output-dir "$d"
+    [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd chen --t-weights "$BASE" \
+        --epochs 6 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
 }
-for v in "${@:-flops uniform subgrad control}"; do
-    for v in $v; do
+for v in ${@:-flops uniform subgrad control}; do
     case $v in
         flops|uniform)
             sparse "$v" --s 0.01 --sparsity-update prox --sparsity-weight "$v" --target-flops 0.25
-            "$PY" bench/dead_cut.py --weights "$OUT/$v/sparse/best.pt" --data "$DATA" --img-size 256 \
-                --percent 0.6 --out "$OUT/$v/pruned"
-            finetune "$v" "$OUT/$v/pruned/pruned.pt" ;;
+            prune "$v" --dead
+            finetune "$v" "$(ls "$OUT/$v"/pruned/*.pt)" ;;
         subgrad)
             sparse subgrad --s 0.01 --sparsity-update subgradient
-            [[ -f $OUT/subgrad/pruned/prune_report.json ]] || "$PY" prune_channels.py \
-                --weights "$OUT/subgrad/sparse/best.pt" --strategy slim --target-flops 0.25 --layer-keep 0.1 \
-                --img-size 256 --data "$DATA" --output-dir "$OUT/subgrad/pruned"
-            finetune subgrad "$(ls "$OUT"/subgrad/pruned/*.pt | head -1)" ;;
+            prune subgrad --target-flops 0.25 --layer-keep 0.1
+            finetune subgrad "$(ls "$OUT"/subgrad/pruned/*.pt)" ;;
         control)
-            local_d=$OUT/control/train
-            [[ -f $local_d/best.pt ]] || "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs 5 \
-                "${TRAIN[@]}" --output-dir "$local_d"
-            finetune control "$local_d/best.pt" ;;
+            d=$OUT/control/train
+            [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs 5 \
+                "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
+            finetune control "$d/best.pt" ;;
+        *) echo "unknown variant $v (flops uniform subgrad control)" >&2; exit 2 ;;
     esac
-    done
 done

@@ -32,6 +32,7 @@ STRATEGY=${STRATEGY:-slim}                  # normal | shortcut | slim
 PERCENT=${PERCENT:-0.6}                     # share of prunable channels (lowest |gamma|) cut
 KEEP=${KEEP:-0.1}                           # every layer keeps at least KEEP x its channels
 SHORTCUTS=${SHORTCUTS:-1}                   # residual blocks removed (layer pruning; 0 = none)
+LATENCY_REPORT=${LATENCY_REPORT:-1}         # prune report: predicted + measured ORT CPU latency (table cached)
 IMPORTANCE=${IMPORTANCE:-bn}                # channel score: bn (|gamma|) | l1 | rank (HRank, uses DATA)
 KD=${KD:-chen}                              # none | hinton | chen
 TEACHER=${TEACHER:-$RUN/baseline/best.pt}   # distillation teacher (.pt or .weights)

@@ -8,10 +8,12 @@ stage_done "$OUT" && exit 0
 rm -rf "$OUT"
 SCORE=(--importance "$IMPORTANCE")
 [[ $IMPORTANCE == rank ]] && SCORE+=(--data "$DATA")  # HRank ranks feature maps of DATA's images
+# predicted (latency table, measured once per cfg/size and cached) and measured latency
+[[ $LATENCY_REPORT == 1 ]] && SCORE+=(--latency-report)
 if [[ $SPARSE_TARGET != 0 ]]; then
     # the sparse stage met a FLOPs target with exactly dead channels: cut those, for free
     log_run "$PY" prune_channels.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --strategy "$STRATEGY" \
-        --dead --img-size "$IMG" --output-dir "$OUT"
+        --dead "${SCORE[@]}" --img-size "$IMG" --output-dir "$OUT"
 elif [[ $SHORTCUTS -gt 0 ]]; then
     log_run "$PY" prune_layers.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --shortcuts "$SHORTCUTS" \
         --strategy "$STRATEGY" --global-percent "$PERCENT" --layer-keep "$KEEP" "${SCORE[@]}" \

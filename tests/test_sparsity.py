@@ -4,7 +4,8 @@ import torch
 
 from yolo_slim.darknet.cfg import parse_cfg_text
 from yolo_slim.nn.model import Darknet, conv_layers
-from yolo_slim.train.sparsity import BNSparsity, GammaHistory, SparsitySchedule
+from yolo_slim.train.gamma_plot import GammaHistory
+from yolo_slim.train.sparsity import BNSparsity, SparsitySchedule
 
 from cfgs import conv_section, net_section, yolo_section
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The table of bench/prox_bench.sh: per variant (and seed), mAP of the sparse model, of the cut
+before any fine-tuning, and after fine-tuning, with the FLOPs and params the cut kept.
+
+  python bench/prox_table.py --out runs/prox [--demo runs/demo]   # --demo: its flops row
+
+mAP values are the last evaluated epoch of each run's results.csv (the model the next stage
+starts from / the final model), the pruned ones from prune_report.json (before fine-tuning).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+
+NAMES = {"flops": "prox, FLOPs weights, target 0.25, --dead",
+         "uniform": "prox, uniform weights, target 0.25, --dead",
+         "subgrad": "subgradient s=0.01, |γ| cut to 0.25 FLOPs",
+         "control": "dense control (no sparsity, no cut)"}
+
+
+def last_eval(path: str) -> dict[str, float] | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("map50")]
+    return {"map50": float(rows[-1]["map50"]), "map": float(rows[-1]["map"])} if rows else None
+
+
+def variant_row(d: str, name: str) -> dict | None:
+    sparse = last_eval(os.path.join(d, "train" if name == "control" else "sparse", "results.csv"))
+    ft = last_eval(os.path.join(d, "finetune", "results.csv"))
+    rep_path = os.path.join(d, "pruned", "prune_report.json")
+    rep = json.load(open(rep_path)) if os.path.isfile(rep_path) else None
+    if sparse is None:
+        return None
+    row = {"sparse": sparse, "finetune": ft, "pruned": None, "flops": 1.0, "params": 1.0}
+    if rep:
+        row["pruned"] = rep.get("map", {}).get("after")
+        row["flops"] = rep["flops"]["after"] / rep["flops"]["before"]
+        row["params"] = rep["params"]["after"] / rep["params"]["before"]
+        if "verification" in rep:
+            row["gap"] = rep["verification"]["max_abs_vs_masked_unfolded"]
+    return row
+
+
+def fmt(m: dict | None) -> str:
+    return f"{m['map50']:.3f} / {m['map']:.3f}" if m else "—"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/prox")
+    p.add_argument("--demo", help="a `make demo` run folder: its sparse/pruned/finetune as the flops row")
+    a = p.parse_args()
+    seeds = [(0, a.out)] + sorted((int(s.rsplit("seed", 1)[1]), s) for s in glob.glob(os.path.join(a.out, "seed*")))
+    print("| variant | seed | sparse mAP@0.5 / @0.5:0.95 | pruned, before fine-tuning | max abs Δ of the cut "
+          "(borders incl.) | FLOPs kept | params kept | fine-tuned |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in NAMES:
+        for seed, root in seeds:
+            d = a.demo if (name == "flops" and seed == 0 and a.demo) else os.path.join(root, name)
+            r = variant_row(d, name)
+            if r is None:
+                continue
+            src = " (the demo run)" if d == a.demo else ""
+            gap = f"{r['gap']:.2g}" if "gap" in r else "—"
+            print(f"| {NAMES[name]}{src} | {seed} | {fmt(r['sparse'])} | {fmt(r['pruned'])} | {gap} | "
+                  f"{r['flops']:.1%} | {r['params']:.1%} | {fmt(r['finetune'])} |")
+
+
+if __name__ == "__main__":
+    main()
