@@ -173,7 +173,12 @@ def test_cli_target_latency_writes_predicted_and_measured(tmp_path):
                                 "--latency-threads", "1"]) == 0
     rep = json.loads((out / "prune_report.json").read_text())
     lat = rep["latency"]
-    assert lat["predicted_ms"] <= lat["target_ms"] == pytest.approx(5.0 / 1.4)
+    # the first solve takes the table's target; the closed loop then rescales it from the
+    # measurements (this fake table is not the runtime), each round in the report
+    assert lat["predicted_ms"] <= lat["target_ms"]
+    rounds = lat["closed_loop"]["rounds"]
+    assert rounds[0]["table_target_ms"] == pytest.approx(5.0 / 1.4) and 1 <= len(rounds) <= 4
+    assert lat["closed_loop"]["goal_ms"] == pytest.approx(rounds[-1]["measured_before_ms"] / 1.4)
     assert lat["measured_ms"] > 0 and lat["speedup"] > 0 and lat["flops_reduction"] > 1
     assert set(lat["measured"]["models"]) == {"before", "after"}
     assert (out / "latency.png").is_file()
@@ -202,3 +207,37 @@ def test_report_stage_latency_row_shows_median_spread_and_ratio():
             ("pruned", {**base, "flops": 2e8, "latency": {**lat, "median_ms": 2.0, "ratio_median": 0.52}})]
     text = format_table(rows)
     assert "4.0 ms (3.8-4.4) |" in text and "2.0 ms (3.8-4.4) (52%) |" in text
+
+
+def test_closed_loop_meets_the_measured_target(tmp_path):
+    """The runtime is not the table: here it runs every model at 1.6x the table's prediction
+    + 0.3 ms. One solve from the table alone misses a measured target by far; the closed loop
+    rescales the table's target from the measurements until the measured latency is within 5%,
+    and the report keeps every round."""
+    from yolo_slim.prune.channels import run as run_channels
+    cfg, wts, m = write_random_net(tmp_path, 3, stem="net")
+    table = measure_table(m.module_defs, HW, fake_timer(), full_ms=5.0)
+    path = str(tmp_path / "table.json")
+    table.save(path)
+
+    def runtime(defs) -> float:
+        return 1.6 * table.predict(defs)["total_ms"] + 0.3
+
+    def measure(models, hw):
+        t = {k: runtime(v.module_defs) for k, v in models.items()}
+        return {"models": {k: {"median_ms": v, "ratio_median": v / t["before"]} for k, v in t.items()}}
+    full = runtime(m.module_defs)
+    goal = full / 1.5  # a measured target the table alone would miss: it predicts 1.6x too low
+    reps = {}
+    for rounds in (0, 3):
+        reps[rounds] = run_channels(str(cfg), str(wts), str(tmp_path / f"r{rounds}"),
+                                    PruneOptions(target_latency=goal, latency_table=path, latency_rounds=rounds),
+                                    measure=measure, log=lambda s: None)["latency"]
+    assert abs(reps[0]["closed_loop"]["measured_error"]) > 0.3  # the table's ms are not the runtime's
+    loop = reps[3]["closed_loop"]
+    assert abs(loop["measured_error"]) <= 0.05 and len(loop["rounds"]) >= 2
+    assert reps[3]["measured_ms"] == pytest.approx(goal, rel=0.05)
+    assert loop["rounds"][0]["table_target_ms"] == pytest.approx(goal)
+    # each re-solve scaled the table target by goal / measured
+    for a, b in zip(loop["rounds"], loop["rounds"][1:]):
+        assert b["table_target_ms"] == pytest.approx(a["table_target_ms"] * goal / a["measured_ms"])

@@ -42,6 +42,7 @@ class PruneOptions:
     target_latency: float | None = None  # ms, predicted by the latency table
     target_speedup: float | None = None  # x faster than the table's whole-model prediction
     latency_table: str | None = None     # analysis/latency.py JSON (tools/latency.py measures it)
+    latency_rounds: int = 3              # with a runtime to measure on: re-solves until measured ±5%
     dead: bool | None = None             # cut exactly the channels with γ = β = 0 (prox training)
 
 

@@ -38,6 +38,10 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    "measure or reuse the cached one, python -m yolo_slim.tools.latency)")
     p.add_argument("--latency-threads", type=number(int, min=1), default=2,
                    help="onnxruntime threads of the table and of the measured latency")
+    p.add_argument("--latency-rounds", type=number(int, min=0), default=3,
+                   help="latency targets: measure the chosen widths and re-solve with the table's "
+                        "target rescaled until the measured latency is within 5%% (at most N "
+                        "re-solves; 0 = trust the table)")
     p.add_argument("--latency-report", action="store_true",
                    help="predict and measure the latency before/after also without a latency target")
     p.add_argument("--importance", choices=list(IMPORTANCE), default="bn",
@@ -113,7 +117,8 @@ def channel_options(a: argparse.Namespace) -> PruneOptions:
                         layer_ratios=read_layer_ratios(a.layer_ratios, a) if a.layer_ratios else None,
                         rank_batch_size=getattr(a, "batch_size", 8),
                         target_latency=a.target_latency, target_speedup=a.target_speedup,
-                        latency_table=a.latency_table, dead=getattr(a, "dead", None))
+                        latency_table=a.latency_table, dead=getattr(a, "dead", None),
+                        latency_rounds=getattr(a, "latency_rounds", 3))
 
 
 def guard_run(a: argparse.Namespace) -> None:
