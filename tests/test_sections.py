@@ -270,3 +270,29 @@ def test_prune_channels_dead_cuts_exactly_the_dead_channels(tmp_path):
     ref = raw(m, x)
     assert max_abs(raw(pruned, x), ref) <= tol(ref)
     assert rep["verification"]["max_abs_vs_masked_unfolded"] <= tol(ref)
+
+
+def test_maxpool_equals_darknet_padding_without_a_pad_where_it_can():
+    """[maxpool] is darknet's: -inf padding, left/top gets padding//2. The module skips the
+    explicit pad where the padded cells are never read (size 2 stride 2 on an even map) and uses
+    the pool's own implicit -inf padding where it is symmetric (SPP's 5/9/13 stride 1); every
+    case equals pad-then-pool exactly, and an exported even-map size-2 pool has no Pad node."""
+    import torch.nn.functional as F
+    from yolo_slim.sections.maxpool import MaxPool
+    g = torch.Generator().manual_seed(0)
+    for size, stride, padding in [(2, 2, 1), (2, 1, 1), (3, 2, 2), (5, 1, 4), (9, 1, 8), (13, 1, 12),
+                                  (3, 1, 2), (2, 2, 0), (3, 3, 1), (4, 2, 3)]:
+        m = MaxPool(size, (stride, stride), padding)
+        for h, w in [(13, 13), (16, 16), (15, 22), (26, 27)]:
+            x = torch.randn(2, 3, h, w, generator=g) - 5.0  # all negative: a 0 pad would win
+            lo = padding // 2
+            ref = F.max_pool2d(F.pad(x, (lo, padding - lo, lo, padding - lo), value=float("-inf")),
+                               size, stride)
+            assert torch.equal(m(x), ref), (size, stride, padding, h, w)
+    import io
+    import onnx
+    buf = io.BytesIO()
+    torch.onnx.export(MaxPool(2, (2, 2), 1).eval(), (torch.randn(1, 4, 16, 16),), buf, dynamo=False,
+                      opset_version=13)
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    assert ops == ["MaxPool"], ops

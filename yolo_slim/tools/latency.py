@@ -49,10 +49,16 @@ def machine() -> dict[str, Any]:
             "avx512f": isa["isa"]["AVX-512F"]}
 
 
+# bumped whenever what a table measures changes (the export of a section, the timing harness):
+# a table cached by an older version is measured again instead of reused
+TABLE_VERSION = 2
+
+
 def table_path(cfg: str, img_hw: tuple[int, int], batch: int, runtime: str, threads: int | None,
                steps: int, align: int, stat: str = "median") -> str:
     defs = [{k: v for k, v in d.items() if not k.startswith("_")} for d in _defs(cfg)]
-    key = json.dumps([defs, list(img_hw), batch, runtime, threads, machine(), steps, align, stat], sort_keys=True)
+    key = json.dumps([defs, list(img_hw), batch, runtime, threads, machine(), steps, align, stat,
+                      TABLE_VERSION], sort_keys=True)
     h = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = os.path.splitext(os.path.basename(cfg))[0]
     return os.path.join(cache_dir(), f"{stem}_{img_hw[0]}x{img_hw[1]}_b{batch}_{runtime}_"

@@ -37,7 +37,8 @@ class GammaHistory:
             return
         hi = max(float(v.max()) for v in self.values) or 1.0
         hists = [torch.histc(v, self.bins, 0.0, hi).numpy() for v in self.values]
-        W, left, right, top, ridge = 760, 60, 20, 40, 70
+        notes = any(self.notes)  # a right-hand column for them, clear of the ridges
+        W, left, right, top, ridge = 760 + (250 if notes else 0), 60, 20 + (250 if notes else 0), 40, 70
         step = max(8, min(30, 360 // len(hists)))
         H = top + ridge + step * (len(hists) - 1) + 50
         img = np.full((H, W, 3), 255, np.uint8)
@@ -55,8 +56,8 @@ class GammaHistory:
                 cv2.putText(img, f"ep {self.epochs[k]}", (4, base), cv2.FONT_HERSHEY_SIMPLEX,
                             0.4, (0, 0, 0), 1, cv2.LINE_AA)
                 if self.notes[k]:  # e.g. dead channels, FLOPs if cut now, s
-                    cv2.putText(img, self.notes[k], (W - right - 7 * len(self.notes[k]), base - 3),
-                                cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 160), 1, cv2.LINE_AA)
+                    cv2.putText(img, self.notes[k], (W - right + 10, base - 3),
+                                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 160), 1, cv2.LINE_AA)
         y = H - 25
         for frac in (0, 0.25, 0.5, 0.75, 1.0):
             x = int(left + frac * (W - right - left))
