@@ -39,6 +39,9 @@ def variant_row(d: str, name: str) -> dict | None:
     row = {"sparse": sparse, "finetune": ft, "pruned": None, "flops": 1.0, "params": 1.0}
     if rep:
         row["pruned"] = rep.get("map", {}).get("after")
+        if row["pruned"] is None and rep.get("dead") and \
+                rep["verification"]["max_abs_vs_masked_unfolded"] < 1e-4:
+            row["pruned"] = dict(sparse, exact=True)  # only dead channels cut: the sparse model's maps
         row["flops"] = rep["flops"]["after"] / rep["flops"]["before"]
         row["params"] = rep["params"]["after"] / rep["params"]["before"]
         if "verification" in rep:
@@ -47,7 +50,9 @@ def variant_row(d: str, name: str) -> dict | None:
 
 
 def fmt(m: dict | None) -> str:
-    return f"{m['map50']:.3f} / {m['map']:.3f}" if m else "—"
+    if not m:
+        return "—"
+    return f"{m['map50']:.3f} / {m['map']:.3f}" + (" (= sparse: exact cut)" if m.get("exact") else "")
 
 
 def main() -> None:
