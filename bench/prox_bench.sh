@@ -3,6 +3,8 @@
 # (5 epochs) then the demo's fine-tuning (6 epochs, KD chen from the baseline), per variant:
 #   flops:   --sparsity-update prox --sparsity-weight flops   --target-flops 0.25, prune --dead
 #   uniform: --sparsity-update prox --sparsity-weight uniform --target-flops 0.25, prune --dead
+#   latency: --sparsity-update prox --sparsity-weight latency --target-flops 0.25, prune --dead
+#            (the latency table of the deployment runtime: measure it first on an idle machine)
 #   subgrad: --sparsity-update subgradient --s 0.01 (the older tools), prune --target-flops 0.25
 #   control: the unpruned baseline trained the same 5 + 6 epochs ("dense")
 # every cut measured before fine-tuning (prune_report.json: map before/after), then
@@ -33,9 +35,9 @@ finetune() {  # name, weights to fine-tune
     [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd chen --t-weights "$BASE" \
         --epochs 6 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
 }
-for v in ${@:-flops uniform subgrad control}; do
+for v in ${@:-flops uniform latency subgrad control}; do
     case $v in
-        flops|uniform)
+        flops|uniform|latency)
             sparse "$v" --s 0.01 --sparsity-update prox --sparsity-weight "$v" --target-flops 0.25
             prune "$v" --dead
             finetune "$v" "$(ls "$OUT/$v"/pruned/*.pt)" ;;
@@ -48,6 +50,6 @@ for v in ${@:-flops uniform subgrad control}; do
             [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs 5 \
                 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
             finetune control "$d/best.pt" ;;
-        *) echo "unknown variant $v (flops uniform subgrad control)" >&2; exit 2 ;;
+        *) echo "unknown variant $v (flops uniform latency subgrad control)" >&2; exit 2 ;;
     esac
 done

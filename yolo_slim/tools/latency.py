@@ -12,6 +12,7 @@ python -m yolo_slim.analysis.latency FILE prints one.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -74,7 +75,11 @@ def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1
     hw = tuple(img_hw or net_size(defs))
     align = align or (16 if machine()["avx512f"] else 8)  # MLAS's NCHWc block: 16 floats on AVX-512
     path = table_path(cfg, hw, batch, runtime, threads, steps, align, stat)
-    if os.path.exists(path) and not refresh:
+    # the same architecture under another file name (a run's best.pt for cfg/demo.cfg) has the
+    # same key: the name before it is only for people reading the cache folder
+    same = sorted(glob.glob(os.path.join(os.path.dirname(path), "*" + path[path.rindex("_"):])))
+    if same and not refresh:
+        path = path if path in same else same[0]
         log(f"latency table: {path} (cached)")
         return path
     t0 = time.time()
