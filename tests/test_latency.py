@@ -241,3 +241,27 @@ def test_closed_loop_meets_the_measured_target(tmp_path):
     # each re-solve scaled the table target by goal / measured
     for a, b in zip(loop["rounds"], loop["rounds"][1:]):
         assert b["table_target_ms"] == pytest.approx(a["table_target_ms"] * goal / a["measured_ms"])
+
+
+def test_table_cache_is_found_by_key_not_by_file_name(tmp_path, monkeypatch):
+    """~/.cache/yolo-slim/latency ($YOLO_SLIM_CACHE): a table is keyed by the architecture,
+    size, batch, runtime, threads, machine and table version; the same cfg under another file
+    name (a run's best.pt for cfg/demo.cfg) reuses it instead of measuring again."""
+    import shutil
+    from yolo_slim.tools import latency as tl
+    monkeypatch.setenv("YOLO_SLIM_CACHE", str(tmp_path / "cache"))
+    cfg, _, m = write_random_net(tmp_path, 3, stem="net")
+    other = tmp_path / "renamed.cfg"
+    shutil.copy(cfg, other)
+    path = tl.table_path(str(cfg), HW, 1, "onnxruntime-cpu", 2, 4, 8, "min")
+    (tmp_path / "cache").mkdir()
+    measure_table(m.module_defs, HW, fake_timer()).save(path)
+
+    def no_timing(*a, **k):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(tl, "OrtConvTimer", no_timing)
+    assert tl.ensure_table(str(other), HW, align=8, log=lambda s: None) == path
+    # another size is another key (and would be measured)
+    assert tl.table_path(str(other), (32, 32), 1, "onnxruntime-cpu", 2, 4, 8, "min") != path
+    with pytest.raises(AssertionError, match="measured again"):
+        tl.ensure_table(str(other), (32, 32), align=8, log=lambda s: None)
