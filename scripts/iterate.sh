@@ -35,7 +35,7 @@ for ((i = 0; i < ${#words[@]}; i++)); do
 done
 mkdir -p "$OUT"
 log_run "$PY" -m yolo_slim.tools.iterate --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
-    --rounds "$ROUNDS" --per-round-flops "$ROUND_FLOPS" --epochs-per-round "$ROUND_EPOCHS" \
+    --rounds "$ROUNDS" --per-round-flops "$ROUND_FLOPS" --per-round-speedup "$ROUND_SPEEDUP" --epochs-per-round "$ROUND_EPOCHS" \
     --max-drop "$MAX_DROP" --strategy "$STRATEGY" --importance "$IMPORTANCE" --layer-keep "$KEEP" \
     --kd "$KD" --img-size "$IMG" --batch-size "$BATCH" --train "workers=$WORKERS" \
     ${DEVICE:+--train "device=$DEVICE"} "${TRAIN[@]}" --output-dir "$OUT"

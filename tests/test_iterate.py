@@ -164,3 +164,39 @@ def test_script_defaults_pass_train_args(tmp_path, repo_root):
                                             "ema": False, "lr_steps": [0.5, 0.8], "mosaic": 1.0}
     assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
     assert (tmp_path / "run" / "iterate" / ".done").is_file()
+
+
+def test_per_round_speedup_cuts_the_current_model(setup, monkeypatch):
+    """--per-round-speedup X: each round asks the latency table for X times faster than the
+    model it starts from (not than the original), and each round's prune report holds the
+    closed loop's measurements (faked here: the runtime = the table's prediction)."""
+    from yolo_slim.analysis.latency import measure_table
+    from yolo_slim.darknet.cfg import parse_cfg
+    from yolo_slim.tools import latency as tl
+    root, cfg, wts, data = setup
+
+    def timer(spec, cin, cout):
+        h, w = spec["in_hw"]
+        return 0.01 + 1e-5 * h * w * spec["size"] ** 2 * cin * cout / (spec["stride_y"] * spec["stride_x"])
+    table = measure_table(parse_cfg(cfg), (64, 64), timer, full_ms=2.0)
+    path = str(root / "table.json")
+    table.save(path)
+
+    def fake_hook(*a, **k):
+        def measure(models, hw):
+            t = {n: table.predict(m.module_defs)["total_ms"] for n, m in models.items()}
+            return {"models": {n: {"median_ms": v, "ratio_median": v / t["before"]} for n, v in t.items()}}
+        return measure
+    monkeypatch.setattr(tl, "measure_hook", fake_hook)
+    res = run(cfg, wts, data, str(root / "speed"), opts(per_round_speedup=1.25, latency_table=path,
+                                                        epochs_per_round=1, img_size=64), log=lambda *a: None)
+    assert [r["round"] for r in res["rounds"]] == [1, 2]
+    speedups = []
+    for k in (1, 2):
+        with open(root / "speed" / f"round_{k}" / "prune" / "prune_report.json") as f:
+            lat = json.load(f)["latency"]
+        assert abs(lat["closed_loop"]["measured_error"]) <= 0.05
+        speedups.append(lat["measured_before_ms"] / lat["measured_ms"])
+    assert speedups == pytest.approx([1.25, 1.25], rel=0.05)  # each round from its own start
+    with pytest.raises(YoloSlimError, match="per-round-speedup"):
+        run(cfg, wts, data, str(root / "bad"), opts(per_round_speedup=0.5), log=lambda *a: None)

@@ -161,7 +161,7 @@ def _latency_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[np.ndarray, di
         raise YoloSlimError(f"--target-speedup must be >= 1, got {opts.target_speedup}")
     table = LatencyTable.load(opts.latency_table)
     keep_node, info = solver.latency_keep(table, table_target(table, opts.target_latency,
-                                                              opts.target_speedup))
+                                                              opts.target_speedup, solver.g.defs))
     return keep_node, {**info, "table": opts.latency_table}
 
 

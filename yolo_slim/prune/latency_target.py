@@ -34,10 +34,15 @@ def _hits(g, nodes_of, cut_ok) -> dict[int, dict[int, int]]:
     return out
 
 
-def table_target(table: LatencyTable, target_ms: float | None, speedup: float | None) -> float:
-    """The latency target in ms: given, or the table's whole-model prediction / speedup."""
+def table_target(table: LatencyTable, target_ms: float | None, speedup: float | None,
+                 defs: list[dict[str, Any]] | None = None) -> float:
+    """The latency target in the table's ms: given, or the table's prediction for the model
+    being pruned (`defs`; the table's own cfg if None) / speedup — so a model pruned before (an
+    iterative round) is made `speedup` times faster than it is, not than the original."""
     if target_ms is not None:
         return float(target_ms)
+    if defs is not None:
+        return table.predict(defs)["total_ms"] / float(speedup)
     full = table.total(sum(table.conv_ms(k, table.entries[k]["spec"]["cin"], table.entries[k]["spec"]["cout"])
                            for k in table.layers.values()))
     return full / float(speedup)

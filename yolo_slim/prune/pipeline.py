@@ -118,7 +118,8 @@ def closed_loop(model: Darknet, plan: PrunePlan, p: Pruned, measure, hw: tuple[i
     from yolo_slim.analysis.latency import LatencyTable
     from yolo_slim.prune.latency_target import table_target
     c = plan.channels
-    t_table = table_target(LatencyTable.load(c.latency_table), c.target_latency, c.target_speedup)
+    t_table = table_target(LatencyTable.load(c.latency_table), c.target_latency, c.target_speedup,
+                           (p.layers.compact if p.layers else model).module_defs)
     history, best = [], None
     for k in range(rounds + 1):
         m = measure({"before": model, "after": p.final}, hw)

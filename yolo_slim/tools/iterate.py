@@ -14,7 +14,9 @@ Layout of --output-dir (every round's files are kept):
   summary.json              all rounds, and the last one within --max-drop
 
 Each round cuts the *current* model to --per-round-flops x its FLOPs (so 3 rounds of 0.8 end near
-0.51 of the original), fine-tunes it through the same engine as train_sparse.py / distill.py
+0.51 of the original) — or, with --per-round-speedup X, to X times faster than the current model
+on the deployment runtime (the latency table of prune_channels.py --target-speedup, measured and
+re-solved until within 5%), fine-tunes it through the same engine as train_sparse.py / distill.py
 (with --kd, the *original* model is the teacher), and evaluates mAP@0.5 on the first
 --eval-images validation images. The loop stops after a round whose mAP@0.5 is more than
 --max-drop below the baseline; that round's files stay, summary.json names the last round
@@ -53,6 +55,8 @@ class IterateOptions:
     eval_images: int = 0  # 0: the whole validation list
     rank_batches: int = 2
     kd: str = "none"
+    per_round_speedup: float = 0.0  # > 1: each round cuts to this measured speed-up instead of FLOPs
+    latency_table: str = ""  # with per_round_speedup (default: measured once, cached, for cfg)
     train: dict[str, Any] = field(default_factory=dict)  # extra TrainConfig fields
 
 
@@ -142,6 +146,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
     if not 0.0 <= opts.layer_keep <= 1.0 or opts.round_to < 1:
         raise YoloSlimError("--layer-keep must be in [0, 1] and --round-to >= 1")
+    if opts.per_round_speedup and not opts.per_round_speedup > 1:
+        raise YoloSlimError(f"--per-round-speedup must be > 1 (or 0: off), not {opts.per_round_speedup}")
     os.makedirs(out_dir, exist_ok=True)
     saved = _read_json(os.path.join(out_dir, "iterate.json"))
     mine = {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)}
@@ -162,6 +168,13 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         _write_json(base_path, base)
     log(f"baseline: mAP@0.5 {base['map50']:.4f}, {base['flops']:,} FLOPs")
     teacher = model if opts.kd != "none" else None
+    cut: dict[str, Any] = {"target_flops": opts.per_round_flops}
+    measure, table = None, None
+    if opts.per_round_speedup:
+        from yolo_slim.tools.latency import ensure_table, measure_hook
+        table = opts.latency_table or ensure_table(cfg or weights, hw, log=log)
+        cut = {"target_speedup": opts.per_round_speedup, "latency_table": table}
+        measure = measure_hook()
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     cur_cfg, cur_w = cfg, weights
     rounds: list[dict[str, Any]] = []
@@ -174,11 +187,10 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
             if _read_json(os.path.join(pd, "prune_report.json")) is None:
                 try:
                     prune_run(cur_cfg, cur_w, pd, PruneOptions(
-                        strategy=opts.strategy, target_flops=opts.per_round_flops,
-                        layer_keep=opts.layer_keep, round_to=opts.round_to, img_size=hw,
-                        importance=opts.importance, rank_data=data,
-                        rank_batches=opts.rank_batches, rank_batch_size=opts.batch_size),
-                        log=lambda *a: None)
+                        strategy=opts.strategy, layer_keep=opts.layer_keep, round_to=opts.round_to,
+                        img_size=hw, importance=opts.importance, rank_data=data,
+                        rank_batches=opts.rank_batches, rank_batch_size=opts.batch_size, **cut),
+                        log=lambda *a: None, measure=measure, latency_table=table)
                 except TargetUnreachable as e:  # any other error is the user's to fix
                     stop = f"round {k}: cannot prune further ({e})"
                     break
