@@ -107,7 +107,7 @@ def main(argv=None):
         print("pruned:")
         rp = bench_model(pruned, a.sizes, a.batches, a.runs, a.warmup, a.threads, tmp)
     import onnxruntime
-    md = [f"# CPU latency: PyTorch vs onnxruntime, original vs pruned\n",
+    md = ["# CPU latency: PyTorch vs onnxruntime, original vs pruned\n",
           f"- command: `python bench/latency.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
           f"- date: {datetime.date.today().isoformat()}; machine: {a.machine or platform.processor() or platform.machine()}"
           f" ({os.cpu_count()} CPUs visible, {a.threads} threads; 1-min load average "

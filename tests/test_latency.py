@@ -265,3 +265,26 @@ def test_table_cache_is_found_by_key_not_by_file_name(tmp_path, monkeypatch):
     assert tl.table_path(str(other), (32, 32), 1, "onnxruntime-cpu", 2, 4, 8, "min") != path
     with pytest.raises(AssertionError, match="measured again"):
         tl.ensure_table(str(other), (32, 32), align=8, log=lambda s: None)
+
+
+def test_closed_loop_keeps_the_closest_cut_when_the_goal_is_out_of_reach(tmp_path):
+    """A runtime whose fixed cost alone exceeds the goal: the re-solves push the table's target
+    down until the table cannot go lower; the run still writes the closest measured cut and
+    says by how much it missed."""
+    from yolo_slim.prune.channels import run as run_channels
+    cfg, wts, m = write_random_net(tmp_path, 3, stem="net")
+    table = measure_table(m.module_defs, HW, fake_timer(), full_ms=5.0)
+    path = str(tmp_path / "table.json")
+    table.save(path)
+    fixed = 4.0 * table.predict(m.module_defs)["total_ms"]
+
+    def measure(models, hw):
+        t = {k: table.predict(v.module_defs)["total_ms"] + fixed for k, v in models.items()}
+        return {"models": {k: {"median_ms": v, "ratio_median": v / t["before"]} for k, v in t.items()}}
+    rep = run_channels(str(cfg), str(wts), str(tmp_path / "out"),
+                       PruneOptions(target_speedup=2.0, latency_table=path, latency_rounds=3),
+                       measure=measure, log=lambda s: None)
+    loop = rep["latency"]["closed_loop"]
+    assert loop["measured_error"] > 0.05 and 1 <= len(loop["rounds"]) <= 4
+    assert loop["measured_error"] == pytest.approx(min(r["error"] for r in loop["rounds"]))
+    assert (tmp_path / "out" / "net.cfg").is_file()

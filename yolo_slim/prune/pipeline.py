@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from yolo_slim.analysis.cost import count_params, model_flops, plot_channels, plot_gamma_hist
+from yolo_slim.core.errors import TargetUnreachable
 from yolo_slim.nn.model import Darknet
 from yolo_slim.prune.channels import PruneOptions, PruneResult, evaluate_maps, prune_model, score_name
 from yolo_slim.prune.layer_run import (LayerPruneResult, plot_blocks, prune_layers_model,
@@ -137,7 +138,11 @@ def closed_loop(model: Darknet, plan: PrunePlan, p: Pruned, measure, hw: tuple[i
         if abs(err) <= tol or k == rounds:
             break
         t_table *= 1 / (1 + err)
-        p = prune(model, replace(plan, channels=replace(c, target_latency=t_table, target_speedup=None)), log)
+        try:
+            p = prune(model, replace(plan, channels=replace(c, target_latency=t_table, target_speedup=None)), log)
+        except TargetUnreachable as e:  # the table cannot go lower: keep the closest so far
+            log(f"latency round {k + 1}: {e}; keeping the closest measured cut")
+            break
     err, p, m = best
     return p, {"rounds": history, "goal_ms": history[-1]["goal_ms"], "measured_error": err,
                "measured": m}
