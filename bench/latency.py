@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main  # noqa: E402
-from yolo_slim.deploy.export import export_onnx, median_ms, ort_session  # noqa: E402
+from yolo_slim.deploy.export import export_onnx  # noqa: E402
+from yolo_slim.deploy.runtime import median_ms, ort_session  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
 from yolo_slim.analysis.cost import model_flops  # noqa: E402
 from yolo_slim.nn.weights import load_model  # noqa: E402

@@ -21,7 +21,8 @@ from netgen import random_darknet, randomize_bn  # noqa: E402
 
 from yolo_slim.darknet.cfg import parse_cfg, parse_cfg_text, write_cfg  # noqa: E402
 from yolo_slim.core.errors import YoloSlimError  # noqa: E402
-from yolo_slim.deploy.export import ExportOptions, export_onnx, ort_session  # noqa: E402
+from yolo_slim.deploy.export import ExportOptions, export_onnx  # noqa: E402
+from yolo_slim.deploy.runtime import ort_session  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
 from yolo_slim.nn.weights import load_model, save_darknet_weights  # noqa: E402
 

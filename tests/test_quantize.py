@@ -22,7 +22,8 @@ from yolo_slim.core.errors import YoloSlimError  # noqa: E402
 from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
 from yolo_slim.nn.weights import save_checkpoint  # noqa: E402
 from yolo_slim.deploy import graph_edit  # noqa: E402
-from yolo_slim.deploy.export import ExportOptions, export_onnx, ort_session  # noqa: E402
+from yolo_slim.deploy.export import ExportOptions, export_onnx  # noqa: E402
+from yolo_slim.deploy.runtime import ort_session  # noqa: E402
 from yolo_slim.deploy.quantize import QuantOptions, compare_detections, export_int8  # noqa: E402
 from yolo_slim.nn.model import Darknet  # noqa: E402
 

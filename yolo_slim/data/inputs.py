@@ -2,7 +2,7 @@
 lists it names (no output of a run may be one of them)."""
 from __future__ import annotations
 
-from yolo_slim.data.dataset import parse_data_file
+from yolo_slim.data.files import parse_data_file
 
 
 def data_inputs(path: str | None, flag: str = "--data") -> dict[str, list[str]]:

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 from yolo_slim.core.errors import YoloSlimError
-from yolo_slim.data.dataset import YoloDataset, parse_data_file, read_image_list
+from yolo_slim.data.dataset import YoloDataset
+from yolo_slim.data.files import parse_data_file, read_image_list
 
 
 class _Unreadable(Exception):

@@ -37,8 +37,6 @@ import argparse
 import copy
 import dataclasses
 import os
-import statistics
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -53,6 +51,7 @@ from yolo_slim.core.paths import clear_stale_temps, temp_path
 from yolo_slim.sections.convolutional import ConvBlock
 from yolo_slim.sections.yolo import decode_terms, grid_and_stride
 from yolo_slim.deploy.nms import NonMaxSuppression, StableArgsort
+from yolo_slim.deploy.runtime import ort_session
 from yolo_slim.nn.model import Darknet
 
 
@@ -174,32 +173,6 @@ def output_names(model: Darknet, opts: ExportOptions) -> list[str]:
     if opts.raw:
         return [f"raw{k}" for k in range(len(model.heads))]
     return ["boxes", "scores", "classes", "batch_index"] if opts.nms else ["detections"]
-
-
-def ort_session(path: str, threads: int | None = None, stop_spinning: bool = False):
-    """An onnxruntime CPU session. `stop_spinning`: the thread pool still spins during a run (as
-    deployed) but stops when the run returns — for sessions timed side by side in one process,
-    where the idle threads of one would otherwise spin on the cores the next one is timed on."""
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    if stop_spinning:
-        so.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
-def median_ms(fn: Callable[[], Any], runs: int, warmup: int) -> float:
-    """Median wall time of `fn()` in ms over `runs` calls, after `warmup` untimed calls (the
-    median, not the mean: one preempted call on a shared machine must not move the number)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 _MISH_REGISTERED = False

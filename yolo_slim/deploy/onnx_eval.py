@@ -20,7 +20,7 @@ class OnnxDetector:
     training = False
 
     def __init__(self, path: str, cfg: str | None = None, threads: int | None = None):
-        from yolo_slim.deploy.export import ort_session
+        from yolo_slim.deploy.runtime import ort_session
         require_file(path, "ONNX model")
         try:
             self.session = ort_session(path, threads)

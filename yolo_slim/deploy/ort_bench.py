@@ -55,7 +55,7 @@ def interleaved_latency(paths: dict[str, str], img_hw: tuple[int, int], batch: i
                         ref: str | None = None) -> dict[str, dict[str, float]]:
     """{name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}}; ratio_median is the median
     over rounds of (this file's time / `ref`'s time in the same round)."""
-    from yolo_slim.deploy.export import ort_session
+    from yolo_slim.deploy.runtime import ort_session
     sessions = {k: ort_session(p, threads, stop_spinning=True) for k, p in paths.items()}
     names = list(sessions)
     feed = np.random.default_rng(0).random((batch, 3, *img_hw), dtype=np.float32)

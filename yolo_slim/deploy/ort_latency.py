@@ -17,27 +17,7 @@ from typing import Any
 import numpy as np
 
 from yolo_slim.core.errors import YoloSlimError
-from yolo_slim.deploy.export import median_ms
-
-RUNTIMES = {"onnxruntime-cpu": ["CPUExecutionProvider"],
-            "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-            "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                     "CPUExecutionProvider"]}
-
-
-def session(model_bytes_or_path, runtime: str = "onnxruntime-cpu", threads: int | None = None):
-    import onnxruntime as ort
-    if runtime not in RUNTIMES:
-        raise YoloSlimError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime}")
-    if RUNTIMES[runtime][0] not in ort.get_available_providers():
-        raise YoloSlimError(f"--runtime {runtime}: onnxruntime here has no {RUNTIMES[runtime][0]} "
-                            f"(available: {', '.join(ort.get_available_providers())})")
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(model_bytes_or_path, so, providers=RUNTIMES[runtime])
-
+from yolo_slim.deploy.runtime import median_ms, ort_session
 
 def _act_nodes(act: str, x: str, y: str) -> list:
     from onnx import helper
@@ -86,7 +66,7 @@ class OrtConvTimer:
         self.runtime, self.threads, self.runs, self.warmup, self.stat = runtime, threads, runs, warmup, stat
 
     def _time(self, model: bytes, shape: tuple[int, ...]) -> float:
-        s = session(model, self.runtime, self.threads)
+        s = ort_session(model, self.threads, runtime=self.runtime)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         name = s.get_inputs()[0].name
         if self.stat == "median":

@@ -35,7 +35,8 @@ import torch
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.deploy import graph_edit
 from yolo_slim.deploy.calib import CalibrationImages
-from yolo_slim.deploy.export import ExportOptions, export_onnx, ort_session, resolve_options
+from yolo_slim.deploy.export import ExportOptions, export_onnx, resolve_options
+from yolo_slim.deploy.runtime import ort_session
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from yolo_slim.core.draw import draw_boxes
-from yolo_slim.data.dataset import IMG_EXTS, letterbox, read_image_list
+from yolo_slim.data.augment import letterbox
+from yolo_slim.data.files import IMG_EXTS, read_image_list
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.eval.evaluate import non_max_suppression
 

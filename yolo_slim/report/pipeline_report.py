@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 from typing import Any
 
@@ -119,7 +120,6 @@ def cut_note(run: str) -> list[str]:
     it was cut from with the cut channels masked (raw head maps, one random input, zero-padded
     borders included) — with prox sparse training and --dead, the masked model is the sparse
     model itself and the gap is float rounding."""
-    import json
     path = os.path.join(run, "pruned", "prune_report.json")
     if not os.path.isfile(path):
         return []

@@ -26,7 +26,8 @@ from yolo_slim.core.cli import Parser, number, parse
 from yolo_slim.core.errors import cli_main
 from yolo_slim.darknet.cfg import net_size, parse_cfg
 from yolo_slim.deploy.ort_bench import cpu_isa
-from yolo_slim.deploy.ort_latency import RUNTIMES, STATS, OrtConvTimer, models_latency
+from yolo_slim.deploy.ort_latency import STATS, OrtConvTimer, models_latency
+from yolo_slim.deploy.runtime import RUNTIMES
 from yolo_slim.nn.model import Darknet
 
 

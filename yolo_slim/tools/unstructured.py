@@ -58,7 +58,8 @@ def magnitude_prune(model: Darknet, amount: float) -> dict[str, Any]:
 def latency(model: Darknet, hw: tuple[int, int], runs: int = 20, warmup: int = 3,
             onnx: bool = True, threads: int | None = None) -> dict[str, float]:
     """Median ms per batch-1 forward: torch (eval, no_grad) and onnxruntime (checked export)."""
-    from yolo_slim.deploy.export import export_onnx, median_ms, ort_session
+    from yolo_slim.deploy.export import export_onnx
+    from yolo_slim.deploy.runtime import median_ms, ort_session
     model = copy.deepcopy(model).eval()
     x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     out = {"torch_ms": median_ms(lambda: model(x), runs, warmup)}
