@@ -10,19 +10,25 @@
 # every cut measured before fine-tuning (prune_report.json: map before/after), then
 # bench/prox_table.py prints the table. Usage: bench/prox_bench.sh [variant...]
 # SEED=1 bench/prox_bench.sh ... trains with another seed into $OUT/seed1/.
+# SPARSE_EPOCHS / FT_EPOCHS move the split of the 11-epoch budget, RECOVER is --target-recover,
+# KD the fine-tuning's distillation (chen | hinton | none), for every variant alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 BASE=${BASE:-runs/demo/baseline/best.pt}
 DATA=${DATA:-data/shapes/shapes.data}
 SEED=${SEED:-0}
+SPARSE_EPOCHS=${SPARSE_EPOCHS:-5}
+FT_EPOCHS=${FT_EPOCHS:-6}
+RECOVER=${RECOVER:-0.3}
+KD=${KD:-chen}
 OUT=${OUT:-runs/prox}
 [[ $SEED != 0 ]] && OUT=$OUT/seed$SEED
-TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:-2} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
+TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:--1} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
        --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5 --no-progress --seed "$SEED")
 sparse() {  # name, extra flags
     local d=$OUT/$1/sparse; shift
-    [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" -sr --prune 1 --epochs 5 \
+    [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" -sr --prune 1 --epochs "$SPARSE_EPOCHS" --target-recover "$RECOVER" \
         "${TRAIN[@]}" --output-dir "$d" "$@" && touch "$d/.done"; }
 }
 prune() {  # name, flags
@@ -32,8 +38,8 @@ prune() {  # name, flags
 }
 finetune() {  # name, weights to fine-tune
     local d=$OUT/$1/finetune
-    [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd chen --t-weights "$BASE" \
-        --epochs 6 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
+    [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd "$KD" --t-weights "$BASE" \
+        --epochs "$FT_EPOCHS" "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
 }
 for v in ${@:-flops uniform latency subgrad control}; do
     case $v in
@@ -47,7 +53,7 @@ for v in ${@:-flops uniform latency subgrad control}; do
             finetune subgrad "$(ls "$OUT"/subgrad/pruned/*.pt)" ;;
         control)
             d=$OUT/control/train
-            [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs 5 \
+            [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs "$SPARSE_EPOCHS" \
                 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
             finetune control "$d/best.pt" ;;
         *) echo "unknown variant $v (flops uniform latency subgrad control)" >&2; exit 2 ;;

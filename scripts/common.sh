@@ -14,14 +14,14 @@ RUN=${RUN:-runs/demo}                       # every stage reads/writes under thi
 IMG=${IMG:-256}
 BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-}                          # '' = auto (cuda if available), cpu, cuda:0
-WORKERS=${WORKERS:-2}
+WORKERS=${WORKERS:--1}                      # loader processes, -1 = auto (0 on <= 4 cores: faster there)
 EPOCHS=${EPOCHS:-20}                        # baseline epochs
 SPARSE_EPOCHS=${SPARSE_EPOCHS:-5}
 FT_EPOCHS=${FT_EPOCHS:-6}
 S=${S:-0.01}                                # sparsity rate (L1 on BN gamma)
 SPARSITY=${SPARSITY:-constant}              # constant | global-decay | local-decay
 SPARSE_UPDATE=${SPARSE_UPDATE:-prox}        # prox: dead channels exactly (0,0) | subgradient (older tools)
-SPARSE_WEIGHT=${SPARSE_WEIGHT:-flops}       # penalty per channel: uniform | flops | latency (what removing it saves)
+SPARSE_WEIGHT=${SPARSE_WEIGHT:-uniform}     # penalty per channel: uniform | flops | latency (what removing it saves)
 SPARSE_TARGET=${SPARSE_TARGET:-0.25}        # prox: s adapts so the dead channels leave this share of FLOPs
                                             # (0 = fixed S, then PERCENT/SHORTCUTS decide the cut)
 # the subgradient never makes a channel exactly dead: no FLOPs target, PERCENT/SHORTCUTS cut

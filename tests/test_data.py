@@ -201,6 +201,29 @@ def test_augmentation_is_deterministic_per_seed_epoch_index(tmp_path):
     assert not torch.equal(ds[1][0], a)
 
 
+def test_image_cache_gives_the_same_samples_and_is_bounded(tmp_path):
+    r = str(tmp_path)
+    paths = [write_image(r, f"{i}.png", (64 + 32 * i, 96), [(i, 8, 8, 40, 40)]) for i in range(3)]
+    lst = write_list(r, paths)
+    aug = Augment(mosaic=0.7)
+    plain = YoloDataset(lst, 64, augment=True, aug=aug, seed=2)
+    cached = YoloDataset(lst, 64, augment=True, aug=aug, seed=2, cache_mb=1)
+    small = YoloDataset(lst, 64, augment=True, aug=aug, seed=2, cache_mb=0)
+    small._cache_left = 64 * 43 * 3  # room for the first (64x43) resized image only
+    for epoch in range(3):
+        for ds in (plain, cached, small):
+            ds.set_epoch(epoch)
+        for i in range(3):
+            a, la, _, _ = plain[i]
+            for ds in (cached, small):
+                b, lb, _, _ = ds[i]
+                assert torch.equal(a, b) and torch.equal(la, lb)
+    assert sorted(cached._cache) == [0, 1, 2] and plain._cache == {}
+    assert [cached._cache[i].shape for i in range(3)] == [(43, 64, 3), (64, 64, 3), (64, 48, 3)]
+    assert not any(im.flags.writeable for im in cached._cache.values())
+    assert list(small._cache) == [0] and small._cache_left == 0
+
+
 def test_epoch_sampler_partitions_and_repeats():
     s0, s1 = EpochSampler(10, True, seed=5, rank=0, world=2), EpochSampler(10, True, seed=5, rank=1, world=2)
     for s in (s0, s1):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from yolo_slim.core import device as dv
 from yolo_slim.darknet.cfg import parse_cfg_text
 from yolo_slim.train.engine import TrainConfig, TrainHooks, train
 from yolo_slim.core.errors import YoloSlimError
@@ -78,6 +79,11 @@ def test_training_lowers_loss_and_writes_outputs(shapes_data, tmp_path):
     assert png is not None and png.shape[0] >= 200 and png.shape[1] >= 1200
     ck = read_checkpoint(out["last"])
     assert ck["epoch"] == 11 and len(ck["results"]) == 12 and ck["seen"] == 12 * 8
+    # training runs channels-last; what is saved is in the standard layout
+    for part in ("model", "train_model"):
+        assert all(v.is_contiguous() for v in ck[part].values()), part
+    amp = dv.amp_dtype(torch.device("cpu"))
+    assert opt["amp"] == (str(amp).replace("torch.", "") if amp else "off")
     best = model_from_checkpoint(out["best"])
     assert sum(p.numel() for p in best.parameters()) == sum(p.numel() for p in tiny_model().parameters())
     assert not any(f.endswith(".tmp") or ".tmp" in f for f in os.listdir(tmp_path))
@@ -196,3 +202,19 @@ def test_ddp_two_cpu_processes(shapes_data, tmp_path):
     assert ck["seen"] == 8  # 2 steps x 2 ranks x 2 images
     assert json.loads(open(os.path.join(out, "opt.json")).read())["world_size"] == 2
     assert not dataclasses.asdict(TrainConfig())["sr"]  # the default run has no sparsity
+
+
+def test_mixed_precision_and_loader_choices(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert dv.amp_dtype(cuda) == torch.float16 and dv.amp_dtype(cuda, enabled=False) is None
+    monkeypatch.setattr(dv, "cpu_has_bf16", lambda: True)
+    assert dv.amp_dtype(cpu) == torch.bfloat16
+    monkeypatch.setenv("YOLO_SLIM_CPU_BF16", "0")
+    assert dv.amp_dtype(cpu) is None
+    monkeypatch.delenv("YOLO_SLIM_CPU_BF16")
+    monkeypatch.setattr(dv, "cpu_has_bf16", lambda: False)
+    assert dv.amp_dtype(cpu) is None  # emulated bf16 would be slower than fp32
+    for cpus, on_cpu, on_gpu in ((2, 0, 2), (4, 0, 4), (16, 4, 8), (64, 8, 8)):
+        monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
+        assert (dv.auto_workers(cpu), dv.auto_workers(cuda)) == (on_cpu, on_gpu), cpus
+        assert dv.auto_workers(cpu, 3) == 3

@@ -158,9 +158,9 @@ def test_script_defaults_pass_train_args(tmp_path, repo_root):
     args = p.stdout.split()
     assert args[:2] == ["-m", "yolo_slim.tools.iterate"] and args[args.index("--rounds") + 1] == "2"
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--train"]
-    assert pairs == ["workers=2", "lr0=0.02", "multi-scale=true", "ema=false",
+    assert pairs == ["workers=-1", "lr0=0.02", "multi-scale=true", "ema=false",
                      "lr-steps=0.5,0.8", "mosaic=1.0"]
-    assert parse_train_overrides(pairs) == {"workers": 2, "lr0": 0.02, "multi_scale": True,
+    assert parse_train_overrides(pairs) == {"workers": -1, "lr0": 0.02, "multi_scale": True,
                                             "ema": False, "lr_steps": [0.5, 0.8], "mosaic": 1.0}
     assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
     assert (tmp_path / "run" / "iterate" / ".done").is_file()

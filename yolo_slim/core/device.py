@@ -1,4 +1,5 @@
-"""Device choice, AMP and DistributedDataParallel plumbing for the training engine.
+"""Device choice, mixed precision (fp16 on CUDA, bf16 on CPUs with it), loader processes and
+DistributedDataParallel plumbing for the training engine.
 
 Launch with `torchrun --nproc_per_node N train_sparse.py ...`: torchrun sets RANK, WORLD_SIZE
 and LOCAL_RANK; we use nccl on CUDA and gloo on CPU. Rank 0 alone writes files.
@@ -45,6 +46,42 @@ def select_device(spec: str = "", local_rank: int = -1) -> torch.device:
         raise YoloSlimError(f"--device {spec}: only {torch.cuda.device_count()} CUDA devices")
     torch.cuda.set_device(idx)
     return torch.device("cuda", idx)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX): there oneDNN runs bf16
+    convolutions ~2x faster than fp32; elsewhere bf16 is emulated and slower, so it stays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def auto_workers(device: torch.device, requested: int = -1) -> int:
+    """Loader processes: `requested` when >= 0; else 0 on a CPU-trained machine with <= 4 cores
+    (measured on 2 cores, demo epoch: 0 workers 34 s, 1 worker 38 s, 2 workers 43 s: the
+    processes take the cores the convolutions need, and with 0 the decoded images stay cached),
+    a quarter of the cores on bigger CPU machines, up to 8 when a GPU does the maths."""
+    if requested >= 0:
+        return requested
+    cpus = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cpus)
+    return 0 if cpus <= 4 else min(8, cpus // 4)
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype of mixed-precision training: fp16 on CUDA (with a GradScaler), bf16 on
+    CPUs with native bf16 (same exponent range as fp32: no scaler), None = full fp32."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and os.environ.get("YOLO_SLIM_CPU_BF16", "1") != "0" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
 
 
 def init_distributed(device: torch.device, world: int) -> None:

@@ -119,11 +119,16 @@ def save_darknet_weights(model: Darknet, path: str) -> None:
     atomic_write_bytes(path, darknet_weights_bytes(model))
 
 
+def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU in the standard layout (training runs channels-last)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(model: Darknet, path: str, **extra: Any) -> None:
     """Write a self-describing .pt (cfg text + state dict + header/seen + anything extra)."""
     model = getattr(model, "module", model)  # unwrap DDP
     ckpt = {"cfg": write_cfg(model.module_defs),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": state_tensors(model),
             "header": list(model.header), "seen": int(model.seen), **extra}
     buf = io.BytesIO()
     torch.save(ckpt, buf)

@@ -30,7 +30,9 @@ class TrainConfig:
     nominal_batch: int = field(default=64, metadata={"help": "accumulate gradients to this", "min": 1})
     epochs: int = field(default=100, metadata={"min": 1})
     device: str = field(default="", metadata={"help": "cpu, cuda, cuda:N or '' (auto)"})
-    workers: int = field(default=2, metadata={"min": 0})
+    workers: int = field(default=-1, metadata={
+        "help": "loader processes; -1 = auto (0 on CPUs with <= 4 cores, see core/device.py)",
+        "min": -1})
     seed: int = 0
     lr0: float = field(default=0.01, metadata={"gt": 0})
     lrf: float = field(default=0.01, metadata={"help": "final LR as a fraction of lr0", "min": 0})
@@ -47,7 +49,8 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = field(default=0.9999, metadata={"min": 0, "max": 1})
     ema_tau: float = field(default=2000.0, metadata={"gt": 0})
-    amp: bool = field(default=True, metadata={"help": "mixed precision (CUDA only)"})
+    amp: bool = field(default=True, metadata={
+        "help": "mixed precision: fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX, else off"})
     multi_scale: bool = field(default=False, metadata={"help": "random size 0.5-1.5x per batch"})
     box: float = 3.2
     obj: float = 64.0

@@ -10,7 +10,7 @@
   teacher's box plus a margin, so a weak teacher never drags a better student back.
 
 The teacher is frozen: eval mode (its BN statistics never move), requires_grad off, run under
-no_grad; on CUDA it may run in fp16 autocast.
+no_grad, in the training's autocast (fp16 on CUDA, bf16 on CPUs with it).
 """
 from __future__ import annotations
 
@@ -155,11 +155,11 @@ def make_distill_hook(student: Darknet, teacher: Darknet | None, cfg: DistillCon
 
         def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor):
             if next(teacher.parameters()).device != imgs.device:
-                teacher.to(imgs.device)
+                teacher.to(imgs.device, memory_format=torch.channels_last)
             teacher.eval()  # its BN statistics never move, whatever the engine does
-            amp = torch.autocast("cuda", enabled=imgs.is_cuda)
-            with torch.no_grad(), amp:
-                t_raw = teacher.forward_raw(imgs)
+            with torch.no_grad():  # in the engine's autocast (bf16/fp16) when it has one
+                t_raw = [t.float() for t in teacher.forward_raw(imgs)]
+            raw = [r.float() for r in raw]  # the KD terms in fp32 whatever the autocast dtype
             hw = tuple(imgs.shape[-2:])
             heads = student.heads
             _, g_obj, g_cls = loss_gains(self.hyp, hw, len(heads), heads[0].nc)

@@ -51,7 +51,7 @@ from yolo_slim.train.config import TrainConfig
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
-from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_checkpoint
+from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_checkpoint, state_tensors
 
 
 class TrainHooks:
@@ -177,21 +177,24 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     if cfg.batch_size % world:
         raise YoloSlimError(f"--batch-size {cfg.batch_size} must divide by the {world} processes")
     bs = cfg.batch_size // world
-    amp = cfg.amp and device.type == "cuda"
+    amp = dv.amp_dtype(device, cfg.amp)
     aug = Augment(cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.fliplr, cfg.scale, cfg.translate, cfg.mosaic)
-    loader, train_ds = create_dataloader(data.train, img_size, bs, True, workers=cfg.workers,
+    workers = dv.auto_workers(device, cfg.workers)
+    loader, train_ds = create_dataloader(data.train, img_size, bs, True, workers=workers,
                                          nc=data.classes, rank=rank, seed=cfg.seed, aug=aug,
                                          world=world, verbose=main)
     val_loader = None
     if main:
         val_loader, _ = create_dataloader(data.valid, img_size, bs, False, rect=True,
-                                          workers=cfg.workers, nc=data.classes,
+                                          workers=workers, nc=data.classes,
                                           limit=cfg.eval_subset or None)
     dv.seed_all(cfg.seed)
-    model.to(device)
+    # channels-last is oneDNN's (and cuDNN's tensor cores') native conv layout: 1.4x faster fp32
+    # steps on CPU, more with bf16; saved tensors are made contiguous again (nn/weights.py)
+    model.to(device, memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg.lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     hyp = LossHyp(cfg.box, cfg.obj, cfg.cls, cfg.anchor_t, cfg.iou_obj, cfg.label_smoothing)
     for h in hooks:  # e.g. distillation weighs its terms with the same gains
         h.use_loss_hyp(hyp)
@@ -217,7 +220,8 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     if main:
         os.makedirs(out, exist_ok=True)
         resolved = {**dataclasses.asdict(cfg), "img_size": img_size, "device": str(device),
-                    "world_size": world, "accumulate": accumulate, "amp": amp}
+                    "world_size": world, "accumulate": accumulate,
+                    "amp": str(amp).replace("torch.", "") if amp else "off"}
         atomic_write_bytes(os.path.join(out, "opt.json"), json.dumps(resolved, indent=2).encode())
     raw_model = model
     if world > 1:
@@ -241,7 +245,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             lr = set_lr(opt, ni, n_warm, cfg.lr0,
                         lr_factor(ni / nb, cfg.epochs, cfg.lr_schedule, cfg.lrf, cfg.lr_steps),
                         cfg.momentum, cfg.warmup_momentum, cfg.warmup_bias_lr)
-            imgs = imgs.to(device, non_blocking=True)
+            imgs = imgs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             if cfg.multi_scale:  # the size depends only on (seed, epoch, i): resume-safe
                 r = np.random.default_rng([cfg.seed, epoch, i, 1])
                 s = int(r.integers(img_size // 64, img_size * 3 // 64 + 1)) * 32
@@ -251,7 +255,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             sync = (i + 1) % accumulate == 0 or i == nb - 1
             nosync = model.no_sync() if world > 1 and not sync else contextlib.nullcontext()
             with nosync:
-                with torch.autocast(device.type, enabled=amp):
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     raw = model(imgs)
                     loss, items = yolo_loss(raw, targets, raw_model, tuple(imgs.shape[-2:]), hyp)
                     logs = dict(zip(("box", "obj", "cls"), items[:3].tolist()))
@@ -300,7 +304,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             best = fitness if is_best else best
             save_checkpoint(final, last, epoch=epoch, best_fitness=best, results=rows,
                             opt=dataclasses.asdict(cfg),
-                            train_model={k: v.detach().cpu() for k, v in raw_model.state_dict().items()},
+                            train_model=state_tensors(raw_model),
                             optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                             ema_updates=ema.updates if ema else 0, rng=dv.rng_state(),
                             hooks=[h.state_dict() for h in hooks])
