@@ -11,7 +11,8 @@
 # bench/prox_table.py prints the table. Usage: bench/prox_bench.sh [variant...]
 # SEED=1 bench/prox_bench.sh ... trains with another seed into $OUT/seed1/.
 # SPARSE_EPOCHS / FT_EPOCHS move the split of the 11-epoch budget, RECOVER is --target-recover,
-# KD the fine-tuning's distillation (chen | hinton | none), for every variant alike.
+# KD the fine-tuning's distillation (chen | hinton | none), TARGET the FLOPs share (0.25), for
+# every variant alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -22,6 +23,7 @@ SPARSE_EPOCHS=${SPARSE_EPOCHS:-5}
 FT_EPOCHS=${FT_EPOCHS:-6}
 RECOVER=${RECOVER:-0.3}
 KD=${KD:-chen}
+TARGET=${TARGET:-0.25}
 OUT=${OUT:-runs/prox}
 [[ $SEED != 0 ]] && OUT=$OUT/seed$SEED
 TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:--1} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
@@ -44,12 +46,12 @@ finetune() {  # name, weights to fine-tune
 for v in ${@:-flops uniform latency subgrad control}; do
     case $v in
         flops|uniform|latency)
-            sparse "$v" --s 0.01 --sparsity-update prox --sparsity-weight "$v" --target-flops 0.25
+            sparse "$v" --s 0.01 --sparsity-update prox --sparsity-weight "$v" --target-flops "$TARGET"
             prune "$v" --dead
             finetune "$v" "$(ls "$OUT/$v"/pruned/*.pt)" ;;
         subgrad)
             sparse subgrad --s 0.01 --sparsity-update subgradient
-            prune subgrad --target-flops 0.25 --layer-keep 0.1
+            prune subgrad --target-flops "$TARGET" --layer-keep 0.1
             finetune subgrad "$(ls "$OUT"/subgrad/pruned/*.pt)" ;;
         control)
             d=$OUT/control/train

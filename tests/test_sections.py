@@ -270,6 +270,8 @@ def test_prune_channels_dead_cuts_exactly_the_dead_channels(tmp_path):
     ref = raw(m, x)
     assert max_abs(raw(pruned, x), ref) <= tol(ref)
     assert rep["verification"]["max_abs_vs_masked_unfolded"] <= tol(ref)
+    from yolo_slim.prune.channels import cut_rule  # titles and summaries say so, not "threshold nan"
+    assert cut_rule(rep["threshold"]) == "dead channels only" and cut_rule(0.05) == "threshold 0.05"
 
 
 def test_maxpool_equals_darknet_padding_without_a_pad_where_it_can():

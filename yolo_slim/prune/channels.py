@@ -194,11 +194,18 @@ def _gamma_text(stats: dict[str, Any], importance: str = "bn") -> str:
     return "\n".join(lines)
 
 
+def cut_rule(threshold: float | str | None, digits: int = 6) -> str:
+    """How the cut was chosen, for titles and summaries: a |γ| threshold, or (NaN, which the
+    JSON report holds as "nan") `--dead`."""
+    t = float("nan") if threshold is None else float(threshold)
+    return "dead channels only" if math.isnan(t) else f"threshold {t:.{digits}g}"
+
+
 def summary_text(rep: dict[str, Any]) -> str:
     from yolo_slim.analysis.cost import channel_table
     p, f, v = rep["params"], rep["flops"], rep["verification"]
     lines = [channel_table(rep["channels"]["before"], rep["channels"]["after"]),
-             f"threshold {rep['threshold']:.6g} ({rep['strategy']}, importance "
+             f"{cut_rule(rep['threshold'])} ({rep['strategy']}, importance "
              f"{rep.get('importance', 'bn')})",
              f"params {p['before']:,} -> {p['after']:,} ({100 * p['after'] / p['before']:.1f}%)",
              f"FLOPs  {f['before']:,} -> {f['after']:,} ({100 * f['after'] / f['before']:.1f}%) "

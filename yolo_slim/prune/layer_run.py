@@ -15,7 +15,7 @@ from yolo_slim.darknet.cfg import net_size
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import canvas, count_params, model_flops, put_text, save_png
-from yolo_slim.prune.channels import PruneOptions
+from yolo_slim.prune.channels import PruneOptions, cut_rule
 from yolo_slim.prune.layers import (Block, analyze_blocks, block_cuts, block_scores, choose_blocks,
                                    compact_blocks, depth, removed_table, verify_blocks)
 from yolo_slim.prune.verify import apply_cut
@@ -125,7 +125,7 @@ def summary_text(rep: dict[str, Any]) -> str:
     if "channel_pruning" in rep:
         c, fin = rep["channel_pruning"], rep["final"]
         cv = c["verification"]
-        lines.append(f"then channels ({c['strategy']}, threshold {c['threshold']:.6g}): params "
+        lines.append(f"then channels ({c['strategy']}, {cut_rule(c['threshold'])}): params "
                      f"{fin['params']:,} ({100 * fin['params'] / p['before']:.1f}%), FLOPs "
                      f"{fin['flops']:,} ({100 * fin['flops'] / f['before']:.1f}%); max |delta| vs "
                      f"folded {cv['max_abs_vs_folded']:.3g}, vs masked {cv['max_abs_vs_masked_unfolded']:.3g}")

@@ -20,7 +20,8 @@ import numpy as np
 from yolo_slim.analysis.cost import count_params, model_flops, plot_channels, plot_gamma_hist
 from yolo_slim.core.errors import TargetUnreachable
 from yolo_slim.nn.model import Darknet
-from yolo_slim.prune.channels import PruneOptions, PruneResult, evaluate_maps, prune_model, score_name
+from yolo_slim.prune.channels import (PruneOptions, PruneResult, cut_rule, evaluate_maps, prune_model,
+                                      score_name)
 from yolo_slim.prune.layer_run import (LayerPruneResult, plot_blocks, prune_layers_model,
                                        ratios_after_removal)
 from yolo_slim.prune.layers import depth
@@ -92,7 +93,7 @@ def _pictures(p: Pruned, plan: PrunePlan, out_dir: str, stem: str) -> None:
     c, opts = p.channels, plan.channels
     ch = c.report["channels"]
     title = (f"{stem} after layer pruning: {opts.strategy}" if p.layers is not None
-             else f"{stem}: {opts.strategy}, threshold {c.threshold:.4g}")
+             else f"{stem}: {opts.strategy}, {cut_rule(c.threshold, 4)}")
     plot_channels(ch["before"], ch["after"], os.path.join(out_dir, "channels.png"), title)
     if p.layers is None:
         prunable = [c.graph.conv_nodes[i] for i in c.report["prunable_convs"]]
