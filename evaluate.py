@@ -33,7 +33,8 @@ def parse_args(argv):
     p.add_argument("--device", default="", help="cpu, cuda, cuda:N or N (default: cuda if any)")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--rect", action="store_true", help="rectangular batches (less padding)")
-    p.add_argument("--workers", type=number(int, min=0), default=2)
+    p.add_argument("--workers", type=number(int, min=-1), default=-1,
+                   help="loader processes; -1 = auto (0 on CPUs with <= 4 cores)")
     p.add_argument("--output-dir", default="runs/evaluate")
     return parse(p, argv)
 
@@ -66,7 +67,7 @@ def main(argv=None):
 
 
 def evaluate_torch(args):
-    from yolo_slim.core.device import select_device
+    from yolo_slim.core.device import auto_workers, select_device
     from yolo_slim.data.dataset import create_dataloader, parse_data_file
     from yolo_slim.nn.weights import load_model
     from yolo_slim.eval.evaluate import evaluate
@@ -76,7 +77,7 @@ def evaluate_torch(args):
         raise YoloSlimError(f"the model has {model.num_classes} classes, {args.data} has {data.classes}")
     device = select_device(args.device)
     loader, _ = create_dataloader(getattr(data, args.split), args.img_size or 416, args.batch_size,
-                                  augment=False, rect=args.rect, workers=args.workers,
+                                  augment=False, rect=args.rect, workers=auto_workers(device, args.workers),
                                   shuffle=False, nc=data.classes)
     return evaluate(model.to(device), loader, args.conf_thres, args.iou_thres, device, args.half,
                     names=data.names, max_det=args.max_det)

@@ -88,13 +88,17 @@ class OnnxDetector:
 
 def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: int = 16,
                   conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300,
-                  workers: int = 2, cfg: str | None = None, img_size: int | None = None,
+                  workers: int = -1, cfg: str | None = None, img_size: int | None = None,
                   progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """mAP of an ONNX file on a .data split: evaluate() with an OnnxDetector in place of the
     torch model. The input size comes from the graph; `img_size`, if given, must match it."""
+    import torch
+
+    from yolo_slim.core.device import auto_workers
     from yolo_slim.data.dataset import create_dataloader, parse_data_file
     from yolo_slim.eval.evaluate import evaluate
     det = OnnxDetector(path, cfg, threads)
+    workers = auto_workers(torch.device("cpu"), workers)  # -1: none on small CPUs
     h, w = det.img_hw
     if h != w:
         raise YoloSlimError(f"{path}: input {h}x{w}; evaluation letterboxes to a square")
