@@ -7,7 +7,9 @@
 
 --kd hinton: binary KL on objectness/class logits (temperature --temperature, × T²);
 --kd chen:   the same + Chen et al.'s bounded L2 box loss at the positive anchors.
-Every training flag of train_sparse.py is accepted. The final student is written as
+Every training flag of train_sparse.py is accepted, -sr too: sparse training (prox to a
+--target-flops, say) with the teacher's soft targets pulling the shrinking student back to it
+(`--sparsity-weight latency` then needs `--latency-table`). The final student is written as
 <output-dir>/<stem>.cfg + <stem>.weights (from best.pt), ready for export.py.
 """
 from __future__ import annotations
@@ -74,7 +76,12 @@ def main(argv=None):
         model = load_model(cfg.cfg or None, cfg.weights)
     teacher = load_model(ns.t_cfg or None, ns.t_weights) if kd.mode != "none" else None
     hook = make_distill_hook(model, teacher, kd, cfg.anchor_t)
-    summary = train(cfg, model, [hook] if hook else [])
+    hooks = [hook] if hook else []
+    run_cfg = saved if cfg.resume else cfg
+    if run_cfg.sr:  # the sparsity hook first: it owns the optimizer step, KD only adds a loss
+        from yolo_slim.train.sparsity import make_train_hooks
+        hooks = list(make_train_hooks(run_cfg, model)) + hooks
+    summary = train(cfg, model, hooks)
     write_resolved(os.path.join(summary["output_dir"], "args.json"), ns)
     cfg_out, w_out = export_run_model(summary["output_dir"], stem)
     last = summary["results"][-1] if summary["results"] else {}

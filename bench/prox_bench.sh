@@ -5,6 +5,7 @@
 #   uniform: --sparsity-update prox --sparsity-weight uniform --target-flops 0.25, prune --dead
 #   latency: --sparsity-update prox --sparsity-weight latency --target-flops 0.25, prune --dead
 #            (the latency table of the deployment runtime: measure it first on an idle machine)
+#   uniform-kd: uniform, with the sparse phase distilled from the baseline (distill.py -sr --kd)
 #   subgrad: --sparsity-update subgradient --s 0.01 (the older tools), prune --target-flops 0.25
 #   control: the unpruned baseline trained the same 5 + 6 epochs ("dense")
 # every cut measured before fine-tuning (prune_report.json: map before/after), then
@@ -28,10 +29,10 @@ OUT=${OUT:-runs/prox}
 [[ $SEED != 0 ]] && OUT=$OUT/seed$SEED
 TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:--1} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
        --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5 --no-progress --seed "$SEED")
-sparse() {  # name, extra flags
+sparse() {  # name, extra flags (SPARSE_SCRIPT=distill.py with --kd ... : sparse training with KD)
     local d=$OUT/$1/sparse; shift
-    [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" -sr --prune 1 --epochs "$SPARSE_EPOCHS" --target-recover "$RECOVER" \
-        "${TRAIN[@]}" --output-dir "$d" "$@" && touch "$d/.done"; }
+    [[ -f $d/.done ]] || { "$PY" "${SPARSE_SCRIPT:-train_sparse.py}" --data "$DATA" --weights "$BASE" -sr --prune 1 \
+        --epochs "$SPARSE_EPOCHS" --target-recover "$RECOVER" "${TRAIN[@]}" --output-dir "$d" "$@" && touch "$d/.done"; }
 }
 prune() {  # name, flags
     local d=$OUT/$1/pruned; shift
@@ -49,6 +50,11 @@ for v in ${@:-flops uniform latency subgrad control}; do
             sparse "$v" --s 0.01 --sparsity-update prox --sparsity-weight "$v" --target-flops "$TARGET"
             prune "$v" --dead
             finetune "$v" "$(ls "$OUT/$v"/pruned/*.pt)" ;;
+        uniform-kd)  # the sparse phase distilled from the baseline too (distill.py -sr)
+            SPARSE_SCRIPT=distill.py sparse "$v" --s 0.01 --sparsity-update prox --sparsity-weight uniform \
+                --target-flops "$TARGET" --kd "$KD" --t-weights "$BASE"
+            prune "$v" --dead
+            finetune "$v" "$(ls "$OUT/$v"/pruned/*.pt)" ;;
         subgrad)
             sparse subgrad --s 0.01 --sparsity-update subgradient
             prune subgrad --target-flops "$TARGET" --layer-keep 0.1
@@ -58,6 +64,6 @@ for v in ${@:-flops uniform latency subgrad control}; do
             [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs "$SPARSE_EPOCHS" \
                 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
             finetune control "$d/best.pt" ;;
-        *) echo "unknown variant $v (flops uniform latency subgrad control)" >&2; exit 2 ;;
+        *) echo "unknown variant $v (flops uniform latency uniform-kd subgrad control)" >&2; exit 2 ;;
     esac
 done

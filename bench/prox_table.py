@@ -22,6 +22,7 @@ import os
 NAMES = {"flops": "prox, FLOPs weights, target 0.25, --dead",
          "uniform": "prox, uniform weights, target 0.25, --dead",
          "latency": "prox, latency weights (ORT CPU table), target 0.25, --dead",
+         "uniform-kd": "prox, uniform weights, target 0.25, KD (chen) in the sparse phase too, --dead",
          "subgrad": "subgradient s=0.01, smallest \\|γ\\| cut to 0.25 FLOPs",
          "control": "dense control (no sparsity, no cut)"}
 

@@ -178,3 +178,29 @@ def test_distill_script_end_to_end_and_mismatch_exit_code(shapes_data, tmp_path,
                             "--epochs", "1", "--img-size", "64", "--device", "cpu",
                             "--output-dir", str(tmp_path / "run2"))
     assert rc == 2 and "heads do not match" in se and "Traceback" not in se
+
+
+def test_distill_sparse_training_with_a_teacher(shapes_data, tmp_path):
+    """distill.py -sr: prox sparse training to a FLOPs target with KD at the same time. The run
+    logs both the KD terms and the sparsity columns, and its saved model holds the dead channels
+    as exact (0, 0) pairs — the count results.csv reports."""
+    import distill as distill_script
+    from yolo_slim.nn.weights import model_from_checkpoint
+    student, teacher = model(8, 0), model(8, 1)
+    s_pt, t_pt = str(tmp_path / "s.pt"), str(tmp_path / "t.pt")
+    save_checkpoint(student, s_pt)
+    save_checkpoint(teacher, t_pt)
+    out = tmp_path / "run"
+    assert distill_script.main(["--weights", s_pt, "--t-weights", t_pt, "--data", shapes_data, "--kd", "chen",
+                                "-sr", "--s", "0.05", "--sparsity-update", "prox", "--target-flops", "0.5",
+                                "--epochs", "4", "--img-size", "64", "--batch-size", "4", "--workers", "0",
+                                "--device", "cpu", "--no-progress", "--lr0", "0.02", "--warmup-epochs", "0",
+                                "--output-dir", str(out)]) == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    last = rows[-1]
+    assert float(last["kd"]) > 0 and float(last["flops_if_cut"]) <= 0.5 + 1e-6
+    m = model_from_checkpoint(str(out / "last.pt"))
+    dead = sum(int(((c.bn.weight == 0) & (c.bn.bias == 0)).sum()) for c in m.module_list
+               if getattr(c, "bn", None) is not None)
+    assert dead == int(last["dead"]) > 0
