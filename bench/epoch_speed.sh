@@ -16,6 +16,7 @@ PY=$PWD/.venv/bin/python
 WT=${TMPDIR:-/tmp}/yolo_slim_old_$OLD
 [[ -d $WT ]] || git worktree add -q --detach "$WT" "$OLD"
 OUT=${OUT:-runs/epoch_speed}
+[[ $OUT = /* ]] || OUT=$PWD/$OUT
 mkdir -p "$OUT"
 ARGS=(--cfg cfg/demo.cfg --data "$PWD/data/shapes/shapes.data" --epochs 1 --img-size 256 --batch-size 16
       --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25 --warmup-epochs 1 --mosaic 1.0 --ema-tau 100
@@ -23,7 +24,7 @@ ARGS=(--cfg cfg/demo.cfg --data "$PWD/data/shapes/shapes.data" --epochs 1 --img-
 run() {  # name, dir, env..., -- extra flags
     local name=$1 dir=$2; shift 2
     local envs=() ; while [[ $1 != -- ]]; do envs+=("$1"); shift; done; shift
-    local o=$PWD/$OUT/$name.$r
+    local o=$OUT/$name.$r
     rm -rf "$o"
     (cd "$dir" && env "${envs[@]}" "$PY" train_sparse.py "${ARGS[@]}" "$@" --output-dir "$o" >"$o.log" 2>&1)
     tail -1 "$o/results.csv" | awk -F, -v n="$name" -v r="$r" '{printf "%-9s run %s  epoch %6.1f s  loss %s\n", n, r, $NF, $6}'

@@ -83,7 +83,8 @@ def test_training_lowers_loss_and_writes_outputs(shapes_data, tmp_path):
     for part in ("model", "train_model"):
         assert all(v.is_contiguous() for v in ck[part].values()), part
     amp = dv.amp_dtype(torch.device("cpu"))
-    assert opt["amp"] == (str(amp).replace("torch.", "") if amp else "off")
+    assert opt["amp"] is True and opt["amp_dtype"] == (str(amp).replace("torch.", "") if amp else "off")
+    assert ck["amp_dtype"] == opt["amp_dtype"]
     best = model_from_checkpoint(out["best"])
     assert sum(p.numel() for p in best.parameters()) == sum(p.numel() for p in tiny_model().parameters())
     assert not any(f.endswith(".tmp") or ".tmp" in f for f in os.listdir(tmp_path))
@@ -215,6 +216,8 @@ def test_mixed_precision_and_loader_choices(monkeypatch):
     monkeypatch.setattr(dv, "cpu_has_bf16", lambda: False)
     assert dv.amp_dtype(cpu) is None  # emulated bf16 would be slower than fp32
     for cpus, on_cpu, on_gpu in ((2, 0, 2), (4, 0, 4), (16, 4, 8), (64, 8, 8)):
-        monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cpus: set(range(c)), raising=False)
         assert (dv.auto_workers(cpu), dv.auto_workers(cuda)) == (on_cpu, on_gpu), cpus
         assert dv.auto_workers(cpu, 3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 64 cores shared by 4 torchrun ranks: 16 each
+    assert (dv.auto_workers(cpu), dv.auto_workers(cuda)) == (4, 8)

@@ -66,7 +66,9 @@ def auto_workers(device: torch.device, requested: int = -1) -> int:
     a quarter of the cores on bigger CPU machines, up to 8 when a GPU does the maths."""
     if requested >= 0:
         return requested
-    cpus = os.cpu_count() or 1
+    # the cores this process may run on (taskset, containers), shared by torchrun's local ranks
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if device.type == "cuda":
         return min(8, cpus)
     return 0 if cpus <= 4 else min(8, cpus // 4)

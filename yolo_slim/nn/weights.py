@@ -121,7 +121,8 @@ def save_darknet_weights(model: Darknet, path: str) -> None:
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict on the CPU in the standard layout (training runs channels-last)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
+            for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(model: Darknet, path: str, **extra: Any) -> None:

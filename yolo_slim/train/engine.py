@@ -1,6 +1,7 @@
 """The one training loop behind baseline, sparse and distillation training.
 
-`train(cfg, model, hooks)` runs epochs of: forward (AMP on CUDA) -> YOLO loss (+ hook loss
+`train(cfg, model, hooks)` runs epochs of: forward (channels-last; autocast fp16 on CUDA, bf16
+on CPUs with native bf16) -> YOLO loss (+ hook loss
 terms) -> backward, accumulated to `nominal_batch` -> unscale -> hook gradient edits -> SGD
 step -> hook weight edits -> EMA. Rank 0 evaluates, logs results.csv/.png and writes
 last.pt/best.pt atomically. The engine knows hooks, not what they do: sparsity training, for
@@ -141,6 +142,11 @@ def _evaluate(model, loader, cfg: TrainConfig, device) -> dict[str, float]:
     return {k: float(r[k]) for k in ("precision", "recall", "map50", "map")}
 
 
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The autocast dtype as opt.json and last.pt record it: float16, bfloat16 or off."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "off"
+
+
 def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
@@ -203,7 +209,11 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
         ck = read_checkpoint(ckpt_path)
         load_checkpoint_into(model, {**ck, "model": ck["train_model"]}, ckpt_path)
         opt.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
+        if ck["scaler"]:  # empty when the run had no scaler (CPU, bf16)
+            scaler.load_state_dict(ck["scaler"])
+        if main and ck.get("amp_dtype", "off") != amp_name(amp):
+            print(f"warning: {ckpt_path} trained with mixed precision {ck.get('amp_dtype', 'off')}, "
+                  f"this machine resumes it with {amp_name(amp)}: not bitwise the uninterrupted run")
         if ema is not None:
             load_checkpoint_into(ema.ema, ck, ckpt_path)
             ema.updates = ck["ema_updates"]
@@ -221,7 +231,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
         os.makedirs(out, exist_ok=True)
         resolved = {**dataclasses.asdict(cfg), "img_size": img_size, "device": str(device),
                     "world_size": world, "accumulate": accumulate,
-                    "amp": str(amp).replace("torch.", "") if amp else "off"}
+                    "amp_dtype": amp_name(amp)}
         atomic_write_bytes(os.path.join(out, "opt.json"), json.dumps(resolved, indent=2).encode())
     raw_model = model
     if world > 1:
@@ -307,7 +317,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
                             train_model=state_tensors(raw_model),
                             optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                             ema_updates=ema.updates if ema else 0, rng=dv.rng_state(),
-                            hooks=[h.state_dict() for h in hooks])
+                            hooks=[h.state_dict() for h in hooks], amp_dtype=amp_name(amp))
             if is_best:
                 save_checkpoint(final, best_pt, epoch=epoch, best_fitness=best, metrics=metrics)
         dv.barrier(world)
