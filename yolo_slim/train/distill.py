@@ -154,9 +154,8 @@ def make_distill_hook(student: Darknet, teacher: Darknet | None, cfg: DistillCon
             self.hyp = hyp
 
         def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor):
-            if next(teacher.parameters()).device != imgs.device or not getattr(teacher, "_cl", False):
-                teacher.to(imgs.device, memory_format=torch.channels_last)  # the student's layout
-                teacher._cl = True
+            if next(teacher.parameters()).device != imgs.device:
+                teacher.to(imgs.device)
             teacher.eval()  # its BN statistics never move, whatever the engine does
             with torch.no_grad():  # in the engine's autocast (bf16/fp16) when it has one
                 t_raw = [t.float() for t in teacher.forward_raw(imgs)]
