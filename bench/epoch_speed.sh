@@ -30,8 +30,8 @@ run() {  # name, dir, env..., -- extra flags
     tail -1 "$o/results.csv" | awk -F, -v n="$name" -v r="$r" '{printf "%-9s run %s  epoch %6.1f s  loss %s\n", n, r, $NF, $6}'
 }
 for r in $(seq 1 "$REPEAT"); do
-    run old "$WT" X=1 -- --workers 2
-    run new "$PWD" X=1 --
+    run old "$WT" -- --workers 2
+    run new "$PWD" --
     run new-fp32 "$PWD" YOLO_SLIM_CPU_BF16=0 --
-    run new-w2 "$PWD" X=1 -- --workers 2
+    run new-w2 "$PWD" -- --workers 2
 done

@@ -43,10 +43,11 @@ def rows(out) -> list[dict]:
 
 class Recorder(TrainHooks):
     def __init__(self):
-        self.steps, self.sizes, self.ends = [], set(), []
+        self.steps, self.sizes, self.ends, self.dtypes = [], set(), [], set()
 
     def extra_loss(self, imgs, raw, targets):
         self.sizes.add(imgs.shape[-1])
+        self.dtypes.add(raw[0].dtype)
         return raw[0].float().mean() * 0.0 + 0.5, {"kd": 0.5}
 
     def after_backward(self, model, step):
@@ -83,6 +84,7 @@ def test_training_lowers_loss_and_writes_outputs(shapes_data, tmp_path):
     for part in ("model", "train_model"):
         assert all(v.is_contiguous() for v in ck[part].values()), part
     amp = dv.amp_dtype(torch.device("cpu"))
+    assert hooks.dtypes == {amp or torch.float32}  # the forward ran in the recorded precision
     assert opt["amp"] is True and opt["amp_dtype"] == (str(amp).replace("torch.", "") if amp else "off")
     assert ck["amp_dtype"] == opt["amp_dtype"]
     best = model_from_checkpoint(out["best"])
@@ -218,6 +220,6 @@ def test_mixed_precision_and_loader_choices(monkeypatch):
     for cpus, on_cpu, on_gpu in ((2, 0, 2), (4, 0, 4), (16, 4, 8), (64, 8, 8)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cpus: set(range(c)), raising=False)
         assert (dv.auto_workers(cpu), dv.auto_workers(cuda)) == (on_cpu, on_gpu), cpus
-        assert dv.auto_workers(cpu, 3) == 3
+        assert dv.auto_workers(cpu, 3) == 3 and dv.auto_workers("cuda") == on_gpu  # a device or its type
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 64 cores shared by 4 torchrun ranks: 16 each
     assert (dv.auto_workers(cpu), dv.auto_workers(cuda)) == (4, 8)

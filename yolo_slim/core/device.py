@@ -6,6 +6,7 @@ and LOCAL_RANK; we use nccl on CUDA and gloo on CPU. Rank 0 alone writes files.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -48,6 +49,7 @@ def select_device(spec: str = "", local_rank: int = -1) -> torch.device:
     return torch.device("cuda", idx)
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change within a process
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX): there oneDNN runs bf16
     convolutions ~2x faster than fp32; elsewhere bf16 is emulated and slower, so it stays off."""
@@ -59,7 +61,7 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def auto_workers(device: torch.device, requested: int = -1) -> int:
+def auto_workers(device: torch.device | str, requested: int = -1) -> int:
     """Loader processes: `requested` when >= 0; else 0 on a CPU-trained machine with <= 4 cores
     (measured on 2 cores, demo epoch: 0 workers 34 s, 1 worker 38 s, 2 workers 43 s: the
     processes take the cores the convolutions need, and with 0 the decoded images stay cached),
@@ -69,7 +71,7 @@ def auto_workers(device: torch.device, requested: int = -1) -> int:
     # the cores this process may run on (taskset, containers), shared by torchrun's local ranks
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cpus = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         return min(8, cpus)
     return 0 if cpus <= 4 else min(8, cpus // 4)
 

@@ -92,13 +92,11 @@ def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: i
                   progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """mAP of an ONNX file on a .data split: evaluate() with an OnnxDetector in place of the
     torch model. The input size comes from the graph; `img_size`, if given, must match it."""
-    import torch
-
     from yolo_slim.core.device import auto_workers
     from yolo_slim.data.dataset import create_dataloader, parse_data_file
     from yolo_slim.eval.evaluate import evaluate
     det = OnnxDetector(path, cfg, threads)
-    workers = auto_workers(torch.device("cpu"), workers)  # -1: none on small CPUs
+    workers = auto_workers("cpu", workers)  # -1: none on small CPUs
     h, w = det.img_hw
     if h != w:
         raise YoloSlimError(f"{path}: input {h}x{w}; evaluation letterboxes to a square")

@@ -19,6 +19,7 @@ import numpy as np
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.deploy.runtime import median_ms, ort_session
 
+
 def _act_nodes(act: str, x: str, y: str) -> list:
     from onnx import helper
     if act == "linear":
