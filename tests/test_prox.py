@@ -91,8 +91,22 @@ def test_prox_leaves_exact_zeros_and_never_revives_a_dead_channel():
 def test_flops_weights_are_what_removing_a_class_saves():
     m = model()
     u, f = ChannelClasses(m, "shortcut", (64, 64)), ChannelClasses(m, "shortcut", (64, 64), "flops")
-    assert torch.equal(u.weight, torch.ones(u.n))
+    # w = cost / √m, mean 1: uniform cost = m channels, so a shortcut group's class (m = 2)
+    # weighs √2 × a single channel's — its norm is √2 × one channel's of the same size
+    m_ = torch.as_tensor(u.members, dtype=torch.float32)
+    torch.testing.assert_close(u.weight, m_.sqrt() / m_.sqrt().mean())
+    assert sorted(set(torch.round(u.weight / u.weight.min(), decimals=4).tolist())) == \
+        pytest.approx([1.0, 1.4142])
+    # so a class is ranked per channel: with every channel's (γ, β) alike, a shortcut group's
+    # class (norm √2 × a single channel's) and a single channel are equally cheap to kill
+    with torch.no_grad():
+        for bn in u.bns:
+            bn.weight.fill_(0.6), bn.bias.fill_(-0.8)
+    rank = u.norms() / u.weight
+    torch.testing.assert_close(rank, torch.full_like(rank, float(rank[0])))
     assert f.weight.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(f.weight.double(), torch.as_tensor(f.saving / np.sqrt(f.members)
+                                                                  / (f.saving / np.sqrt(f.members)).mean()))
     # layer 0 (64x64, 3 -> 8, feeding the maxpool then conv 2 at 32x32: 8 -> 16, 3x3):
     # a channel saves 2*64*64*9*3 + 2*32*32*9*16
     c0 = int(f.cls[0][0])
@@ -406,7 +420,7 @@ def test_latency_weights_follow_the_table(tmp_path):
         spec, ci, spec["cout"] if spec["cin"] == 3 else co))
     lat_flat = ChannelClasses(m, "shortcut", (64, 64), "latency", latency=flat)
     own = lat.cls[lat.layers.index(0)]
-    raw, raw_flat = lat.weight * lat.saving_scale, lat_flat.weight * lat_flat.saving_scale
+    raw, raw_flat = torch.as_tensor(lat.cost), torch.as_tensor(lat_flat.cost)
     f0 = 1e-6 * 64 * 64 * 9 * 3  # conv 0: ms per output channel
     torch.testing.assert_close(raw_flat[own], raw[own] - f0, rtol=1e-3, atol=1e-7)
     # through the flags: the hook loads --latency-table; without one it is a clear error

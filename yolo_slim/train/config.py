@@ -91,8 +91,8 @@ class TrainConfig:
                 "exactly 0; subgradient: s*sign(gamma) added to the gradient (older tools)"})
     sparsity_weight: str = field(default="uniform", metadata={
         "choices": ["uniform", "flops", "latency"],
-        "help": "per-channel weight of the penalty: the same, the FLOPs removing the channel "
-                "saves, or the latency it saves by --latency-table"})
+        "help": "what a channel costs, for the penalty: uniform (every channel alike), the "
+                "FLOPs removing it saves, or the latency it saves by --latency-table"})
     latency_table: str = field(default="", metadata={
         "help": "--sparsity-weight latency: the latency table (JSON of python -m "
                 "yolo_slim.tools.latency; default: measured now or reused from the cache for this "

@@ -17,10 +17,12 @@ s·sign(γ) did through the momentum buffer, so the older tools' s values keep t
 A *class* of the channel graph (a shortcut group's channel c across all its convs, a [route]
 groups= pair of halves) is one group: it dies as a whole, so the pruner can cut it.
 
-Weights w (mean 1 over the classes): `uniform` w = 1; `flops` w = the FLOPs removing the class
-saves (its rows in the producing convs and its input slices in every consumer, at full size),
-so the penalty spends itself where the cost is — a channel of a 208×208 map weighs 256× one of a
-13×13 map with the same fan-in/out; `latency` w = the latency removing the class saves on the
+Weights w = cost / √m, m the class's member channels, normalised to mean 1 (a class's norm grows
+as √m and what it does as m; see __init__): `uniform` cost = m (every channel alike, so w = √m,
+the group lasso's √(group size)); `flops` cost = the FLOPs removing the class saves (its rows
+in the producing convs and its input slices in every consumer, at full size), so the penalty
+spends itself where the cost is — a channel of a 208×208 map weighs 256× one of a 13×13 map
+with the same fan-in/out; `latency` cost = the latency removing the class saves on the
 deployment runtime, from the measured table of analysis/latency.py (a conv whose time does not
 fall with its width — too small to matter, or between the runtime's channel blocks — costs
 little to keep, so its channels are shrunk little).
@@ -89,18 +91,23 @@ class ChannelClasses:
             for r in np.flatnonzero(n_in + n_out):
                 self.touch[r].append((j, int(n_in[r]), int(n_out[r])))
         self.floor = [max(1, math.ceil(layer_keep * len(cout) - 1e-9)) for _, _, cout in self.convs]
+        self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
+                                   minlength=self.n)
         if weight == "latency":
             if latency is None:
                 raise ValueError("sparsity weight 'latency' needs a latency table")
-            w = class_latency_saving(latency, g, cls_of_root, self.n)
-            if self.n and not w.any():  # a table in which no cut saves anything: fall back
-                w = np.ones(self.n)
+            cost = class_latency_saving(latency, g, cls_of_root, self.n)
+            if self.n and not cost.any():  # a table in which no cut saves anything: fall back
+                cost = np.ones(self.n)
         else:
-            w = saving if weight == "flops" else np.ones(self.n)
-        self.saving_scale = float(w.mean()) if self.n else 1.0  # weight × this = the saving itself
+            cost = saving if weight == "flops" else self.members.astype(float)
+        self.cost = cost  # what removing each class saves (channels, FLOPs or ms)
+        # w = cost / √m for a class of m member channels (the group lasso's √(group size)): its
+        # ‖(γ, β)‖ grows as √m while what it does grows as m, so ranking by ‖(γ, β)‖ / w ranks
+        # by what it does per cost. With w = cost, uniform weights shrank a shortcut group
+        # (m = 2..) as one channel: it never died and the target gutted everything else
+        w = cost / np.sqrt(np.maximum(self.members, 1))
         self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
-        self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
-                                   minlength=self.n)
 
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
@@ -145,11 +152,17 @@ class ChannelClasses:
         return total / self.flops_full
 
     def channel_weights(self) -> list[torch.Tensor]:
-        """Per prunable layer, the weight of every BN channel (1 where not penalised)."""
+        """Per prunable layer, the subgradient's weight of every BN channel (1 where not
+        penalised): the subgradient penalises each member channel on its own, so a channel
+        weighs its class's cost per member, normalised to mean 1 over the channels (uniform:
+        all 1, the older tools' s·sign(γ))."""
+        per = self.cost / np.maximum(self.members, 1)
+        mean = float((per * self.members).sum() / max(1, self.members.sum()))
+        per = torch.as_tensor(per / (mean or 1.0), dtype=torch.float32)
         out = []
         for bn, sel, cls in zip(self.bns, self.sel, self.cls):
             w = torch.ones_like(bn.weight, dtype=torch.float32)
-            w[sel] = self.weight[cls]
+            w[sel] = per[cls]
             out.append(w)
         return out
 

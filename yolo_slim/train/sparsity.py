@@ -125,7 +125,7 @@ class SparsityHook(TrainHooks):
                  img_hw: tuple[int, int] = (416, 416), layer_keep: float = 0.1,
                  latency: LatencyTable | None = None):
         self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep, latency)
-        ws = self.classes.channel_weights() if weight != "uniform" else None
+        ws = self.classes.channel_weights() if weight != "uniform" else None  # None: exactly 1
         self.sp = BNSparsity(model, self.classes.layers, schedule, ws)
         self.schedule, self.epochs, self.output_dir, self.update = schedule, epochs, output_dir, update
         self.controller = FlopsController(target_flops, schedule.s, recover) if target_flops else None
