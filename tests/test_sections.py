@@ -272,6 +272,17 @@ def test_prune_channels_dead_cuts_exactly_the_dead_channels(tmp_path):
     assert rep["verification"]["max_abs_vs_masked_unfolded"] <= tol(ref)
     from yolo_slim.prune.channels import cut_rule  # titles and summaries say so, not "threshold nan"
     assert cut_rule(rep["threshold"]) == "dead channels only" and cut_rule(0.05) == "threshold 0.05"
+    # --round-to 4 keeps dead channels (exact zeros) to reach multiples of 4: still the same model
+    out4 = tmp_path / "out4"
+    assert prune_channels.main(["--cfg", str(tmp_path / "n.cfg"), "--weights", str(tmp_path / "n.weights"),
+                                "--output-dir", str(out4), "--dead", "--round-to", "4"]) == 0
+    rep4 = json.loads((out4 / "prune_report.json").read_text())
+    before, after, after1 = rep4["channels"]["before"], rep4["channels"]["after"], rep["channels"]["after"]
+    assert all(after[k] % 4 == 0 or after[k] == before[k] for k in after)
+    assert all(after1[k] <= after[k] <= before[k] for k in after) and after != after1
+    pruned4 = Darknet(parse_cfg(str(out4 / "n.cfg"))).eval()
+    load_darknet_weights(pruned4, str(out4 / "n.weights"))
+    assert max_abs(raw(pruned4, x), ref) <= tol(ref)
 
 
 def test_maxpool_equals_darknet_padding_without_a_pad_where_it_can():
