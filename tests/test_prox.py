@@ -423,6 +423,10 @@ def test_latency_weights_follow_the_table(tmp_path):
     raw, raw_flat = torch.as_tensor(lat.cost), torch.as_tensor(lat_flat.cost)
     f0 = 1e-6 * 64 * 64 * 9 * 3  # conv 0: ms per output channel
     torch.testing.assert_close(raw_flat[own], raw[own] - f0, rtol=1e-3, atol=1e-7)
+    # a table in which no cut saves anything (every time constant): the uniform weights
+    const = measure_table(m.module_defs, (64, 64), align=1, timer=lambda spec, ci, co: 0.5)
+    torch.testing.assert_close(ChannelClasses(m, "shortcut", (64, 64), "latency", latency=const).weight,
+                               ChannelClasses(m, "shortcut", (64, 64)).weight)
     # through the flags: the hook loads --latency-table; without one it is a clear error
     path = tmp_path / "t.json"
     table.save(str(path))

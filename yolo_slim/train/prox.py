@@ -97,8 +97,8 @@ class ChannelClasses:
             if latency is None:
                 raise ValueError("sparsity weight 'latency' needs a latency table")
             cost = class_latency_saving(latency, g, cls_of_root, self.n)
-            if self.n and not cost.any():  # a table in which no cut saves anything: fall back
-                cost = np.ones(self.n)
+            if self.n and not cost.any():  # a table in which no cut saves anything: uniform
+                cost = self.members.astype(float)
         else:
             cost = saving if weight == "flops" else self.members.astype(float)
         self.cost = cost  # what removing each class saves (channels, FLOPs or ms)
