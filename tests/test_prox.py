@@ -393,6 +393,15 @@ def test_subgradient_path_takes_the_flops_weights_too():
         for bn, w in zip(hook.classes.bns, ws):
             torch.testing.assert_close(bn.weight.grad, 0.01 * w * torch.sign(bn.weight.detach()))
         assert (weight == "uniform") == all(bool((w == 1).all()) for w in ws)
+        # each member channel carries its class's cost per member: summed over a class's
+        # members the subgradient's weight is proportional to what removing the class saves
+        cl = hook.classes
+        per_class = torch.zeros(cl.n, dtype=torch.float64)
+        for w, sel, c in zip(ws, cl.sel, cl.cls):
+            per_class.index_add_(0, c, w[sel].double())
+        ratio = per_class / torch.as_tensor(cl.cost, dtype=torch.float64)
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
+        assert sorted(set(cl.members.tolist())) == [1, 2]  # the shortcut group is in the check
 
 
 def test_latency_weights_follow_the_table(tmp_path):

@@ -91,6 +91,7 @@ class ChannelClasses:
             for r in np.flatnonzero(n_in + n_out):
                 self.touch[r].append((j, int(n_in[r]), int(n_out[r])))
         self.floor = [max(1, math.ceil(layer_keep * len(cout) - 1e-9)) for _, _, cout in self.convs]
+        # member channels per class: at least 1 (every class is a root of a prunable conv)
         self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
                                    minlength=self.n)
         if weight == "latency":
@@ -106,7 +107,7 @@ class ChannelClasses:
         # ‖(γ, β)‖ grows as √m while what it does grows as m, so ranking by ‖(γ, β)‖ / w ranks
         # by what it does per cost. With w = cost, uniform weights shrank a shortcut group
         # (m = 2..) as one channel: it never died and the target gutted everything else
-        w = cost / np.sqrt(np.maximum(self.members, 1))
+        w = cost / np.sqrt(self.members)
         self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
 
     @torch.no_grad()
@@ -156,8 +157,8 @@ class ChannelClasses:
         penalised): the subgradient penalises each member channel on its own, so a channel
         weighs its class's cost per member, normalised to mean 1 over the channels (uniform:
         all 1, the older tools' s·sign(γ))."""
-        per = self.cost / np.maximum(self.members, 1)
-        mean = float((per * self.members).sum() / max(1, self.members.sum()))
+        per = self.cost / self.members
+        mean = float(self.cost.sum() / max(1, self.members.sum()))  # Σ per·m / Σ m
         per = torch.as_tensor(per / (mean or 1.0), dtype=torch.float32)
         out = []
         for bn, sel, cls in zip(self.bns, self.sel, self.cls):
