@@ -8,12 +8,14 @@
 #   uniform-kd: uniform, with the sparse phase distilled from the baseline (distill.py -sr --kd)
 #   subgrad: --sparsity-update subgradient --s 0.01 (the older tools), prune --target-flops 0.25
 #   control: the unpruned baseline trained the same 5 + 6 epochs ("dense")
+#   dense6:  the baseline fine-tuned FT_EPOCHS only (the criteria benchmark's `dense`)
 # every cut measured before fine-tuning (prune_report.json: map before/after), then
 # bench/prox_table.py prints the table. Usage: bench/prox_bench.sh [variant...]
 # SEED=1 bench/prox_bench.sh ... trains with another seed into $OUT/seed1/.
 # SPARSE_EPOCHS / FT_EPOCHS move the split of the 11-epoch budget, RECOVER is --target-recover,
 # KD the fine-tuning's distillation (chen | hinton | none), TARGET the FLOPs share (0.25), for
-# every variant alike.
+# every variant alike; SPARSE_ARGS / FT_ARGS: extra flags for every sparse / fine-tuning run
+# (e.g. FT_ARGS='--warmup-epochs 0'); FT_EPOCHS=0: no fine-tuning (the sparse run is the model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -32,7 +34,8 @@ TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:--1} --nominal-batch 1
 sparse() {  # name, extra flags (SPARSE_SCRIPT=distill.py with --kd ... : sparse training with KD)
     local d=$OUT/$1/sparse; shift
     [[ -f $d/.done ]] || { "$PY" "${SPARSE_SCRIPT:-train_sparse.py}" --data "$DATA" --weights "$BASE" -sr --prune 1 \
-        --epochs "$SPARSE_EPOCHS" --target-recover "$RECOVER" "${TRAIN[@]}" --output-dir "$d" "$@" && touch "$d/.done"; }
+        --epochs "$SPARSE_EPOCHS" --target-recover "$RECOVER" "${TRAIN[@]}" --output-dir "$d" "$@" \
+        ${SPARSE_ARGS:-} && touch "$d/.done"; }
 }
 prune() {  # name, flags
     local d=$OUT/$1/pruned; shift
@@ -41,8 +44,9 @@ prune() {  # name, flags
 }
 finetune() {  # name, weights to fine-tune
     local d=$OUT/$1/finetune
+    [[ $FT_EPOCHS == 0 ]] && return
     [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd "$KD" --t-weights "$BASE" \
-        --epochs "$FT_EPOCHS" "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
+        --epochs "$FT_EPOCHS" "${TRAIN[@]}" --output-dir "$d" ${FT_ARGS:-} && touch "$d/.done"; }
 }
 for v in ${@:-flops uniform latency subgrad control}; do
     case $v in
@@ -64,6 +68,7 @@ for v in ${@:-flops uniform latency subgrad control}; do
             [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs "$SPARSE_EPOCHS" \
                 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
             finetune control "$d/best.pt" ;;
-        *) echo "unknown variant $v (flops uniform latency uniform-kd subgrad control)" >&2; exit 2 ;;
+        dense6) finetune dense6 "$BASE" ;;
+        *) echo "unknown variant $v (flops uniform latency uniform-kd subgrad control dense6)" >&2; exit 2 ;;
     esac
 done
