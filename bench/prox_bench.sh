@@ -8,7 +8,7 @@
 #   uniform-kd: uniform, with the sparse phase distilled from the baseline (distill.py -sr --kd)
 #   subgrad: --sparsity-update subgradient --s 0.01 (the older tools), prune --target-flops 0.25
 #   control: the unpruned baseline trained the same 5 + 6 epochs ("dense")
-#   dense6:  the baseline fine-tuned FT_EPOCHS only (the criteria benchmark's `dense`)
+#   dense-ft: the baseline fine-tuned for FT_EPOCHS only (the criteria benchmark's `dense`)
 # every cut measured before fine-tuning (prune_report.json: map before/after), then
 # bench/prox_table.py prints the table. Usage: bench/prox_bench.sh [variant...]
 # SEED=1 bench/prox_bench.sh ... trains with another seed into $OUT/seed1/.
@@ -68,7 +68,7 @@ for v in ${@:-flops uniform latency subgrad control}; do
             [[ -f $d/.done ]] || { "$PY" train_sparse.py --data "$DATA" --weights "$BASE" --epochs "$SPARSE_EPOCHS" \
                 "${TRAIN[@]}" --output-dir "$d" && touch "$d/.done"; }
             finetune control "$d/best.pt" ;;
-        dense6) finetune dense6 "$BASE" ;;
-        *) echo "unknown variant $v (flops uniform latency uniform-kd subgrad control dense6)" >&2; exit 2 ;;
+        dense-ft) finetune dense-ft "$BASE" ;;
+        *) echo "unknown variant $v (flops uniform latency uniform-kd subgrad control dense-ft)" >&2; exit 2 ;;
     esac
 done
