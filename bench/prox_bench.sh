@@ -9,6 +9,8 @@
 #   subgrad: --sparsity-update subgradient --s 0.01 (the older tools), prune --target-flops 0.25
 #   control: the unpruned baseline trained the same 5 + 6 epochs ("dense")
 #   dense-ft: the baseline fine-tuned for FT_EPOCHS only (the criteria benchmark's `dense`)
+# TEACHER: the fine-tuning's distillation teacher (default BASE; e.g. a control's best.pt to
+# measure what a stronger teacher is worth)
 # every cut measured before fine-tuning (prune_report.json: map before/after), then
 # bench/prox_table.py prints the table. Usage: bench/prox_bench.sh [variant...]
 # SEED=1 bench/prox_bench.sh ... trains with another seed into $OUT/seed1/.
@@ -28,6 +30,7 @@ RECOVER=${RECOVER:-0.3}
 KD=${KD:-chen}
 TARGET=${TARGET:-0.25}
 OUT=${OUT:-runs/prox}
+TEACHER=${TEACHER:-$BASE}
 [[ $SEED != 0 ]] && OUT=$OUT/seed$SEED
 TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:--1} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
        --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5 --no-progress --seed "$SEED")
@@ -45,7 +48,7 @@ prune() {  # name, flags
 finetune() {  # name, weights to fine-tune
     local d=$OUT/$1/finetune
     [[ $FT_EPOCHS == 0 ]] && return
-    [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd "$KD" --t-weights "$BASE" \
+    [[ -f $d/.done ]] || { "$PY" distill.py --weights "$2" --data "$DATA" --kd "$KD" --t-weights "$TEACHER" \
         --epochs "$FT_EPOCHS" "${TRAIN[@]}" --output-dir "$d" ${FT_ARGS:-} && touch "$d/.done"; }
 }
 for v in ${@:-flops uniform latency subgrad control}; do
