@@ -7,6 +7,8 @@
 
 --kd hinton: binary KL on objectness/class logits (temperature --temperature, × T²);
 --kd chen:   the same + Chen et al.'s bounded L2 box loss at the positive anchors.
+--labels teacher (label-free): the teacher's detections on each augmented batch (score >=
+--teacher-conf) are the targets, and validation scores agreement with the teacher.
 Every training flag of train_sparse.py is accepted, -sr too: sparse training (prox to a
 --target-flops, say) with the teacher's soft targets pulling the shrinking student back to it
 (`--sparsity-weight latency` then needs `--latency-table`). The final student is written as
@@ -39,7 +41,8 @@ def main(argv=None):
     from yolo_slim.core.paths import guard_outputs
     from yolo_slim.data.inputs import data_inputs
     from yolo_slim.train.distill import DistillConfig, make_distill_hook
-    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, train
+    from yolo_slim.train.teacher import load_teacher, teacher_label_hooks
+    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, score_line, train
     from yolo_slim.nn.weights import load_model, export_run_model
     p = Parser(description=__doc__)
     TrainConfig.add_args(p)
@@ -74,10 +77,12 @@ def main(argv=None):
         model = model_from_checkpoint(ckpt)
     else:
         model = load_model(cfg.cfg or None, cfg.weights)
-    teacher = load_model(ns.t_cfg or None, ns.t_weights) if kd.mode != "none" else None
-    hook = make_distill_hook(model, teacher, kd, cfg.anchor_t)
-    hooks = [hook] if hook else []
     run_cfg = saved if cfg.resume else cfg
+    if run_cfg.labels == "teacher" and not ns.t_weights:
+        raise YoloSlimError("--labels teacher needs a teacher: --t-weights (and --t-cfg)")
+    runner = load_teacher(ns.t_cfg, ns.t_weights) if ns.t_weights else None
+    hook = make_distill_hook(model, runner, kd, cfg.anchor_t) if kd.mode != "none" else None
+    hooks = teacher_label_hooks(run_cfg, runner) + ([hook] if hook else [])
     if run_cfg.sr:  # the sparsity hook first: it owns the optimizer step, KD only adds a loss
         from yolo_slim.train.sparsity import make_train_hooks
         hooks = list(make_train_hooks(run_cfg, model)) + hooks
@@ -85,8 +90,7 @@ def main(argv=None):
     write_resolved(os.path.join(summary["output_dir"], "args.json"), ns)
     cfg_out, w_out = export_run_model(summary["output_dir"], stem)
     last = summary["results"][-1] if summary["results"] else {}
-    print(f"done: {w_out} + {cfg_out}; last epoch map50={last.get('map50', 0):.4f} "
-          f"map={last.get('map', 0):.4f}")
+    print(f"done: {w_out} + {cfg_out}; last epoch {score_line(last)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 
   python evaluate.py --cfg cfg/tiny.cfg --weights runs/x/best.pt --data data/shapes/shapes.data
   python evaluate.py --onnx runs/x/model.int8.onnx --data data/shapes/shapes.data
+  python evaluate.py --weights slim.weights --cfg slim.cfg --data frames.data \
+      --reference yolov3-tiny.weights --reference-cfg yolov3-tiny.cfg   # agreement, no labels
 --onnx scores an exported file (FP32 or INT8) in onnxruntime through the same letterbox, NMS and
 mAP as the torch path (the input size comes from the file; a --raw export needs --cfg).
 Writes <output-dir>/metrics.json and prints the per-class table.
@@ -35,6 +37,12 @@ def parse_args(argv):
     p.add_argument("--rect", action="store_true", help="rectangular batches (less padding)")
     p.add_argument("--workers", type=number(int, min=-1), default=-1,
                    help="loader processes; -1 = auto (0 on CPUs with <= 4 cores)")
+    p.add_argument("--reference", default="",
+                   help="score against this model's detections instead of the labels "
+                        "(.weights/.pt): *agreement*, not accuracy; needs no label files")
+    p.add_argument("--reference-cfg", default="", help="cfg of --reference (optional for a .pt)")
+    p.add_argument("--reference-conf", type=number(float, min=0, max=1), default=0.25,
+                   help="--reference: its detections with this score or more are the truth")
     p.add_argument("--output-dir", default="runs/evaluate")
     return parse(p, argv)
 
@@ -50,16 +58,25 @@ def main(argv=None):
     from yolo_slim.eval.evaluate import format_metrics
     out = os.path.join(args.output_dir, "metrics.json")
     guard_outputs({"--cfg": args.cfg, "--weights": args.weights, "--onnx": args.onnx,
+                   "--reference": args.reference, "--reference-cfg": args.reference_cfg,
                    **data_inputs(args.data)}, {"--output-dir": [out]})
+    if args.reference_cfg and not args.reference:
+        raise YoloSlimError("--reference-cfg needs --reference")
     if args.onnx:
         from yolo_slim.deploy.onnx_eval import evaluate_onnx
+        if args.reference:
+            raise YoloSlimError("--reference scores a torch model (--weights); to check an "
+                                "exported file against its source use export.py's parity check")
         if args.rect or args.half:
             raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, onnxruntime CPU)")
         m = evaluate_onnx(args.onnx, args.data, args.split, args.batch_size, args.conf_thres,
                           args.iou_thres, args.max_det, args.workers, args.cfg, args.img_size)
     else:
         m = evaluate_torch(args)
-    print(format_metrics(m))
+    if args.reference:  # never shown as accuracy
+        print(f"AGREEMENT with {args.reference} (its detections with score >= "
+              f"{args.reference_conf} as the truth; not accuracy):")
+    print(format_metrics(m, agreement=bool(args.reference)))
     ensure_dir(args.output_dir)
     # metrics.json carries the resolved flags itself ("args"), as it always has
     atomic_write_bytes(out, json.dumps({"args": resolved(args), **m}, indent=1).encode())
@@ -79,8 +96,15 @@ def evaluate_torch(args):
     loader, _ = create_dataloader(getattr(data, args.split), args.img_size or 416, args.batch_size,
                                   augment=False, rect=args.rect, workers=auto_workers(device, args.workers),
                                   shuffle=False, nc=data.classes)
+    ref = None
+    if args.reference:
+        ref = load_model(args.reference_cfg or None, args.reference).to(device)
+        if ref.num_classes != model.num_classes:
+            raise YoloSlimError(f"--reference {args.reference} has {ref.num_classes} classes, "
+                                f"the model {model.num_classes}")
     return evaluate(model.to(device), loader, args.conf_thres, args.iou_thres, device, args.half,
-                    names=data.names, max_det=args.max_det)
+                    names=data.names, max_det=args.max_det, reference=ref,
+                    reference_conf=args.reference_conf)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
   python train_sparse.py --resume runs/train/last.pt                            # continue
   torchrun --nproc_per_node 2 train_sparse.py --cfg ... --data ... --device cpu  # DDP
 
+  python train_sparse.py -sr --cfg yolov3-tiny.cfg --weights yolov3-tiny.weights \
+      --data my-unlabeled.data --labels teacher   # label-free: the given model labels each batch
 Every flag of yolo_slim.train.engine.TrainConfig is accepted (--kebab-case); the resolved config is
 written to <output-dir>/opt.json next to last.pt, best.pt, results.csv and results.png.
 """
@@ -23,7 +25,8 @@ from yolo_slim.core.errors import YoloSlimError, cli_main
 def main(argv=None):
     from yolo_slim.core.cli import Parser, parse_given, refuse_changed
     from yolo_slim.core.device import seed_all
-    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, resume_config, train
+    from yolo_slim.train.engine import (RUN_FILES, RUNTIME_FIELDS, TrainConfig, resume_config,
+                                        score_line, train)
     from yolo_slim.nn.weights import load_model, load_transfer, model_from_checkpoint
     p = Parser(description=__doc__)
     TrainConfig.add_args(p)
@@ -70,11 +73,20 @@ def main(argv=None):
             from yolo_slim.tools.latency import ensure_table
             cfg.latency_table = ensure_table(cfg.cfg or cfg.weights, (cfg.img_size,) * 2 if cfg.img_size else None)
     from yolo_slim.train.sparsity import make_train_hooks
+    from yolo_slim.train.teacher import teacher_label_hooks
     hooks = list(make_train_hooks(cfg_for_hooks, model)) if cfg_for_hooks.sr else []
+    if cfg_for_hooks.labels == "teacher":  # the model as it was given, frozen, labels the batches
+        from yolo_slim.train.teacher import TeacherRunner
+        from yolo_slim.nn.weights import load_model as load
+        if not cfg_for_hooks.weights or cfg_for_hooks.transfer:
+            raise YoloSlimError("--labels teacher labels with the model it starts from: give "
+                                "--weights (not --transfer: a fresh head detects nothing)")
+        hooks += teacher_label_hooks(cfg_for_hooks, TeacherRunner(
+            load(cfg_for_hooks.cfg or None, cfg_for_hooks.weights)))
     summary = train(cfg, model, hooks)
     last = summary["results"][-1] if summary["results"] else {}
     print(f"done: {summary['output_dir']} (last.pt, best.pt, results.csv); "
-          f"last epoch map50={last.get('map50', 0):.4f} map={last.get('map', 0):.4f}")
+          f"last epoch {score_line(last)}")
 
 
 if __name__ == "__main__":

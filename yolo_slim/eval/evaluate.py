@@ -210,12 +210,14 @@ def compute_map(dets: Sequence[np.ndarray], gts: Sequence[np.ndarray], nc: int,
             "n_images": len(gts), "n_labels": int(n_gt.sum())}
 
 
-def format_metrics(m: dict[str, Any]) -> str:
-    """The per-class table: images, labels, P, R, mAP@.5, mAP@.5:.95 (P/R at the max-F1 conf)."""
+def format_metrics(m: dict[str, Any], agreement: bool = False) -> str:
+    """The per-class table: images, labels, P, R, mAP@.5, mAP@.5:.95 (P/R at the max-F1 conf).
+    agreement: the truth was a reference model's detections, and the columns say so."""
     def f(v: float | None) -> str:
         return "      -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:7.3f}"
     width = max([len("all")] + [len(c["name"]) for c in m["per_class"]])
-    head = f"{'class':>{width}} {'images':>7} {'labels':>7} {'P':>7} {'R':>7} {'mAP50':>7} {'mAP':>7}"
+    cols = ("ref", "agrP", "agrR", "agr50", "agr") if agreement else ("labels", "P", "R", "mAP50", "mAP")
+    head = f"{'class':>{width}} {'images':>7} " + " ".join(f"{c:>7}" for c in cols)
     rows = [head, f"{'all':>{width}} {m['n_images']:7d} {m['n_labels']:7d} {f(m['precision'])} "
                   f"{f(m['recall'])} {f(m['map50'])} {f(m['map'])}"]
     for c in m["per_class"]:
@@ -239,10 +241,16 @@ def targets_to_pixels(targets: torch.Tensor, hw: tuple[int, int], batch_size: in
 def evaluate(model: torch.nn.Module, dataloader: Iterable, conf_thres: float = 0.001,
              iou_thres: float = 0.6, device: str | torch.device = "cpu", half: bool = False,
              progress: bool = True, names: Sequence[str] | None = None, nc: int | None = None,
-             max_det: int = 300) -> dict[str, Any]:
+             max_det: int = 300, reference: torch.nn.Module | None = None,
+             reference_conf: float = 0.25) -> dict[str, Any]:
     """Run model (in eval mode, restored after) over the loader's (imgs, targets, paths, shapes)
     batches and return precision, recall, map50, map, per_class, n_images, n_labels.
-    Boxes are compared in letterboxed-input pixels: IoU is invariant to the letterbox scale."""
+    Boxes are compared in letterboxed-input pixels: IoU is invariant to the letterbox scale.
+
+    With `reference` (a model), the ground truth of each image is the reference's detections
+    with score >= reference_conf on the same input, after the same NMS: the result is the
+    *agreement* of model with reference (1.0 for a model with itself), not accuracy; the dict
+    says so ("scored_against": "reference")."""
     from tqdm import tqdm
     device = torch.device(device)
     half = half and device.type == "cuda"
@@ -261,10 +269,33 @@ def evaluate(model: torch.nn.Module, dataloader: Iterable, conf_thres: float = 0
             pred = pred[0] if isinstance(pred, (tuple, list)) else pred
             out = non_max_suppression(pred.float(), conf_thres, iou_thres, max_det, multi_label=True)
             dets += [o.cpu().double().numpy() for o in out]
-            gts += targets_to_pixels(targets, tuple(imgs.shape[-2:]), len(imgs))
+            if reference is None:
+                gts += targets_to_pixels(targets, tuple(imgs.shape[-2:]), len(imgs))
+            else:
+                gts += reference_truth(reference, imgs, reference_conf, iou_thres, max_det)
     finally:
         model.train(was_training)
-    return compute_map(dets, gts, nc, names)
+    out = compute_map(dets, gts, nc, names)
+    out["scored_against"] = "labels" if reference is None else "reference"
+    return out
+
+
+@torch.no_grad()
+def reference_truth(reference: torch.nn.Module, imgs: torch.Tensor, conf_thres: float,
+                    iou_thres: float, max_det: int = 300) -> list[np.ndarray]:
+    """A reference model's detections with score >= conf_thres as ground truth [m, 5] (cls,
+    xyxy px) per image. The NMS is the evaluation's own (same IoU, multi-label): every box the
+    evaluated copy of the same model keeps above conf_thres is then exactly one of these, so a
+    model agrees with itself at 1.0."""
+    was_training = reference.training
+    reference.eval()
+    try:
+        pred = reference(imgs)
+    finally:
+        reference.train(was_training)
+    pred = pred[0] if isinstance(pred, (tuple, list)) else pred
+    out = non_max_suppression(pred.float(), conf_thres - 1e-9, iou_thres, max_det, multi_label=True)
+    return [torch.cat([o[:, 5:6], o[:, :4]], 1).cpu().double().numpy() for o in out]
 
 
 def validation_loader(data: str, img_size: int, batch_size: int, limit: int | None = None):

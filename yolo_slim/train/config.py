@@ -71,6 +71,13 @@ class TrainConfig:
     conf_thres: float = field(default=0.001, metadata={"min": 0, "max": 1})
     iou_thres: float = field(default=0.6, metadata={"min": 0, "max": 1})
     progress: bool = True
+    labels: str = field(default="files", metadata={
+        "choices": ["files", "teacher"],
+        "help": "training targets: the label files, or (label-free) the teacher's detections "
+                "on each augmented batch; validation then scores agreement with the teacher"})
+    teacher_conf: float = field(default=0.25, metadata={
+        "min": 0, "max": 1, "help": "--labels teacher: a teacher detection with this score or "
+                                    "more is a target"})
     # sparsity training: yolo_slim.train.sparsity builds the hook from these flags (the
     # engine only carries them, so that opt.json and --resume keep them)
     sr: bool = field(default=False, metadata={"help": "sparsity training (L1 on BN gamma)",

@@ -9,6 +9,10 @@ one, is a hook built by yolo_slim.train.sparsity (which imports this module, nev
 
 Hooks (subclass TrainHooks, override what you need):
   use_loss_hyp(hyp)                once before training: the LossHyp (gains) the YOLO loss uses
+  relabel(imgs, targets) -> targets  before the forward: the batch's targets (default: as loaded);
+                                   e.g. a teacher's detections as labels (train/teacher.py)
+  eval_reference() -> (model, conf) or None  rank 0: score against this model's detections
+                                   (score >= conf) instead of the validation labels: agreement
   extra_loss(imgs, raw, targets)   -> None or (loss tensor, {name: float}); e.g. distillation
   after_backward(model, step)      after all-reduce and scaler.unscale_(), before step(); runs
                                    once per optimizer step on every rank; e.g. L1 on BN gamma
@@ -57,6 +61,12 @@ from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_che
 
 class TrainHooks:
     """Extension points of the loop; see the module docstring."""
+
+    def relabel(self, imgs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return targets
+
+    def eval_reference(self) -> tuple[torch.nn.Module, float] | None:
+        return None
 
     def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor
                    ) -> tuple[torch.Tensor, dict[str, float]] | None:
@@ -135,11 +145,28 @@ def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler, h
     return stepped
 
 
-def _evaluate(model, loader, cfg: TrainConfig, device) -> dict[str, float]:
+def _evaluate(model, loader, cfg: TrainConfig, device, hooks=()) -> dict[str, float]:
+    """mAP on the validation labels, or agreement with a hook's reference model (label-free)."""
     from yolo_slim.eval.evaluate import evaluate
+    ref = next((r for r in (h.eval_reference() for h in hooks) if r is not None), (None, 0.0))
     r = evaluate(model, loader, conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres,
-                 device=device, half=False, progress=False)
-    return {k: float(r[k]) for k in ("precision", "recall", "map50", "map")}
+                 device=device, half=False, progress=False, reference=ref[0], reference_conf=ref[1])
+    keys = ("precision", "recall", "map50", "map")
+    # agreement is not accuracy: its columns are named for what they are
+    names = keys if ref[0] is None else ("agree_p", "agree_r", "agree50", "agree")
+    return {n: float(r[k]) for n, k in zip(names, keys)}
+
+
+def fitness_of(m: dict[str, float]) -> float:
+    """What best.pt maximises: 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 (or the agreement's)."""
+    return 0.1 * m.get("map50", m.get("agree50", 0.0)) + 0.9 * m.get("map", m.get("agree", 0.0))
+
+
+def score_line(row: dict[str, Any]) -> str:
+    """'map50=… map=…' or, for a label-free run, 'agreement@0.5=… agreement=…'."""
+    if "agree50" in row:
+        return f"agreement@0.5={row['agree50']:.4f} agreement@0.5:0.95={row['agree']:.4f}"
+    return f"map50={row.get('map50', 0):.4f} map={row.get('map', 0):.4f}"
 
 
 def amp_name(dtype: torch.dtype | None) -> str:
@@ -154,6 +181,19 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def check_labels(cfg: TrainConfig, ds, list_path: str, hooks: Sequence[TrainHooks]) -> None:
+    """A training set in which no image has a label file would train the model to detect
+    nothing; that is a user error unless a hook (--labels teacher) makes the labels."""
+    relabels = any(type(h).relabel is not TrainHooks.relabel for h in hooks)
+    if cfg.labels == "teacher" and not relabels:
+        raise YoloSlimError("--labels teacher needs a teacher (--t-weights, or --weights to "
+                            "slim) to label the batches")
+    if cfg.labels == "files" and ds.stats.get("missing_label", 0) == len(ds):
+        raise YoloSlimError(f"{list_path}: none of its {len(ds)} images has a label file; to "
+                            "train without labels use --labels teacher (the teacher's "
+                            "detections on each batch become the targets)")
 
 
 def train(cfg: TrainConfig, model: torch.nn.Module, hooks: Sequence[TrainHooks] = ()) -> dict[str, Any]:
@@ -189,6 +229,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     loader, train_ds = create_dataloader(data.train, img_size, bs, True, workers=workers,
                                          nc=data.classes, rank=rank, seed=cfg.seed, aug=aug,
                                          world=world, verbose=main)
+    check_labels(cfg, train_ds, data.train, hooks)
     val_loader = None
     if main:
         val_loader, _ = create_dataloader(data.valid, img_size, bs, False, rect=True,
@@ -266,6 +307,8 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             nosync = model.no_sync() if world > 1 and not sync else contextlib.nullcontext()
             with nosync:
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    for h in hooks:  # e.g. the teacher's detections on this very batch
+                        targets = h.relabel(imgs, targets)
                     raw = model(imgs)
                     loss, items = yolo_loss(raw, targets, raw_model, tuple(imgs.shape[-2:]), hyp)
                     logs = dict(zip(("box", "obj", "cls"), items[:3].tolist()))
@@ -300,7 +343,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             row.update({k: v / max(nb, 1) for k, v in sums.items()})
             metrics = None
             if (epoch + 1) % max(cfg.eval_interval, 1) == 0 or epoch == cfg.epochs - 1:
-                metrics = _evaluate(final, val_loader, cfg, device)
+                metrics = _evaluate(final, val_loader, cfg, device, hooks)
                 row.update(metrics)
             for h in hooks:
                 row.update(h.epoch_end(epoch, raw_model))
@@ -308,7 +351,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             rows.append(row)
             _write_csv(os.path.join(out, "results.csv"), rows)
             plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
-            fitness = 0.1 * metrics["map50"] + 0.9 * metrics["map"] if metrics else None
+            fitness = fitness_of(metrics) if metrics else None
             is_best = (fitness is not None and fitness > best
                        and all(h.selectable(epoch) for h in hooks))
             best = fitness if is_best else best
