@@ -1,6 +1,7 @@
 # yolo-slim
 #   make demo   set-up + the whole pipeline on the built-in synthetic data -> runs/demo/REPORT.md
-#   make test   set-up + the test suite
+#   make test   set-up + real assets + the test suite
+#   make real-assets   fetch (cached, sha256-checked) the COCO yolov3-tiny, tree photos, street video
 # Stages (each reads the previous stage's files under RUN and can be run alone):
 #   make data baseline sparse prune prune-layers finetune export report bench
 # Beyond one-shot slimming (each from the same RUN's sparse or baseline model):
@@ -19,11 +20,11 @@ export CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS
        TARGET_FLOPS MAX_DROP ROUNDS ROUND_FLOPS ROUND_SPEEDUP ROUND_EPOCHS AMOUNT CALIB_IMAGES CALIB_METHOD \
        SPARSE_UPDATE SPARSE_WEIGHT SPARSE_TARGET SPARSE_RECOVER LATENCY_REPORT
 
-.PHONY: help install test data baseline sparse prune prune-layers finetune export report \
+.PHONY: help install test real-assets data baseline sparse prune prune-layers finetune export report \
         bench demo clean clean-run sensitivity iterate unstructured quantize
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "variables (scripts/common.sh):"
 	@grep -E '^[A-Z_]+=\$$\{' scripts/common.sh | sed -E 's/^([A-Z_]+)=\$$\{[A-Z_]+:-([^}]*)\}(.*)$$/  \1=\2\3/'
 
@@ -37,8 +38,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+test: install real-assets
 	$(PY) -m pytest tests
+
+# into $YOLO_SLIM_CACHE (default ~/.cache/yolo-slim); a re-run fetches nothing (docs/real-assets.md)
+real-assets: install
+	bash scripts/real_assets.sh
 
 data: install
 	bash scripts/data.sh
