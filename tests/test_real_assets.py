@@ -217,7 +217,7 @@ def real(name: str) -> str:
 def test_real_weights():
     w = os.path.join(real("coco-tiny"), "yolov3-tiny.weights")
     assert os.path.getsize(w) == 35_434_956
-    assert ra.sha256(w) == "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+    assert ra.sha256_file(w) == "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
 
 
 def test_real_trees_dataset_matches_its_manifest():

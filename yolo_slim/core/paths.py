@@ -13,6 +13,7 @@ whose process is gone.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Iterable, Mapping
@@ -137,3 +138,12 @@ def read_text(path: str) -> str:
     """A text input, BOM-safe (files saved by Windows tools start with U+FEFF)."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         return f.read()
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

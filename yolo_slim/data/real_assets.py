@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
-from yolo_slim.core.paths import temp_path
+from yolo_slim.core.paths import sha256_file, temp_path
 from yolo_slim.data.files import label_path_for
 from yolo_slim.data.tiles import write_tile_dataset
 
@@ -83,18 +83,10 @@ def real_asset(name: str) -> str:
     return path
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def listing_sha256(folder: str) -> str:
     """One hash for a folder of files: sha256 of its `sha256sum`-style listing."""
     names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
-    return hashlib.sha256("".join(f"{sha256(os.path.join(folder, n))}  {n}\n"
+    return hashlib.sha256("".join(f"{sha256_file(os.path.join(folder, n))}  {n}\n"
                                   for n in names).encode()).hexdigest()
 
 
@@ -102,7 +94,7 @@ def actual_hashes(folder: str, expected: dict[str, str]) -> dict[str, str | None
     """{name: sha256 or None when missing}; the name '*' stands for the whole folder's listing."""
     if list(expected) == ["*"]:
         return {"*": listing_sha256(folder) if os.path.isdir(folder) else None}
-    return {n: sha256(p) if os.path.isfile(p := os.path.join(folder, n)) else None for n in expected}
+    return {n: sha256_file(p) if os.path.isfile(p := os.path.join(folder, n)) else None for n in expected}
 
 
 def verified(folder: str, expected: dict[str, str]) -> bool:

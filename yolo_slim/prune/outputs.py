@@ -7,7 +7,6 @@ for bit; the report is JSON with inf/nan written as strings.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,14 +19,6 @@ from yolo_slim.darknet.cfg import net_channels, parse_cfg, save_cfg
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.core.paths import ensure_dir, guard_outputs
 from yolo_slim.nn.model import Darknet
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -25,7 +25,8 @@ from yolo_slim.prune.channels import (PruneOptions, PruneResult, cut_rule, evalu
 from yolo_slim.prune.layer_run import (LayerPruneResult, plot_blocks, prune_layers_model,
                                        ratios_after_removal)
 from yolo_slim.prune.layers import depth
-from yolo_slim.prune.outputs import check_output_dir, sha256_file, write_model_files, write_report
+from yolo_slim.core.paths import sha256_file
+from yolo_slim.prune.outputs import check_output_dir, write_model_files, write_report
 
 
 @dataclass

@@ -51,6 +51,10 @@ class TrainConfig:
     ema_tau: float = field(default=2000.0, metadata={"gt": 0})
     amp: bool = field(default=True, metadata={
         "help": "mixed precision: fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX, else off"})
+    freeze_bn: bool = field(default=False, metadata={
+        "help": "BN layers normalise with their running statistics and keep them (gamma, beta "
+                "still train): for a pretrained model at small batches, whose batch statistics "
+                "differ from its running ones"})
     multi_scale: bool = field(default=False, metadata={"help": "random size 0.5-1.5x per batch"})
     box: float = 3.2
     obj: float = 64.0
@@ -110,6 +114,11 @@ class TrainConfig:
     target_layer_keep: float = field(default=0.1, metadata={
         "min": 0, "max": 1, "help": "--target-flops: every conv keeps at least this share of its "
                                     "channels alive (and at least 1)"})
+    target_kill: str = field(default="all", metadata={
+        "choices": ["all", "path"],
+        "help": "--target-flops: shrink every class the target needs from the first step "
+                "(all), or only those the FLOPs path needs by now (path: channels die one by "
+                "one along it, as a pretrained model needs to keep what it detects)"})
     target_recover: float = field(default=0.3, metadata={
         "min": 0, "lt": 1, "help": "--target-flops: last share of the run with the dead set "
                                    "frozen and s = 0"})

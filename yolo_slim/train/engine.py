@@ -285,6 +285,10 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
         loader.sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         model.train()
+        if cfg.freeze_bn:  # running statistics used and kept: the pretrained model's own
+            for m in raw_model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         sums: dict[str, float] = {}
         opt.zero_grad(set_to_none=True)
         bar = loader

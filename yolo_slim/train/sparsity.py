@@ -123,7 +123,8 @@ class SparsityHook(TrainHooks):
                  output_dir: str, update: str = "prox", weight: str = "uniform",
                  target_flops: float = 0.0, recover: float = 0.3,
                  img_hw: tuple[int, int] = (416, 416), layer_keep: float = 0.1,
-                 latency: LatencyTable | None = None):
+                 latency: LatencyTable | None = None, kill: str = "all"):
+        self.kill = kill
         self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep, latency)
         ws = self.classes.channel_weights() if weight != "uniform" else None  # None: exactly 1
         self.sp = BNSparsity(model, self.classes.layers, schedule, ws)
@@ -170,8 +171,12 @@ class SparsityHook(TrainHooks):
         if c is not None:
             self.s_now = c.update(progress, cl.flops_if_cut(self.last_dead))
             # only the classes that reaching the target needs (the dead + the cheapest live ones
-            # by ‖(γ, β)‖ / w) are shrunk: the penalty never pushes the cut past the target
-            s = cl.cut_to_target(self.last_dead, c.target).float() * self.s_now
+            # by ‖(γ, β)‖ / w) are shrunk: the penalty never pushes the cut past the target.
+            # kill "path": only those the path needs by now, so a rising s cannot kill the whole
+            # target's worth at once (the cliff that took a pretrained model from 0 to 39% dead
+            # channels in one epoch and left it detecting nothing)
+            goal = c.path(progress) if self.kill == "path" else c.target
+            s = cl.cut_to_target(self.last_dead, goal).float() * self.s_now
         else:
             s = self.class_s()
             self.s_now = float(s.mean()) if cl.n else 0.0
@@ -285,4 +290,4 @@ def make_train_hooks(cfg, model: Darknet) -> list:
     return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
                                cfg.output_dir, update=update, weight=weight, target_flops=target,
                                recover=recover, img_hw=(img, img), layer_keep=layer_keep,
-                               latency=latency)]
+                               latency=latency, kill=getattr(cfg, "target_kill", "all"))]
