@@ -5,6 +5,8 @@
       --names data/shapes/shapes.names --output-dir runs/detect
 Writes the drawn images, detections.txt (image cls name score x1 y1 x2 y2, original pixels)
 and detections.json to --output-dir.
+  --preprocess darknet --multi-label --conf-thres 0.25 --iou-thres 0.45   gives what pjreddie
+darknet's `detect` gives for the same cfg/weights (docs/preprocessing.md).
 """
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ def parse_args(argv):
     p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.25)
     p.add_argument("--iou-thres", type=number(float, min=0, max=1), default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=number(int, min=1), default=300)
+    p.add_argument("--preprocess", choices=["letterbox", "darknet", "resize"], default="letterbox",
+                   help="letterbox: as training (default); darknet: pjreddie darknet's "
+                        "letterbox_image; resize: AlexeyAB darknet's plain resize (docs/preprocessing.md)")
+    p.add_argument("--multi-label", action="store_true",
+                   help="one row per class above --conf-thres for each box (darknet's rule)")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:N or N (default: cuda if any)")
     p.add_argument("--output-dir", default="runs/detect")
     return parse(p, argv)
@@ -57,7 +64,8 @@ def main(argv=None):
     model = load_model(args.cfg, args.weights)
     names = load_names(args.names, model.num_classes)
     r = run_detect(model, args.source, args.output_dir, args.img_size, args.conf_thres,
-                   args.iou_thres, args.max_det, names, select_device(args.device))
+                   args.iou_thres, args.max_det, names, select_device(args.device),
+                   preprocess=args.preprocess, multi_label=args.multi_label)
     write_resolved(os.path.join(args.output_dir, "args.json"), args)
     skipped = f", {r['n_missing']} unreadable skipped" if r["n_missing"] else ""
     print(f"{r['n_detections']} detections in {r['n_images']} images{skipped}; "

@@ -35,6 +35,8 @@ def parse_args(argv):
     p.add_argument("--device", default="", help="cpu, cuda, cuda:N or N (default: cuda if any)")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--rect", action="store_true", help="rectangular batches (less padding)")
+    p.add_argument("--preprocess", choices=["letterbox", "darknet", "resize"], default="letterbox",
+                   help="how images become inputs (as detect.py; docs/preprocessing.md)")
     p.add_argument("--workers", type=number(int, min=-1), default=-1,
                    help="loader processes; -1 = auto (0 on CPUs with <= 4 cores)")
     p.add_argument("--reference", default="",
@@ -70,12 +72,14 @@ def main(argv=None):
         if args.rect or args.half:
             raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, onnxruntime CPU)")
         m = evaluate_onnx(args.onnx, args.data, args.split, args.batch_size, args.conf_thres,
-                          args.iou_thres, args.max_det, args.workers, args.cfg, args.img_size)
+                          args.iou_thres, args.max_det, args.workers, args.cfg, args.img_size,
+                          preprocess=args.preprocess)
     else:
         m = evaluate_torch(args)
     if args.reference:  # never shown as accuracy
         print(f"AGREEMENT with {args.reference} (its detections with score >= "
               f"{args.reference_conf} as the truth; not accuracy):")
+    m["preprocess"] = args.preprocess  # which input preprocessing scored the model
     print(format_metrics(m, agreement=bool(args.reference)))
     ensure_dir(args.output_dir)
     # metrics.json carries the resolved flags itself ("args"), as it always has
@@ -95,7 +99,7 @@ def evaluate_torch(args):
     device = select_device(args.device)
     loader, _ = create_dataloader(getattr(data, args.split), args.img_size or 416, args.batch_size,
                                   augment=False, rect=args.rect, workers=auto_workers(device, args.workers),
-                                  shuffle=False, nc=data.classes)
+                                  shuffle=False, nc=data.classes, preprocess=args.preprocess)
     ref = None
     if args.reference:
         ref = load_model(args.reference_cfg or None, args.reference).to(device)

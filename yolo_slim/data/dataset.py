@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from yolo_slim.data.augment import PAD_VALUE, Augment, augment_hsv, letterbox, warp_boxes
+from yolo_slim.data.augment import PAD_VALUE, Augment, augment_hsv, warp_boxes
+from yolo_slim.data.preprocess import check_mode, preprocess as prepare_input, to_tensor
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.data.files import (IMG_EXTS, BadData, DataConfig, image_hw, label_path_for,  # noqa: F401
                                   parse_data_file, parse_labels, read_image_list)  # (re-exported)
@@ -30,14 +31,21 @@ cv2.setNumThreads(0)  # loader workers run in parallel already; OpenCV threads w
 
 class YoloDataset(Dataset):
     """Images from a darknet list file with their YOLO labels; see the interface in data_iface:
-    item = (img [3,H,W] float RGB 0-1, labels [n,6] (0,cls,cx,cy,w,h), path, shape_info)."""
+    item = (img [3,H,W] float RGB 0-1, labels [n,6] (0,cls,cx,cy,w,h), path, shape_info).
+    Without augmentation the image is prepared by `preprocess` (data.preprocess: letterbox,
+    darknet or resize); shape_info = ((h0, w0), (ratio, (padw, padh))) where ratio is one float
+    for letterbox and (ratio_x, ratio_y) for the darknet modes (preprocess.ratio_xy reads both)."""
 
     def __init__(self, list_path: str, img_size: int = 416, augment: bool = False,
                  aug: Augment | None = None, rect: bool = False, batch_size: int = 16,
                  nc: int | None = None, seed: int = 0, root: str | None = None,
-                 limit: int | None = None, cache_mb: int = 0):
+                 limit: int | None = None, cache_mb: int = 0, preprocess: str = "letterbox"):
         if img_size % STRIDE:
             raise YoloSlimError(f"--img-size {img_size} must be a multiple of {STRIDE}")
+        if check_mode(preprocess) != "letterbox" and augment:
+            raise YoloSlimError(f"--preprocess {preprocess} is for evaluation and detection; "
+                                "training augments letterboxed images")
+        self.preprocess = preprocess
         self.img_size, self.augment, self.rect, self.seed = img_size, augment, rect, seed
         self.aug = aug or Augment()
         self.epoch = 0
@@ -152,6 +160,7 @@ class YoloDataset(Dataset):
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             img, lab = self._augmented(i, rng)
+            img = img[:, :, ::-1]  # BGR -> RGB
             hw = img.shape[:2]
             shape_info = ((h0, w0), (self.img_size / max(h0, w0), (0.0, 0.0)))
             xyxy = lab[:, 1:5] / [hw[1], hw[0], hw[1], hw[0]]
@@ -159,18 +168,18 @@ class YoloDataset(Dataset):
                                   xyxy[:, 2:] - xyxy[:, :2]], 1)
         else:
             shape = self.batch_shapes[i] if self.batch_shapes else (self.img_size, self.img_size)
-            img, r, (left, top) = letterbox(self.load(i), shape)
+            img, (rx, ry), (left, top) = prepare_input(self.load(i), shape, self.preprocess)
             hw = img.shape[:2]
             lab = self.labels[i].copy()
-            lab[:, 1] = (lab[:, 1] * w0 * r + left) / hw[1]
-            lab[:, 2] = (lab[:, 2] * h0 * r + top) / hw[0]
-            lab[:, 3] *= w0 * r / hw[1]
-            lab[:, 4] *= h0 * r / hw[0]
-            shape_info = ((h0, w0), (r, (float(left), float(top))))
+            lab[:, 1] = (lab[:, 1] * w0 * rx + left) / hw[1]
+            lab[:, 2] = (lab[:, 2] * h0 * ry + top) / hw[0]
+            lab[:, 3] *= w0 * rx / hw[1]
+            lab[:, 4] *= h0 * ry / hw[0]
+            ratio = rx if self.preprocess == "letterbox" else (rx, ry)
+            shape_info = ((h0, w0), (ratio, (float(left), float(top))))
         labels = torch.zeros((len(lab), 6))
         labels[:, 1:] = torch.from_numpy(np.asarray(lab, np.float32).reshape(-1, 5))
-        img = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
-        return img.float().div_(255), labels, self.paths[i], shape_info
+        return to_tensor(img), labels, self.paths[i], shape_info
 
 
 def collate_fn(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
@@ -211,14 +220,16 @@ def create_dataloader(list_path: str, img_size: int, batch_size: int, augment: b
                       nc: int | None = None, rank: int = -1, seed: int = 0,
                       aug: Augment | None = None, world: int | None = None,
                       limit: int | None = None, verbose: bool = True,
-                      cache_mb: int = 1024) -> tuple[DataLoader, YoloDataset]:
+                      cache_mb: int = 1024, preprocess: str = "letterbox",
+                      ) -> tuple[DataLoader, YoloDataset]:
     """A DataLoader over a darknet image list. rank >= 0 deals the data to DDP ranks; the
     summary line of bad data is printed once (by rank 0 or the single process). Augmented
     training images are cached (cache_mb) when the main process loads them (workers=0): worker
-    processes are made anew each epoch, a cache there would not outlive it."""
+    processes are made anew each epoch, a cache there would not outlive it. preprocess: how
+    unaugmented images become inputs (letterbox, darknet or resize; data.preprocess)."""
     cache_mb = cache_mb if augment and workers == 0 else 0
     ds = YoloDataset(list_path, img_size, augment, aug, rect, batch_size, nc, seed, limit=limit,
-                     cache_mb=cache_mb)
+                     cache_mb=cache_mb, preprocess=preprocess)
     if verbose and rank <= 0:
         print(ds.summary)
     if world is None:

@@ -1,5 +1,6 @@
 """Evaluate the file you ship: an exported ONNX detector (FP32 or INT8) run in onnxruntime,
-scored by the same letterbox, NMS and COCO-style mAP as the torch model (eval/evaluate.py).
+scored by the same preprocessing (letterbox unless told), NMS and COCO-style mAP as the torch
+model (eval/evaluate.py).
 
 `OnnxDetector` looks like the torch model to `evaluate()`: called on a [B, 3, H, W] batch it
 returns the [B, N, 5+nc] detections. A ``detections`` export is used as it is; a ``--raw``
@@ -89,7 +90,8 @@ class OnnxDetector:
 def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: int = 16,
                   conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300,
                   workers: int = -1, cfg: str | None = None, img_size: int | None = None,
-                  progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+                  progress: bool = True, threads: int | None = None,
+                  preprocess: str = "letterbox") -> dict[str, Any]:
     """mAP of an ONNX file on a .data split: evaluate() with an OnnxDetector in place of the
     torch model. The input size comes from the graph; `img_size`, if given, must match it."""
     from yolo_slim.core.device import auto_workers
@@ -99,7 +101,7 @@ def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: i
     workers = auto_workers("cpu", workers)  # -1: none on small CPUs
     h, w = det.img_hw
     if h != w:
-        raise YoloSlimError(f"{path}: input {h}x{w}; evaluation letterboxes to a square")
+        raise YoloSlimError(f"{path}: input {h}x{w}; evaluation prepares square inputs")
     if img_size is not None and img_size != h:
         raise YoloSlimError(f"--img-size {img_size}: {path} was exported for {h}")
     data = parse_data_file(data_file)
@@ -107,6 +109,6 @@ def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: i
         raise YoloSlimError(f"{path} has {det.num_classes} classes, {data_file} has {data.classes}")
     loader, _ = create_dataloader(getattr(data, split), h, batch_size, augment=False, rect=False,
                                   workers=workers, shuffle=False, nc=data.classes,
-                                  verbose=progress)
+                                  verbose=progress, preprocess=preprocess)
     return evaluate(det, loader, conf_thres, iou_thres, "cpu", progress=progress,
                     names=data.names, nc=det.num_classes, max_det=max_det)

@@ -1,7 +1,8 @@
 """Run a detector on images and draw what it finds.
 
-Each image is letterboxed exactly as the data loader does (same function), so boxes map back to
-the original image by undoing one scale and one padding: x0 = (x - padw) / ratio.
+Each image is prepared exactly as the data loader does (data.preprocess, the same --preprocess
+mode: letterbox, darknet or resize), so boxes map back to the original image by undoing one
+scale and one padding per axis: x0 = (x - padw) / ratio_x, y0 = (y - padh) / ratio_y.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 
 from yolo_slim.core.draw import draw_boxes
-from yolo_slim.data.augment import letterbox
 from yolo_slim.data.files import IMG_EXTS, read_image_list
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+from yolo_slim.data.preprocess import check_mode, ratio_xy, to_tensor
+from yolo_slim.data.preprocess import preprocess as prepare_input
 from yolo_slim.eval.evaluate import non_max_suppression
 
 STRIDE = 32  # input sides must be multiples of the largest downsampling of a darknet YOLO
@@ -58,27 +60,30 @@ def check_img_size(img_size: int) -> int:
     return img_size
 
 
-def scale_to_original(det: torch.Tensor, ratio: float, pad: tuple[float, float],
+def scale_to_original(det: torch.Tensor, ratio: float | tuple[float, float], pad: tuple[float, float],
                       hw0: tuple[int, int]) -> torch.Tensor:
-    """[n, 6] boxes in letterboxed pixels -> original-image pixels, clipped to the image."""
+    """[n, 6] boxes in network-input pixels -> original-image pixels, clipped to the image.
+    ratio: one scale, or (ratio_x, ratio_y) where the preprocessing scales the axes apart."""
+    rx, ry = ratio_xy(ratio)
     det = det.clone()
-    det[:, [0, 2]] = ((det[:, [0, 2]] - pad[0]) / ratio).clamp(0, hw0[1])
-    det[:, [1, 3]] = ((det[:, [1, 3]] - pad[1]) / ratio).clamp(0, hw0[0])
+    det[:, [0, 2]] = ((det[:, [0, 2]] - pad[0]) / rx).clamp(0, hw0[1])
+    det[:, [1, 3]] = ((det[:, [1, 3]] - pad[1]) / ry).clamp(0, hw0[0])
     return det
 
 
 @torch.no_grad()
 def detect_image(model: torch.nn.Module, img_bgr: np.ndarray, img_size: int, conf_thres: float = 0.25,
                  iou_thres: float = 0.45, max_det: int = 300, device: str | torch.device = "cpu",
-                 ) -> np.ndarray:
+                 preprocess: str = "letterbox", multi_label: bool = False) -> np.ndarray:
     """Detections [n, 6] (x1, y1, x2, y2, score, cls) in the original image's pixels.
-    The caller puts the model in eval mode (decoded boxes)."""
-    lb, ratio, pad = letterbox(img_bgr, (img_size, img_size))
-    x = torch.from_numpy(np.ascontiguousarray(lb[:, :, ::-1].transpose(2, 0, 1)))  # BGR -> RGB
-    x = x.to(device).float().div_(255).unsqueeze(0)
+    The caller puts the model in eval mode (decoded boxes). preprocess: letterbox, darknet or
+    resize (data.preprocess); multi_label keeps every class whose score passes conf_thres,
+    one row each (darknet's rule: one box can carry several classes)."""
+    inp, ratio, pad = prepare_input(img_bgr, (img_size, img_size), preprocess)
+    x = to_tensor(inp).to(device).unsqueeze(0)
     pred = model(x)
     pred = pred[0] if isinstance(pred, (tuple, list)) else pred
-    det = non_max_suppression(pred.float(), conf_thres, iou_thres, max_det)[0]
+    det = non_max_suppression(pred.float(), conf_thres, iou_thres, max_det, multi_label)[0]
     return scale_to_original(det.cpu(), ratio, pad, img_bgr.shape[:2]).double().numpy()
 
 
@@ -95,11 +100,14 @@ def _out_name(path: str, used: set[str]) -> str:
 def run_detect(model: torch.nn.Module, source: str, output_dir: str, img_size: int = 416,
                conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
                names: Sequence[str] | None = None, device: str | torch.device = "cpu",
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, preprocess: str = "letterbox",
+               multi_label: bool = False) -> dict[str, Any]:
     """Detect on every image of source, save drawn copies plus detections.txt/.json in
-    output_dir. Unreadable images are skipped with a one-line warning and counted."""
+    output_dir (each record names its preprocessing). Unreadable images are skipped with a
+    one-line warning and counted."""
     from tqdm import tqdm
     check_img_size(img_size)
+    check_mode(preprocess)
     paths = list_sources(source)
     nc = int(getattr(model, "num_classes", 0)) or 1
     names = list(names) if names else [str(c) for c in range(nc)]
@@ -114,7 +122,8 @@ def run_detect(model: torch.nn.Module, source: str, output_dir: str, img_size: i
                 print(f"warning: cannot read image {path}, skipped", file=sys.stderr)
                 missing += 1
                 continue
-            det = detect_image(model, img, img_size, conf_thres, iou_thres, max_det, device)
+            det = detect_image(model, img, img_size, conf_thres, iou_thres, max_det, device,
+                               preprocess, multi_label)
             out = _out_name(path, used)
             drawn = draw_boxes(img, [(c, x1, y1, x2, y2) for x1, y1, x2, y2, _, c in det],
                                names, det[:, 4])
@@ -126,7 +135,7 @@ def run_detect(model: torch.nn.Module, source: str, output_dir: str, img_size: i
                       "score": round(float(s), 5), "box": [round(float(v), 2) for v in (x1, y1, x2, y2)]}
                      for x1, y1, x2, y2, s, c in det]
             records.append({"image": path, "output": out, "height": img.shape[0],
-                            "width": img.shape[1], "detections": boxes})
+                            "width": img.shape[1], "preprocess": preprocess, "detections": boxes})
             lines += [f"{path} {b['cls']} {b['name']} {b['score']:.5f} "
                       + " ".join(f"{v:.2f}" for v in b["box"]) for b in boxes]
     finally:
@@ -136,4 +145,5 @@ def run_detect(model: torch.nn.Module, source: str, output_dir: str, img_size: i
     atomic_write_bytes(os.path.join(output_dir, "detections.txt"),
                        "".join(line + "\n" for line in lines).encode())
     return {"n_images": len(records), "n_missing": missing, "output_dir": output_dir,
+            "preprocess": preprocess,
             "n_detections": sum(len(r["detections"]) for r in records), "records": records}

@@ -245,7 +245,8 @@ def evaluate(model: torch.nn.Module, dataloader: Iterable, conf_thres: float = 0
              reference_conf: float = 0.25) -> dict[str, Any]:
     """Run model (in eval mode, restored after) over the loader's (imgs, targets, paths, shapes)
     batches and return precision, recall, map50, map, per_class, n_images, n_labels.
-    Boxes are compared in letterboxed-input pixels: IoU is invariant to the letterbox scale.
+    Boxes are compared in network-input pixels: IoU is invariant to the preprocessing's
+    per-axis scale and padding (data.preprocess).
 
     With `reference` (a model), the ground truth of each image is the reference's detections
     with score >= reference_conf on the same input, after the same NMS: the result is the
@@ -298,13 +299,16 @@ def reference_truth(reference: torch.nn.Module, imgs: torch.Tensor, conf_thres: 
     return [torch.cat([o[:, 5:6], o[:, :4]], 1).cpu().double().numpy() for o in out]
 
 
-def validation_loader(data: str, img_size: int, batch_size: int, limit: int | None = None):
-    """The .data file's valid list as evaluation batches (letterboxed, no augmentation), and the
-    parsed .data: the one way every tool scores a model on a .data file."""
+def validation_loader(data: str, img_size: int, batch_size: int, limit: int | None = None,
+                      preprocess: str = "letterbox"):
+    """The .data file's valid list as evaluation batches (letterboxed by default, no
+    augmentation; preprocess: data.preprocess's mode), and the parsed .data: the one way every
+    tool scores a model on a .data file."""
     from yolo_slim.data.dataset import create_dataloader, parse_data_file
     dc = parse_data_file(data)
     loader, _ = create_dataloader(dc.valid, img_size, batch_size, augment=False, workers=0,
-                                  nc=dc.classes, limit=limit or None, verbose=False)
+                                  nc=dc.classes, limit=limit or None, verbose=False,
+                                  preprocess=preprocess)
     return loader, dc
 
 
