@@ -2,6 +2,8 @@
 #   make demo   set-up + the whole pipeline on the built-in synthetic data -> runs/demo/REPORT.md
 #   make test   set-up + real assets + the test suite
 #   make real-assets   fetch (cached, sha256-checked) the COCO yolov3-tiny, tree photos, street video
+#   make slim CFG=… WEIGHTS=… DATA=… [LABELS=teacher]   your pretrained model -> slim -> REPORT.md
+#   make real   make slim on the real assets: COCO yolov3-tiny, label-free, on the street video
 # Stages (each reads the previous stage's files under RUN and can be run alone):
 #   make data baseline sparse prune prune-layers finetune export report bench
 # Beyond one-shot slimming (each from the same RUN's sparse or baseline model):
@@ -18,13 +20,13 @@ STAMP   := .venv/.installed
 export CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
        PRUNE STRATEGY PERCENT KEEP SHORTCUTS IMPORTANCE KD TEACHER T_CFG TRAIN_ARGS \
        TARGET_FLOPS MAX_DROP ROUNDS ROUND_FLOPS ROUND_SPEEDUP ROUND_EPOCHS AMOUNT CALIB_IMAGES CALIB_METHOD \
-       SPARSE_UPDATE SPARSE_WEIGHT SPARSE_TARGET SPARSE_RECOVER LATENCY_REPORT
+       SPARSE_UPDATE SPARSE_WEIGHT SPARSE_TARGET SPARSE_RECOVER LATENCY_REPORT LABELS SLIM_ARGS
 
-.PHONY: help install test real-assets data baseline sparse prune prune-layers finetune export report \
+.PHONY: help install test real-assets slim real data baseline sparse prune prune-layers finetune export report \
         bench demo clean clean-run sensitivity iterate unstructured quantize
 
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "variables (scripts/common.sh):"
 	@grep -E '^[A-Z_]+=\$$\{' scripts/common.sh | sed -E 's/^([A-Z_]+)=\$$\{[A-Z_]+:-([^}]*)\}(.*)$$/  \1=\2\3/'
 
@@ -85,3 +87,13 @@ clean-run:
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
+
+# the user's path: a pretrained model (the baseline and the teacher) -> sparse -> cut -> KD -> ONNX
+slim: install
+	bash scripts/slim.sh
+
+# make slim on the real assets: the COCO yolov3-tiny, label-free, on the street video's frames
+REAL_CACHE = $${YOLO_SLIM_CACHE:-$$HOME/.cache/yolo-slim}
+real: real-assets
+	CFG=$(REAL_CACHE)/coco-tiny/yolov3-tiny.cfg WEIGHTS=$(REAL_CACHE)/coco-tiny/yolov3-tiny.weights \
+	DATA=$(REAL_CACHE)/vtest/vtest.data LABELS=teacher RUN=$${RUN:-runs/real} bash scripts/slim.sh

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 
-from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
+from yolo_slim.core.errors import atomic_write_bytes, cli_main
 
 
 def parse_args(argv):
@@ -62,20 +62,8 @@ def main(argv=None):
     guard_outputs({"--cfg": args.cfg, "--weights": args.weights, "--onnx": args.onnx,
                    "--reference": args.reference, "--reference-cfg": args.reference_cfg,
                    **data_inputs(args.data)}, {"--output-dir": [out]})
-    if args.reference_cfg and not args.reference:
-        raise YoloSlimError("--reference-cfg needs --reference")
-    if args.onnx:
-        from yolo_slim.deploy.onnx_eval import evaluate_onnx
-        if args.reference:
-            raise YoloSlimError("--reference scores a torch model (--weights); to check an "
-                                "exported file against its source use export.py's parity check")
-        if args.rect or args.half:
-            raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, onnxruntime CPU)")
-        m = evaluate_onnx(args.onnx, args.data, args.split, args.batch_size, args.conf_thres,
-                          args.iou_thres, args.max_det, args.workers, args.cfg, args.img_size,
-                          preprocess=args.preprocess)
-    else:
-        m = evaluate_torch(args)
+    from yolo_slim.tools.score import score
+    m = score(args)
     if args.reference:  # never shown as accuracy
         print(f"AGREEMENT with {args.reference} (its detections with score >= "
               f"{args.reference_conf} as the truth; not accuracy):")
@@ -85,30 +73,6 @@ def main(argv=None):
     # metrics.json carries the resolved flags itself ("args"), as it always has
     atomic_write_bytes(out, json.dumps({"args": resolved(args), **m}, indent=1).encode())
     print(f"wrote {out}")
-
-
-def evaluate_torch(args):
-    from yolo_slim.core.device import auto_workers, select_device
-    from yolo_slim.data.dataset import create_dataloader, parse_data_file
-    from yolo_slim.nn.weights import load_model
-    from yolo_slim.eval.evaluate import evaluate
-    data = parse_data_file(args.data)
-    model = load_model(args.cfg, args.weights)
-    if model.num_classes != data.classes:
-        raise YoloSlimError(f"the model has {model.num_classes} classes, {args.data} has {data.classes}")
-    device = select_device(args.device)
-    loader, _ = create_dataloader(getattr(data, args.split), args.img_size or 416, args.batch_size,
-                                  augment=False, rect=args.rect, workers=auto_workers(device, args.workers),
-                                  shuffle=False, nc=data.classes, preprocess=args.preprocess)
-    ref = None
-    if args.reference:
-        ref = load_model(args.reference_cfg or None, args.reference).to(device)
-        if ref.num_classes != model.num_classes:
-            raise YoloSlimError(f"--reference {args.reference} has {ref.num_classes} classes, "
-                                f"the model {model.num_classes}")
-    return evaluate(model.to(device), loader, args.conf_thres, args.iou_thres, device, args.half,
-                    names=data.names, max_det=args.max_det, reference=ref,
-                    reference_conf=args.reference_conf)
 
 
 if __name__ == "__main__":

@@ -414,7 +414,9 @@ def test_evaluate_onnx_matches_torch_path(tmp_path, run_script, shapes_data):
     assert sum(c["n_dets"] for c in ref["per_class"]) > 1000 and ref["map50"] > 0
     for k in ("onnx", "raw", "static"):
         for key in ("map50", "map", "precision", "recall"):
-            assert m[k][key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (k, key)
+            # a random model's scores tie often: a rounding-level swap of two ranks moves an AP of
+            # ~6e-4 by ~1e-5 (seen on the CI machine), so the tolerance is absolute
+            assert m[k][key] == pytest.approx(ref[key], rel=1e-6, abs=3e-5), (k, key)
         assert [c["n_dets"] for c in m[k]["per_class"]] == [c["n_dets"] for c in ref["per_class"]]
     rc, _, se = run_script("evaluate.py", "--onnx", f, "--img-size", "96", *common)
     assert rc == 2 and "exported for 64" in se

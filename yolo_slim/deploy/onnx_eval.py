@@ -91,9 +91,11 @@ def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: i
                   conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300,
                   workers: int = -1, cfg: str | None = None, img_size: int | None = None,
                   progress: bool = True, threads: int | None = None,
-                  preprocess: str = "letterbox") -> dict[str, Any]:
+                  preprocess: str = "letterbox", reference: torch.nn.Module | None = None,
+                  reference_conf: float = 0.25) -> dict[str, Any]:
     """mAP of an ONNX file on a .data split: evaluate() with an OnnxDetector in place of the
-    torch model. The input size comes from the graph; `img_size`, if given, must match it."""
+    torch model. The input size comes from the graph; `img_size`, if given, must match it.
+    With `reference` (a torch model): agreement with its detections, as evaluate() scores it."""
     from yolo_slim.core.device import auto_workers
     from yolo_slim.data.dataset import create_dataloader, parse_data_file
     from yolo_slim.eval.evaluate import evaluate
@@ -111,4 +113,5 @@ def evaluate_onnx(path: str, data_file: str, split: str = "valid", batch_size: i
                                   workers=workers, shuffle=False, nc=data.classes,
                                   verbose=progress, preprocess=preprocess)
     return evaluate(det, loader, conf_thres, iou_thres, "cpu", progress=progress,
-                    names=data.names, nc=det.num_classes, max_det=max_det)
+                    names=data.names, nc=det.num_classes, max_det=max_det, reference=reference,
+                    reference_conf=reference_conf)

@@ -39,10 +39,13 @@ PICTURES = [("sparse/gamma_hist.png", "|γ| of the prunable BN layers during spa
 def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str] | None:
     """(cfg, weights) of a stage, or None when the stage has not run yet."""
     d = os.path.join(run, folder)
-    if kind == "run":
-        pt = os.path.join(d, "best.pt")
-        return (None, pt) if os.path.isfile(pt) else None
-    cfgs, weights = glob.glob(os.path.join(d, "*.cfg")), glob.glob(os.path.join(d, "*.weights"))
+    pt = os.path.join(d, "best.pt")
+    if kind == "run" and os.path.isfile(pt):
+        return None, pt
+    # a prune dir's files, or a baseline given as files (make slim: the user's own model)
+    cfgs = glob.glob(os.path.join(d, "*.cfg"))
+    weights = glob.glob(os.path.join(d, "*.weights")) or \
+        [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) not in ("best.pt", "last.pt")]
     if len(cfgs) == 1 and len(weights) == 1:
         return cfgs[0], weights[0]
     return None
@@ -57,17 +60,24 @@ def stage_latency(models: dict[str, Darknet], img_size: int, rounds: int = 30) -
                           ref=next(iter(models)))
 
 
-def measure_stage(model: Darknet, loader: Any, img_size: int) -> dict[str, Any]:
+def measure_stage(model: Darknet, loader: Any, img_size: int,
+                  reference: Darknet | None = None) -> dict[str, Any]:
     from yolo_slim.eval.evaluate import evaluate
-    m = evaluate(model, loader, progress=False)
+    m = evaluate(model, loader, progress=False, reference=reference)
     return {"map50": float(m["map50"]), "map": float(m["map"]), "params": count_params(model),
             "flops": model_flops(model, (img_size, img_size)),
             "size_mb": len(darknet_weights_bytes(model)) / 2 ** 20}
 
 
-def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+def score_names(agreement: bool) -> tuple[str, str]:
+    """Column names: agreement is never shown as accuracy."""
+    return ("agreement@0.5", "agreement@0.5:0.95") if agreement else ("mAP@0.5", "mAP@0.5:0.95")
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]], agreement: bool = False) -> str:
     base = rows[0][1]
-    out = ["| stage | mAP@0.5 | mAP@0.5:0.95 | params | FLOPs | .weights size | ONNX CPU latency (b1), "
+    a, b = score_names(agreement)
+    out = [f"| stage | {a} | {b} | params | FLOPs | .weights size | ONNX CPU latency (b1), "
            "median (p25-p75) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows:
         rel = lambda k: f" ({r[k] / base[k]:.0%})" if name != rows[0][0] else ""  # noqa: E731
@@ -85,7 +95,7 @@ def is_int8(path: str) -> bool:
     return any(n.op_type == "DequantizeLinear" for n in onnx.load(path).graph.node)
 
 
-def deploy_table(run: str, data: str, rounds: int = 50) -> list[str]:
+def deploy_table(run: str, data: str, rounds: int = 50, reference: Darknet | None = None) -> list[str]:
     """The files that ship (<run>/export/*.onnx, FP32 and INT8) scored by evaluate.py's ONNX
     path, their size, and their onnxruntime latency timed interleaved in one run."""
     from yolo_slim.deploy.ort_bench import cpu_isa, interleaved_latency
@@ -102,11 +112,11 @@ def deploy_table(run: str, data: str, rounds: int = 50) -> list[str]:
             f"onnxruntime); latency at batch 1, all files interleaved in one run ({rounds} rounds "
             f"after 5 warm-up), median and 25-75th percentile; x = median per-round ratio to the "
             f"first file. CPU: {cpu_isa()['text']}.", "",
-            "| file | weights | mAP@0.5 | mAP@0.5:0.95 | size | ORT latency (b1) | x |",
+            "| file | weights | {} | {} | size | ORT latency (b1) | x |".format(*score_names(reference is not None)),
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, path in names.items():
         print(f"report: evaluating {name}", flush=True)
-        m = evaluate_onnx(path, data, workers=0, progress=False)
+        m = evaluate_onnx(path, data, workers=0, progress=False, reference=reference)
         size, t = os.path.getsize(path), lat[name]
         rows.append(f"| `{name}` | {'INT8' if is_int8(path) else 'FP32'} | {m['map50']:.3f} | "
                     f"{m['map']:.3f} | {size / 2**20:.2f} MB ({size / base:.0%}) | "
@@ -139,9 +149,13 @@ def cut_note(run: str) -> list[str]:
             f"vs the folded model: {v['max_abs_vs_folded']:.3g}.", ""]
 
 
-def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> str:
+def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
+                 reference: tuple[str | None, str] | None = None) -> str:
+    """reference (cfg, weights): score every stage by its agreement with that model's
+    detections (label-free runs) instead of the validation labels."""
     from yolo_slim.eval.evaluate import validation_loader
     loader, dc = validation_loader(data, img_size, batch_size)
+    ref = load_model(*reference).eval() if reference else None
     rows, models = [], {}
     for name, folder, kind in STAGES:
         found = find_stage_model(run, folder, kind)
@@ -150,7 +164,7 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> st
         print(f"report: measuring {name} ({found[1]})", flush=True)
         models[name] = load_model(*found)
         with torch.no_grad():
-            rows.append((name, measure_stage(models[name], loader, img_size)))
+            rows.append((name, measure_stage(models[name], loader, img_size, ref)))
     if not rows:
         raise YoloSlimError(f"{run}: no stage outputs found (run `make demo` or the stages first)")
     from yolo_slim.deploy.ort_bench import load_average
@@ -164,9 +178,16 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16) -> st
              "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
              "every stage's model timed interleaved in one run (30 rounds after 5 warm-up), median "
              "with its 25th-75th percentile; the latency percentage is the median per-round ratio "
-             f"to the baseline (load average {load} when timing started).", "", format_table(rows), ""]
+             f"to the baseline (load average {load} when timing started). Inputs letterboxed "
+             "(`--preprocess letterbox`, the training default).", ""]
+    if ref is not None:
+        parts += [f"**Scores are agreement, not accuracy**: `{data}` has no labels; every model "
+                  f"is scored against the detections (score >= 0.25) of `{reference[1]}` on the "
+                  "same images (`evaluate.py --reference`). That model agrees with itself at "
+                  "1.000.", ""]
+    parts += [format_table(rows, ref is not None), ""]
     parts += cut_note(run)
-    parts += deploy_table(run, data)
+    parts += deploy_table(run, data, reference=ref)
     for rel, caption in PICTURES:
         if os.path.isfile(os.path.join(run, rel)):
             parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
@@ -184,8 +205,11 @@ def main(argv=None):
     p.add_argument("--data", required=True)
     p.add_argument("--img-size", type=int, default=320)
     p.add_argument("--output", help="default: <run>/REPORT.md")
+    p.add_argument("--reference", help="score agreement with this model's detections (label-free)")
+    p.add_argument("--reference-cfg", help="cfg of --reference (optional for a .pt)")
     a = p.parse_args(argv)
-    text = build_report(a.run, a.data, a.img_size)
+    text = build_report(a.run, a.data, a.img_size,
+                        reference=(a.reference_cfg, a.reference) if a.reference else None)
     out = a.output or os.path.join(a.run, "REPORT.md")
     atomic_write_bytes(out, text.encode())
     print(text)

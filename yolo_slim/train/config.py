@@ -115,10 +115,17 @@ class TrainConfig:
         "min": 0, "max": 1, "help": "--target-flops: every conv keeps at least this share of its "
                                     "channels alive (and at least 1)"})
     target_kill: str = field(default="all", metadata={
-        "choices": ["all", "path"],
+        "choices": ["all", "path", "path-fold"],
         "help": "--target-flops: shrink every class the target needs from the first step "
-                "(all), or only those the FLOPs path needs by now (path: channels die one by "
-                "one along it, as a pretrained model needs to keep what it detects)"})
+                "(all), or fade out only those the FLOPs path needs by now (path: channels die "
+                "one by one along it, as a pretrained model needs; path-fold: only gamma fades, "
+                "the constant act(beta) left is folded into the next layers by the cut)"})
+    target_importance: str = field(default="norm", metadata={
+        "choices": ["norm", "taylor"],
+        "help": "--target-flops: which classes go first: the smallest ||(gamma, beta)|| / cost "
+                "(norm), or the smallest first-order loss change of zeroing them, summed over "
+                "the run's steps (taylor: for a pretrained model, whose small gammas are not "
+                "the unimportant channels)"})
     target_recover: float = field(default=0.3, metadata={
         "min": 0, "lt": 1, "help": "--target-flops: last share of the run with the dead set "
                                    "frozen and s = 0"})

@@ -110,12 +110,17 @@ class ChannelClasses:
         w = cost / np.sqrt(self.members)
         self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
 
+    # False: only γ is shrunk and counted (--target-kill path-fold): a channel at γ = 0 outputs
+    # the constant act(β), which the cut folds into its consumers instead of losing it
+    with_beta = True
+
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
-        """‖(γ, β)‖ of every class (over all its member channels)."""
+        """‖(γ, β)‖ (or ‖γ‖ without with_beta) of every class (over all its member channels)."""
         sq = torch.zeros(self.n)
         for bn, sel, cls in zip(self.bns, self.sel, self.cls):
-            sq.index_add_(0, cls, (bn.weight[sel].float() ** 2 + bn.bias[sel].float() ** 2).cpu())
+            v = bn.weight[sel].float() ** 2 + (bn.bias[sel].float() ** 2 if self.with_beta else 0.0)
+            sq.index_add_(0, cls, v.cpu())
         return sq.sqrt()
 
     def dead(self) -> torch.Tensor:
@@ -133,7 +138,8 @@ class ChannelClasses:
                 f = factor[cls].to(b.weight.device, b.weight.dtype)
                 idx = sel.to(b.weight.device)
                 b.weight[idx] = b.weight[idx] * f
-                b.bias[idx] = b.bias[idx] * f
+                if self.with_beta:
+                    b.bias[idx] = b.bias[idx] * f
 
     def prox(self, tau: torch.Tensor) -> torch.Tensor:
         """Group soft-threshold with per-class threshold τ; returns the factors applied."""
@@ -141,6 +147,18 @@ class ChannelClasses:
         factor = torch.where(norm > tau, 1 - tau / norm.clamp_min(1e-30), torch.zeros(()))
         self.scale(factor)
         return factor
+
+    @torch.no_grad()
+    def taylor(self) -> torch.Tensor:
+        """Σ over member channels of (γ·∂L/∂γ + β·∂L/∂β)²: the first-order change of the loss
+        if the channel's pair were zeroed, squared (one batch's gradients; the caller sums)."""
+        sq = torch.zeros(self.n)
+        for bn, sel, cls in zip(self.bns, self.sel, self.cls):
+            if bn.weight.grad is None:
+                continue
+            v = bn.weight * bn.weight.grad + (bn.bias * bn.bias.grad if bn.bias.grad is not None else 0)
+            sq.index_add_(0, cls, v[sel].float().cpu() ** 2)
+        return sq
 
     def flops_if_cut(self, dead: torch.Tensor | np.ndarray) -> float:
         """FLOPs of the model without the dead classes, as a share of the full model (every conv
@@ -167,10 +185,12 @@ class ChannelClasses:
             out.append(w)
         return out
 
-    def cut_to_target(self, dead: torch.Tensor, target: float) -> torch.Tensor:
-        """`dead` plus live classes, cheapest first (smallest ‖(γ, β)‖ / w), until the FLOPs if
-        cut are at most `target`; a class that would take a conv below its floor of output
-        channels (layer_keep, at least 1) is skipped. Greedy, FLOPs updated incrementally."""
+    def cut_to_target(self, dead: torch.Tensor, target: float,
+                      scores: torch.Tensor | None = None) -> torch.Tensor:
+        """`dead` plus live classes, cheapest first (smallest ‖(γ, β)‖ / w, or scores / w), until
+        the FLOPs if cut are at most `target`; a class that would take a conv below its floor of
+        output channels (layer_keep, at least 1) is skipped. Greedy, FLOPs updated
+        incrementally."""
         dead = dead.clone()
         keep = np.append(~dead.numpy(), True)
         kin = [int(keep[cin].sum()) for _, cin, _ in self.convs]
@@ -181,7 +201,8 @@ class ChannelClasses:
         if total <= goal:
             return dead
         live = torch.nonzero(~dead).flatten()
-        order = live[torch.argsort(self.norms()[live] / self.weight[live], stable=True)].tolist()
+        value = self.norms() if scores is None else scores
+        order = live[torch.argsort(value[live] / self.weight[live], stable=True)].tolist()
         for r in order:
             t = self.touch[r]
             if any(kout[j] - n_out < self.floor[j] for j, _, n_out in t if n_out):

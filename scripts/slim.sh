@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The user's path: a pretrained darknet model and images of the user's scene -> a slim model.
+#   make slim CFG=yolov3-tiny.cfg WEIGHTS=yolov3-tiny.weights DATA=my.data [LABELS=teacher]
+#             [SPARSE_TARGET=0.5] [RUN=runs/slim] [SPARSE_EPOCHS=8] [FT_EPOCHS=4]
+# No baseline training: WEIGHTS is the baseline and the teacher. Stages, each skipped when done
+# (an interrupted training resumes): sparse training to TARGET_FLOPS (prox, channels fading out
+# along the FLOPs path, with the teacher's KD terms) -> the free cut of the dead channels ->
+# fine-tuning with KD -> ONNX FP32 + INT8 -> REPORT.md. LABELS=teacher trains without label
+# files: the teacher's detections on each batch are the targets, and every score in the report
+# is agreement with WEIGHTS' detections, not accuracy.
+# the slim path's own defaults (the same variable names as every stage; override any of them)
+: "${RUN:=runs/slim}" "${SPARSE_EPOCHS:=8}" "${FT_EPOCHS:=4}" "${KD:=hinton}" \
+  "${SPARSE_TARGET:=0.5}" "${SPARSE_RECOVER:=0.4}" "${LABELS:=files}"
+# a pretrained model's recipe: small LR, no warm-up, its BN statistics kept, darknet's own
+# anchor assignment (best anchor only, objectness target 1); docs/real-model.md says why
+: "${SLIM_ARGS:=--lr0 0.001 --warmup-epochs 0 --batch-size 8 --nominal-batch 8 --anchor-t 1 --iou-obj 0 --freeze-bn}"
+if [[ -z ${CFG:-} || ! -f $CFG ]]; then echo "error: make slim needs CFG=<the model's darknet cfg> (got '${CFG:-}')" >&2; exit 2; fi
+: "${IMG:=$(awk -F= '/^width/{gsub(/[ \t\r]/,"",$2); print $2; exit}' "$CFG")}"  # the cfg's own size
+export RUN SPARSE_EPOCHS FT_EPOCHS KD SPARSE_TARGET SPARSE_RECOVER LABELS SLIM_ARGS IMG
+source "$(dirname "$0")/common.sh"
+if [[ -z ${WEIGHTS:-} || ! -f $WEIGHTS ]]; then
+    echo "error: make slim needs WEIGHTS=<the pretrained .weights or .pt> (got '${WEIGHTS:-}')" >&2; exit 2
+fi
+if [[ ! -f $DATA ]]; then echo "error: make slim needs DATA=<a darknet .data file> (got '$DATA')" >&2; exit 2; fi
+stem=$(basename "${CFG%.cfg}")
+TEACHER_ARGS=(--t-cfg "$CFG" --t-weights "$WEIGHTS" --kd "$KD" --labels "$LABELS")
+COMMON=(--data "$DATA" --img-size "$IMG" --workers "$WORKERS" ${DEVICE:+--device "$DEVICE"})
+start=$(date +%s)
+stage() { echo "=== $1 ($(( $(date +%s) - start ))s elapsed)"; }
+
+stage baseline  # the given model, as it is: the report's first row and the teacher
+mkdir -p "$RUN/baseline"
+[[ -f $RUN/baseline/$stem.cfg ]] || cp "$CFG" "$RUN/baseline/$stem.cfg"
+[[ -f $RUN/baseline/$stem.${WEIGHTS##*.} ]] || cp "$WEIGHTS" "$RUN/baseline/$stem.${WEIGHTS##*.}"
+
+stage sparse
+if ! stage_done "$RUN/sparse"; then
+    train_stage "$RUN/sparse" "$PY" distill.py --cfg "$CFG" --weights "$WEIGHTS" "${TEACHER_ARGS[@]}" \
+        -sr --sparsity-update prox --target-flops "$SPARSE_TARGET" --target-kill path \
+        --target-recover "$SPARSE_RECOVER" --epochs "$SPARSE_EPOCHS" "${COMMON[@]}" \
+        --output-dir "$RUN/sparse" $SLIM_ARGS
+fi
+
+stage prune
+if ! stage_done "$RUN/pruned"; then
+    rm -rf "$RUN/pruned"
+    log_run "$PY" prune_channels.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --dead \
+        --img-size "$IMG" --output-dir "$RUN/pruned"
+    touch "$RUN/pruned/.done"
+fi
+
+stage finetune
+if ! stage_done "$RUN/finetune"; then
+    train_stage "$RUN/finetune" "$PY" distill.py --cfg "$RUN/pruned/$stem.cfg" \
+        --weights "$RUN/pruned/$stem.weights" "${TEACHER_ARGS[@]}" --epochs "$FT_EPOCHS" \
+        "${COMMON[@]}" --output-dir "$RUN/finetune" $SLIM_ARGS
+fi
+
+stage export
+mkdir -p "$RUN/export"
+for int8 in 0 1; do
+    out="$RUN/export/$stem$([[ $int8 == 1 ]] && echo .int8).onnx"
+    [[ -f $out ]] && continue
+    log_run "$PY" export.py --cfg "$RUN/finetune/$stem.cfg" --weights "$RUN/finetune/$stem.weights" \
+        --format onnx --img-size "$IMG" --output "$out" \
+        $([[ $int8 == 1 ]] && echo --int8 --calib-data "$DATA" --calib-images "${CALIB_IMAGES:-100}")
+done
+
+stage report
+REF=()
+[[ $LABELS == teacher ]] && REF=(--reference-cfg "$CFG" --reference "$WEIGHTS")
+"$PY" -m yolo_slim.report.pipeline_report --run "$RUN" --data "$DATA" --img-size "$IMG" "${REF[@]}"
+echo "slim finished in $(( $(date +%s) - start ))s: $RUN/REPORT.md"
