@@ -3,20 +3,21 @@
 #   make slim CFG=yolov3-tiny.cfg WEIGHTS=yolov3-tiny.weights DATA=my.data [LABELS=teacher]
 #             [SPARSE_TARGET=0.5] [RUN=runs/slim] [SPARSE_EPOCHS=8] [FT_EPOCHS=4]
 # No baseline training: WEIGHTS is the baseline and the teacher. Stages, each skipped when done
-# (an interrupted training resumes): sparse training to TARGET_FLOPS (prox, channels fading out
-# along the FLOPs path, with the teacher's KD terms) -> the free cut of the dead channels ->
+# (an interrupted training resumes): sparse training to SPARSE_TARGET (prox: channels fade out
+# one by one along the FLOPs path, least important first by their Taylor score per FLOP, with
+# the teacher's KD terms) -> the free cut of the dead channels ->
 # fine-tuning with KD -> ONNX FP32 + INT8 -> REPORT.md. LABELS=teacher trains without label
 # files: the teacher's detections on each batch are the targets, and every score in the report
 # is agreement with WEIGHTS' detections, not accuracy.
 # the slim path's own defaults (the same variable names as every stage; override any of them)
 : "${RUN:=runs/slim}" "${SPARSE_EPOCHS:=8}" "${FT_EPOCHS:=4}" "${KD:=hinton}" \
-  "${SPARSE_TARGET:=0.5}" "${SPARSE_RECOVER:=0.4}" "${LABELS:=files}"
+  "${SPARSE_TARGET:=0.5}" "${SPARSE_RECOVER:=0.4}" "${SPARSE_WEIGHT:=flops}" "${LABELS:=files}"
 # a pretrained model's recipe: small LR, no warm-up, its BN statistics kept, darknet's own
 # anchor assignment (best anchor only, objectness target 1); docs/real-model.md says why
 : "${SLIM_ARGS:=--lr0 0.001 --warmup-epochs 0 --batch-size 8 --nominal-batch 8 --anchor-t 1 --iou-obj 0 --freeze-bn}"
 if [[ -z ${CFG:-} || ! -f $CFG ]]; then echo "error: make slim needs CFG=<the model's darknet cfg> (got '${CFG:-}')" >&2; exit 2; fi
 : "${IMG:=$(awk -F= '/^width/{gsub(/[ \t\r]/,"",$2); print $2; exit}' "$CFG")}"  # the cfg's own size
-export RUN SPARSE_EPOCHS FT_EPOCHS KD SPARSE_TARGET SPARSE_RECOVER LABELS SLIM_ARGS IMG
+export RUN SPARSE_EPOCHS FT_EPOCHS KD SPARSE_TARGET SPARSE_RECOVER SPARSE_WEIGHT LABELS SLIM_ARGS IMG
 source "$(dirname "$0")/common.sh"
 if [[ -z ${WEIGHTS:-} || ! -f $WEIGHTS ]]; then
     echo "error: make slim needs WEIGHTS=<the pretrained .weights or .pt> (got '${WEIGHTS:-}')" >&2; exit 2
@@ -37,6 +38,7 @@ stage sparse
 if ! stage_done "$RUN/sparse"; then
     train_stage "$RUN/sparse" "$PY" distill.py --cfg "$CFG" --weights "$WEIGHTS" "${TEACHER_ARGS[@]}" \
         -sr --sparsity-update prox --target-flops "$SPARSE_TARGET" --target-kill path \
+        --target-importance taylor --sparsity-weight "$SPARSE_WEIGHT" \
         --target-recover "$SPARSE_RECOVER" --epochs "$SPARSE_EPOCHS" "${COMMON[@]}" \
         --output-dir "$RUN/sparse" $SLIM_ARGS
 fi

@@ -448,3 +448,83 @@ def test_latency_weights_follow_the_table(tmp_path):
     with pytest.raises(YoloSlimError, match="not a latency table"):
         make_train_hooks(config("unused.data", tmp_path, sparsity_weight="latency",
                                 latency_table=str(path)), model())
+
+
+def fade_run(target: float, kill: str, importance: str = "norm", steps: int = 100):
+    """controller_run with --target-kill path*: the loss resists, after_backward sees the
+    gradients (Taylor scores), after_step fades; records FLOPs if cut and the dead count."""
+    from yolo_slim.train import sparsity
+    m = model(0).train()
+    teacher = copy.deepcopy(m).eval()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    hook = make_sparsity_hook(m, "shortcut", SparsitySchedule(s=0.01), 1, "", update="prox",
+                              target_flops=target, recover=0.3, img_hw=(64, 64), kill=kill,
+                              importance=importance)
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = teacher.forward_raw(x)
+    trace = []
+    for t in range(steps):
+        loss = sum((a - b).square().mean() for a, b in zip(m.forward_raw(x), want))
+        opt.zero_grad()
+        loss.backward()
+        hook.after_backward(m, t)
+        opt.step()
+        p = (t + 1) / steps
+        hook.after_step(m, opt, 0.01, p)
+        trace.append((p, hook.classes.flops_if_cut(hook.last_dead), int(hook.last_dead.sum())))
+    span = sparsity.FADE * (1 - 0.3)
+    return hook, trace, span
+
+
+@pytest.mark.parametrize("kill,importance", [("path", "norm"), ("path", "taylor"), ("path-fold", "taylor")])
+def test_path_kill_follows_the_flops_path_without_a_cliff(kill, importance):
+    """Channels die along the path, each over FADE of the shrink phase: the FLOPs of the dead
+    set are never ahead of the path and at most `span` behind it, no step kills more than a
+    few classes, and the target is met at the freeze with exact zeros (path: (γ, β) = (0, 0);
+    path-fold: γ = 0 with β untouched, its constant left for the cut to fold)."""
+    hook, trace, span = fade_run(0.5, kill, importance)
+    c = hook.controller
+    n = hook.classes.n
+    for p, f, _ in trace:
+        if c.shrinking(p):
+            assert f >= c.path(p) - 0.05, (p, f)                  # never ahead of the path
+            assert f <= c.path(max(p - span - 0.02, 0)) + 0.05, (p, f)  # never far behind
+    deaths = np.diff([0] + [d for _, _, d in trace])
+    assert deaths.max() <= max(3, 0.1 * n), deaths.max()  # no cliff
+    assert trace[-1][1] <= 0.5 and c.frozen
+    dead = hook.classes.dead()
+    for bn, sel, cls in zip(hook.classes.bns, hook.classes.sel, hook.classes.cls):
+        d = dead[cls]
+        assert torch.all(bn.weight[sel][d] == 0)
+        if kill == "path":
+            assert torch.all(bn.bias[sel][d] == 0)
+    if kill == "path-fold":
+        assert any(torch.any(bn.bias[sel][dead[cls]] != 0) for bn, sel, cls in
+                   zip(hook.classes.bns, hook.classes.sel, hook.classes.cls))
+
+
+def test_taylor_scores_are_the_first_order_loss_change():
+    """classes.taylor() = Σ_members (γ ∂L/∂γ + β ∂L/∂β)², and for a tiny change that first-order
+    term predicts the loss change of scaling a class's pair by (1 - ε)."""
+    m = model(1)
+    cl = ChannelClasses(m, "shortcut", (64, 64))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    loss = lambda: sum(r.square().mean() for r in m.forward_raw(x))  # noqa: E731
+    m.zero_grad()
+    loss().backward()
+    t = cl.taylor()
+    bn, sel, cls = cl.bns[0], cl.sel[0], cl.cls[0]
+    k = int(cls[0])
+    members = [(b, s[c == k]) for b, s, c in zip(cl.bns, cl.sel, cl.cls) if (c == k).any()]
+    want = sum(float(((b.weight * b.weight.grad + b.bias * b.bias.grad)[s] ** 2).sum()) for b, s in members)
+    assert t[k].item() == pytest.approx(want, rel=1e-5)
+    eps = 1e-3
+    first = sum(float((b.weight * b.weight.grad + b.bias * b.bias.grad)[s].sum()) for b, s in members)
+    with torch.no_grad():
+        before = float(loss())
+        f = torch.ones(cl.n)
+        f[k] = 1 - eps
+        cl.scale(f)
+        after = float(loss())
+    assert after - before == pytest.approx(-eps * first, rel=0.05, abs=1e-9)

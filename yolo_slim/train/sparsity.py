@@ -267,7 +267,10 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
     hook = SparsityHook(model, strategy, schedule, epochs, output_dir, **kw)
     what = (f"prox on (gamma, beta) of {hook.classes.n} channel classes" if hook.update == "prox"
             else "L1 subgradient on gamma")
-    goal = (f", s adapted for FLOPs <= {kw['target_flops']} (last {kw.get('recover', 0.3)} of "
+    how = (f"channels fading out along the FLOPs path, least important by "
+           f"{kw.get('importance', 'norm')} first" if kw.get("kill", "all").startswith("path")
+           else "s adapted")
+    goal = (f", {how} for FLOPs <= {kw['target_flops']} (last {kw.get('recover', 0.3)} of "
             f"the run frozen)" if kw.get("target_flops") else "")
     print(f"sparsity: {what}, s={schedule.s} ({schedule.kind}, {kw.get('weight', 'uniform')} "
           f"weights{goal}) on {len(hook.classes.layers)} prunable BN layers "
