@@ -268,3 +268,24 @@ def net_size(module_defs: list[dict[str, Any]]) -> tuple[int, int]:
 
 def net_channels(module_defs: list[dict[str, Any]]) -> int:
     return get_int(module_defs[0], "channels", 3)
+
+
+def set_classes(module_defs: list[dict[str, Any]], classes: int) -> list[dict[str, Any]]:
+    """A copy of module_defs for `classes` classes: classes= in every [yolo] and filters=
+    (anchors of its mask) x (5 + classes) in the [convolutional] right before it, the head that
+    feeds it. Everything else is kept, so a --transfer of the original .weights loads every
+    layer but those heads."""
+    if classes < 1:
+        raise YoloSlimError(f"classes must be at least 1 (got {classes})")
+    out = [dict(d) for d in module_defs]
+    heads = [i for i, d in enumerate(out) if d["type"] == "yolo"]
+    if not heads:
+        raise YoloSlimError("the cfg has no [yolo] section: nothing to set classes for")
+    for i in heads:
+        d, prev = out[i], out[i - 1]
+        if prev["type"] != "convolutional":
+            raise CfgError(f"[yolo] follows [{prev['type']}], not the [convolutional] that "
+                           "makes its maps", *_where(d))
+        anchors = len(get_ints(d, "mask")) if "mask" in d else get_int(d, "num", 1)
+        d["classes"], prev["filters"] = str(classes), str(anchors * (5 + classes))
+    return out
