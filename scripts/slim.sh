@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The user's path: a pretrained darknet model and images of the user's scene -> a slim model.
 #   make slim CFG=yolov3-tiny.cfg WEIGHTS=yolov3-tiny.weights DATA=my.data [LABELS=teacher]
-#             [SPARSE_TARGET=0.5] [RUN=runs/slim] [SPARSE_EPOCHS=8] [FT_EPOCHS=4]
+#             [SPARSE_TARGET=0.5] [RUN=runs/slim] [SPARSE_EPOCHS=8] [FT_EPOCHS=4] [SEED=0]
 # No baseline training: WEIGHTS is the baseline and the teacher. Stages, each skipped when done
 # (an interrupted training resumes): sparse training to SPARSE_TARGET (prox: channels fade out
 # one by one along the FLOPs path, least important first by their Taylor score per FLOP, with
@@ -25,7 +25,7 @@ fi
 if [[ ! -f $DATA ]]; then echo "error: make slim needs DATA=<a darknet .data file> (got '$DATA')" >&2; exit 2; fi
 stem=$(basename "${CFG%.cfg}")
 TEACHER_ARGS=(--t-cfg "$CFG" --t-weights "$WEIGHTS" --kd "$KD" --labels "$LABELS")
-COMMON=(--data "$DATA" --img-size "$IMG" --workers "$WORKERS" ${DEVICE:+--device "$DEVICE"})
+COMMON=(--data "$DATA" --img-size "$IMG" --workers "$WORKERS" --seed "${SEED:-0}" ${DEVICE:+--device "$DEVICE"})
 start=$(date +%s)
 stage() { echo "=== $1 ($(( $(date +%s) - start ))s elapsed)"; }
 
@@ -60,13 +60,14 @@ fi
 
 stage export
 mkdir -p "$RUN/export"
-for int8 in 0 1; do
-    out="$RUN/export/$stem$([[ $int8 == 1 ]] && echo .int8).onnx"
-    [[ -f $out ]] && continue
+export_onnx() {  # export_onnx OUT [extra export.py flags]: one file, skipped when it exists
+    local out=$1; shift
+    [[ -f $out ]] && return 0
     log_run "$PY" export.py --cfg "$RUN/finetune/$stem.cfg" --weights "$RUN/finetune/$stem.weights" \
-        --format onnx --img-size "$IMG" --output "$out" \
-        $([[ $int8 == 1 ]] && echo --int8 --calib-data "$DATA" --calib-images "${CALIB_IMAGES:-100}")
-done
+        --format onnx --img-size "$IMG" --output "$out" "$@"
+}
+export_onnx "$RUN/export/$stem.onnx"
+export_onnx "$RUN/export/$stem.int8.onnx" --int8 --calib-data "$DATA" --calib-images "${CALIB_IMAGES:-100}"
 
 stage report
 REF=()
