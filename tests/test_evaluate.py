@@ -163,6 +163,11 @@ def test_class_conventions_no_gt_and_no_dets():
     table = format_metrics(m)
     assert table.splitlines()[1].split()[:3] == ["all", "1", "2"]
     assert table.splitlines()[4].split() == ["c", "0", "0", "-", "-", "-", "-"]
+    # a class with neither labels nor detections is left out of the table, and counted
+    m4 = compute_map(dets, gts, nc=4, names=["a", "b", "c", "d"])
+    lines = format_metrics(m4).splitlines()
+    assert len(lines) == 6 and not any(x.split()[0] == "d" for x in lines[1:-1])
+    assert lines[-1].endswith("; 1 classes with no labels and no detections not shown)")
 
 
 class FakeModel(torch.nn.Module):

@@ -220,10 +220,15 @@ def format_metrics(m: dict[str, Any], agreement: bool = False) -> str:
     head = f"{'class':>{width}} {'images':>7} " + " ".join(f"{c:>7}" for c in cols)
     rows = [head, f"{'all':>{width}} {m['n_images']:7d} {m['n_labels']:7d} {f(m['precision'])} "
                   f"{f(m['recall'])} {f(m['map50'])} {f(m['map'])}"]
+    hidden = 0
     for c in m["per_class"]:
+        if not c["n_labels"] and not c["n_dets"]:  # nothing to say (most of COCO's 80 on a scene)
+            hidden += 1
+            continue
         rows.append(f"{c['name']:>{width}} {c['n_images']:7d} {c['n_labels']:7d} {f(c['precision'])} "
                     f"{f(c['recall'])} {f(c['ap50'])} {f(c['ap'])}")
-    rows.append(f"(P and R at confidence {m.get('conf_thres_f1', 0):.3f}, the max mean-F1 point)")
+    rows.append(f"(P and R at confidence {m.get('conf_thres_f1', 0):.3f}, the max mean-F1 point"
+                + (f"; {hidden} classes with no labels and no detections not shown)" if hidden else ")"))
     return "\n".join(rows)
 
 
