@@ -250,3 +250,34 @@ def test_real_vtest_and_photos():
     assert not os.path.exists(os.path.join(d, "labels"))
     assert sorted(os.listdir(real("darknet-photos"))) == sorted(ra.DARKNET_PHOTOS)
     assert len(os.listdir(real("opencv-photos"))) == 91
+
+
+def test_real_weights_load_exactly_darknets_float_count():
+    """The real file holds exactly the floats its cfg needs (the project's count = darknet's,
+    20 header bytes + 4 per float), and it loads into a model whose outputs are finite."""
+    import torch
+    from yolo_slim.nn.weights import load_model, weights_float_count
+    d = real("coco-tiny")
+    m = load_model(os.path.join(d, "yolov3-tiny.cfg"), os.path.join(d, "yolov3-tiny.weights"))
+    assert weights_float_count(m) == 8_858_734 == (35_434_956 - 20) // 4
+    with torch.no_grad():
+        out = m.eval()(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 3 * (2 * 2 + 4 * 4), 85) and torch.isfinite(out).all()
+
+
+def test_set_classes_makes_a_one_class_copy_that_transfers_all_but_the_heads(tmp_path):
+    from yolo_slim.darknet.cfg import parse_cfg, set_classes
+    from yolo_slim.nn.weights import load_model, load_transfer
+    d = real("coco-tiny")
+    defs = parse_cfg(os.path.join(d, "yolov3-tiny.cfg"))
+    one = set_classes(defs, 1)
+    yolo = [i for i, x in enumerate(one) if x["type"] == "yolo"]
+    assert [one[i]["classes"] for i in yolo] == ["1", "1"]
+    assert [one[i - 1]["filters"] for i in yolo] == ["18", "18"]
+    assert [defs[i - 1]["filters"] for i in yolo] == ["255", "255"]  # the input is not edited
+    from yolo_slim.darknet.cfg import write_cfg
+    cfg = tmp_path / "one.cfg"
+    cfg.write_text(write_cfg(one))
+    m = load_model(str(cfg), None)
+    t = load_transfer(m, os.path.join(d, "yolov3-tiny.weights"), os.path.join(d, "yolov3-tiny.cfg"))
+    assert len(t["kept_init"]) == 2 and len(t["loaded"]) == 11  # the two heads start fresh
