@@ -34,7 +34,7 @@ def photos_data(out_dir: str) -> str:
     except Exception as e:  # the Debian part is optional
         print(f"note: {e}")
     os.makedirs(out_dir, exist_ok=True)
-    lst = os.path.join(out_dir, "photos.txt")
+    lst = os.path.abspath(os.path.join(out_dir, "photos.txt"))
     atomic_write_bytes(lst, ("\n".join(photos) + "\n").encode())
     names = os.path.join(real_asset("coco-tiny"), "coco.names")
     data = os.path.join(out_dir, "photos.data")
