@@ -56,6 +56,7 @@ from yolo_slim.train.config import TrainConfig
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
+from yolo_slim.train.validation import check_labels, fitness_of, score_line, validate  # noqa: F401
 from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_checkpoint, state_tensors
 
 
@@ -145,30 +146,6 @@ def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler, h
     return stepped
 
 
-def _evaluate(model, loader, cfg: TrainConfig, device, hooks=()) -> dict[str, float]:
-    """mAP on the validation labels, or agreement with a hook's reference model (label-free)."""
-    from yolo_slim.eval.evaluate import evaluate
-    ref = next((r for r in (h.eval_reference() for h in hooks) if r is not None), (None, 0.0))
-    r = evaluate(model, loader, conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres,
-                 device=device, half=False, progress=False, reference=ref[0], reference_conf=ref[1])
-    keys = ("precision", "recall", "map50", "map")
-    # agreement is not accuracy: its columns are named for what they are
-    names = keys if ref[0] is None else ("agree_p", "agree_r", "agree50", "agree")
-    return {n: float(r[k]) for n, k in zip(names, keys)}
-
-
-def fitness_of(m: dict[str, float]) -> float:
-    """What best.pt maximises: 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 (or the agreement's)."""
-    return 0.1 * m.get("map50", m.get("agree50", 0.0)) + 0.9 * m.get("map", m.get("agree", 0.0))
-
-
-def score_line(row: dict[str, Any]) -> str:
-    """'map50=… map=…' or, for a label-free run, 'agreement@0.5=… agreement=…'."""
-    if "agree50" in row:
-        return f"agreement@0.5={row['agree50']:.4f} agreement@0.5:0.95={row['agree']:.4f}"
-    return f"map50={row.get('map50', 0):.4f} map={row.get('map', 0):.4f}"
-
-
 def amp_name(dtype: torch.dtype | None) -> str:
     """The autocast dtype as opt.json and last.pt record it: float16, bfloat16 or off."""
     return str(dtype).replace("torch.", "") if dtype is not None else "off"
@@ -181,19 +158,6 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def check_labels(cfg: TrainConfig, ds, list_path: str, hooks: Sequence[TrainHooks]) -> None:
-    """A training set in which no image has a label file would train the model to detect
-    nothing; that is a user error unless a hook (--labels teacher) makes the labels."""
-    relabels = any(type(h).relabel is not TrainHooks.relabel for h in hooks)
-    if cfg.labels == "teacher" and not relabels:
-        raise YoloSlimError("--labels teacher needs a teacher (--t-weights, or --weights to "
-                            "slim) to label the batches")
-    if cfg.labels == "files" and ds.stats.get("missing_label", 0) == len(ds):
-        raise YoloSlimError(f"{list_path}: none of its {len(ds)} images has a label file; to "
-                            "train without labels use --labels teacher (the teacher's "
-                            "detections on each batch become the targets)")
 
 
 def train(cfg: TrainConfig, model: torch.nn.Module, hooks: Sequence[TrainHooks] = ()) -> dict[str, Any]:
@@ -347,7 +311,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             row.update({k: v / max(nb, 1) for k, v in sums.items()})
             metrics = None
             if (epoch + 1) % max(cfg.eval_interval, 1) == 0 or epoch == cfg.epochs - 1:
-                metrics = _evaluate(final, val_loader, cfg, device, hooks)
+                metrics = validate(final, val_loader, cfg, device, hooks)
                 row.update(metrics)
             for h in hooks:
                 row.update(h.epoch_end(epoch, raw_model))
