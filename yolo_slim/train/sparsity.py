@@ -172,8 +172,7 @@ class SparsityHook(TrainHooks):
             self.last_dead = cl.dead()
         if c is not None and (c.frozen or not c.shrinking(progress)):
             if not c.frozen:  # recovery starts: complete the dead set to the target, hold it
-                scores = self.taylor.sqrt() if self.importance == "taylor" and self.taylor is not None else None
-                self.frozen_dead = cl.cut_to_target(self.last_dead, c.target, scores)
+                self.frozen_dead = cl.cut_to_target(self.last_dead, c.target, self.scores())
                 c.frozen = True
             cl.scale((~self.frozen_dead).float())
             self.last_dead, self.s_now = self.frozen_dead.clone(), 0.0
@@ -197,6 +196,11 @@ class SparsityHook(TrainHooks):
         step = group["lr"] / (1 - group.get("momentum", 0.0))
         self.last_dead = cl.prox(step * s * cl.weight) == 0
 
+    def scores(self) -> torch.Tensor | None:
+        """What orders the classes to cut: √(summed squared Taylor terms) with --target-importance
+        taylor (once a step has been seen), else None (cut_to_target's ‖(γ, β)‖)."""
+        return self.taylor.sqrt() if self.importance == "taylor" and self.taylor is not None else None
+
     def fade(self, progress: float) -> torch.Tensor:
         """--target-kill path: a class joins the kill set when the FLOPs path needs it (the
         cheapest live ones by ‖(γ, β)‖ / w, as cut_to_target orders them) and its pair then
@@ -209,8 +213,7 @@ class SparsityHook(TrainHooks):
         c, cl = self.controller, self.classes
         if self.entry is None:
             self.entry = torch.zeros(cl.n)
-        scores = self.taylor.sqrt() if self.importance == "taylor" and self.taylor is not None else None
-        need = cl.cut_to_target(self.last_dead, c.path(progress), scores)
+        need = cl.cut_to_target(self.last_dead, c.path(progress), self.scores())
         norms = cl.norms()
         new = need & (self.entry == 0) & (norms > 0)
         self.entry[new] = norms[new]
@@ -247,7 +250,8 @@ class SparsityHook(TrainHooks):
     def state_dict(self) -> dict:
         return {"history": self.history.state(), "s_now": self.s_now,
                 "controller": self.controller.state_dict() if self.controller else None,
-                "frozen_dead": self.frozen_dead, "last_dead": self.last_dead, "entry": self.entry, "taylor": self.taylor}
+                "frozen_dead": self.frozen_dead, "last_dead": self.last_dead, "entry": self.entry,
+                "taylor": self.taylor}
 
     def load_state_dict(self, state: dict) -> None:
         if "history" in state:
