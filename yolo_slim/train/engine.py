@@ -52,7 +52,7 @@ from yolo_slim.core import device as dv
 from yolo_slim.darknet.cfg import net_size
 from yolo_slim.data.dataset import Augment, create_dataloader, parse_data_file
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
-from yolo_slim.train.config import TrainConfig
+from yolo_slim.train.config import RUNTIME_FIELDS, TrainConfig, resume_config  # noqa: F401 (re-exported)
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
@@ -104,24 +104,8 @@ class TrainHooks:
         pass
 
 
-RUNTIME_FIELDS = ("device", "workers", "resume", "progress")  # may change on --resume
 # what a run writes into its output dir (gamma_hist.png: the sparsity hook), for the output guard
 RUN_FILES = ("last.pt", "best.pt", "opt.json", "results.csv", "results.png", "gamma_hist.png")
-
-
-def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
-    """The saved config of the run being resumed (runtime-only fields from `cfg`)."""
-    path = os.path.join(cfg.output_dir, "last.pt") if cfg.resume in ("auto", "1", "True") else cfg.resume
-    saved = read_checkpoint(path).get("opt")
-    if not saved:
-        raise YoloSlimError(f"{path}: has no training state to resume (use --weights instead)")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if saved.get("sr") and "sparsity_update" not in saved:  # a run from before the prox step
-        saved = {**saved, "sparsity_update": "subgradient"}
-    new = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-    for k in RUNTIME_FIELDS:
-        setattr(new, k, getattr(cfg, k))
-    return new, path
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler, hooks, step: int,

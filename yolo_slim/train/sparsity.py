@@ -7,10 +7,9 @@ Two updates (`--sparsity-update`):
 
 Either runs once per optimizer step, after backward, after the AMP scaler has unscaled the
 gradients and after DDP's all-reduce (the engine's after_backward/after_step order), so its
-strength is independent of the loss scale, the batch size and gradient accumulation — the older
-tools added it to scaled gradients (sparsity silently off under AMP) or scaled the loss but not
-the penalty. Both take per-channel weights (`--sparsity-weight uniform|flops|latency`), and with
-`--target-flops F` (prox) a controller sets s so the dead channels leave F of the FLOPs.
+strength is independent of the loss scale, the batch size and gradient accumulation. Both take
+per-channel weights (`--sparsity-weight`); with `--target-flops F` (prox) a controller sets s, or
+(`--target-kill path`) classes fade out along a path, so the dead channels leave F of the FLOPs.
 
 The saved models hold the exact zeros: the prox runs after every step (momentum or a gradient
 may move a zeroed pair on the next step; the prox then decides again), and `finalize` zeroes the
@@ -202,14 +201,10 @@ class SparsityHook(TrainHooks):
         return self.taylor.sqrt() if self.importance == "taylor" and self.taylor is not None else None
 
     def fade(self, progress: float) -> torch.Tensor:
-        """--target-kill path: a class joins the kill set when the FLOPs path needs it (the
-        cheapest live ones by ‖(γ, β)‖ / w, as cut_to_target orders them) and its pair then
-        fades linearly to exactly (0, 0) over FADE of the shrink phase: τ = its norm when it
-        joined × the progress of this step / FADE. Channels die one by one along the path, each
-        over many steps, so the rest of the network (and the teacher's pull) can take over what
-        it did. The s controller kills in a cliff instead: nothing while s climbs, then most of
-        the target within one epoch — 39% of a pretrained yolov3-tiny's channels, which then
-        detected nothing. Returns the dead classes."""
+        """--target-kill path: a class joins the kill set when the FLOPs path needs it (least
+        important first, by scores() or ‖(γ, β)‖, per cost) and fades linearly to exactly (0, 0)
+        over FADE of the shrink phase, so channels die one by one instead of in the s
+        controller's cliff (docs/real-model.md). Returns the dead classes."""
         c, cl = self.controller, self.classes
         if self.entry is None:
             self.entry = torch.zeros(cl.n)
@@ -271,8 +266,7 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
     hook = SparsityHook(model, strategy, schedule, epochs, output_dir, **kw)
     what = (f"prox on (gamma, beta) of {hook.classes.n} channel classes" if hook.update == "prox"
             else "L1 subgradient on gamma")
-    how = (f"channels fading out along the FLOPs path, least important by "
-           f"{kw.get('importance', 'norm')} first" if kw.get("kill", "all").startswith("path")
+    how = (f"channels fading along the FLOPs path by {hook.importance}" if hook.kill.startswith("path")
            else "s adapted")
     goal = (f", {how} for FLOPs <= {kw['target_flops']} (last {kw.get('recover', 0.3)} of "
             f"the run frozen)" if kw.get("target_flops") else "")

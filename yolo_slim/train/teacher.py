@@ -14,7 +14,6 @@ of the last batch it saw.
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 import torch
 
@@ -108,9 +107,6 @@ class TeacherLabelHook(TrainHooks):
 
     def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
         return {"teacher_boxes_per_img": self.n_boxes / max(self.n_imgs, 1)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
 
 def load_teacher(cfg_path: str | None, weights: str) -> TeacherRunner:
