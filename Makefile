@@ -10,7 +10,7 @@
 #   make sensitivity   per-layer cuts for TARGET_FLOPS under MAX_DROP, then prune with them
 #   make iterate       ROUNDS x (prune to ROUND_FLOPS -> fine-tune ROUND_EPOCHS), early stop
 #   make unstructured  AMOUNT of the weights zeroed vs channel pruning: sizes and latency
-#   make quantize      INT8 ONNX of the fine-tuned model (CALIB_IMAGES, CALIB_METHOD), REPORT rows
+#   make quantize      redo the INT8 ONNX (export writes it) with CALIB_IMAGES, CALIB_METHOD; REPORT
 # Override any variable on the command line, e.g.
 #   make sparse CFG=cfg/yolov3.cfg DATA=my.data WEIGHTS=yolov3.weights S=0.001 SPARSE_EPOCHS=100
 # Defaults live in one place, scripts/common.sh (`make help` prints them).
@@ -69,7 +69,7 @@ iterate: sparse
 	bash scripts/iterate.sh
 unstructured: baseline
 	bash scripts/unstructured.sh
-quantize: export
+quantize: finetune
 	bash scripts/quantize.sh
 
 # the whole chain; finished stages are skipped and an interrupted training stage resumes

@@ -37,6 +37,8 @@ IMPORTANCE=${IMPORTANCE:-bn}                # channel score: bn (|gamma|) | l1 |
 KD=${KD:-chen}                              # none | hinton | chen
 TEACHER=${TEACHER:-$RUN/baseline/best.pt}   # distillation teacher (.pt or .weights)
 T_CFG=${T_CFG:-}                            # teacher cfg, not needed for a .pt teacher
+CALIB_IMAGES=${CALIB_IMAGES:-100}           # export: INT8 calibration images from DATA's train list
+CALIB_METHOD=${CALIB_METHOD:-minmax}        # export: INT8 ranges by minmax | entropy | percentile
 # beyond one-shot slimming (make sensitivity / iterate / unstructured)
 TARGET_FLOPS=${TARGET_FLOPS:-0.5}           # sensitivity: FLOPs target of the chosen per-layer cuts
 MAX_DROP=${MAX_DROP:-0.05}                  # largest mAP@0.5 drop: per unit (sensitivity), per run (iterate)

@@ -59,16 +59,8 @@ if ! stage_done "$RUN/finetune"; then
         "${COMMON[@]}" --output-dir "$RUN/finetune" $SLIM_ARGS
 fi
 
-stage export
-mkdir -p "$RUN/export"
-export_onnx() {  # export_onnx OUT [extra export.py flags]: one file, skipped when it exists
-    local out=$1; shift
-    [[ -f $out ]] && return 0
-    log_run "$PY" export.py --cfg "$RUN/finetune/$stem.cfg" --weights "$RUN/finetune/$stem.weights" \
-        --format onnx --img-size "$IMG" --output "$out" "$@"
-}
-export_onnx "$RUN/export/$stem.onnx"
-export_onnx "$RUN/export/$stem.int8.onnx" --int8 --calib-data "$DATA" --calib-images "${CALIB_IMAGES:-100}"
+stage export  # FP32 + INT8, each skipped when it exists
+bash "$(dirname "$0")/export.sh"
 
 stage report
 REF=()

@@ -1,11 +1,14 @@
 """INT8 export (yolo_slim/deploy/quantize.py): the decode tail stays in float, found from the
 graph; INT8 detections match FP32 within stated tolerances; quantizing the tail is what breaks
 a detector (the contrast); -inf maxpool padding becomes exact edge padding; a calibration set
-without a readable image is a one-line error that leaves nothing behind."""
+without a readable image is a one-line error that leaves nothing behind. REPORT.md: the files
+that ship, and its opening headline (their speed-up over the baseline FP32 vs the FLOPs cut)."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -206,22 +209,107 @@ def test_export_script_int8_end_to_end(tiny_model, shapes_data, tmp_path, run_sc
     assert rc == 2 and "--calib-data" in se
 
 
-def test_report_rows_for_the_files_that_ship(shapes_data, tmp_path):
+@pytest.fixture(scope="module")
+def shipped_run(shapes_data, tmp_path_factory):
+    """A run folder as make slim leaves it: baseline/ (demo.cfg, random BN), finetune/ (demo.cfg
+    with every non-head conv halved: fewer FLOPs), export/ (the fine-tuned model, FP32 + INT8)."""
+    from yolo_slim.nn.weights import save_darknet_weights
+    run = tmp_path_factory.mktemp("run")
+    text = (REPO / "cfg" / "demo.cfg").read_text()
+    half = re.sub(r"filters=(\d+)", lambda m: m.group(0) if m.group(1) == "30" else
+                  f"filters={int(m.group(1)) // 2}", text)  # 30 = the heads: 3 x (5 classes + 5)
+    models = {}
+    for folder, cfg in (("baseline", text), ("finetune", half)):
+        (run / folder).mkdir()
+        (run / folder / "demo.cfg").write_text(cfg)
+        torch.manual_seed(0)
+        models[folder] = Darknet(parse_cfg(str(run / folder / "demo.cfg")))
+        randomize_bn(models[folder], 0)
+        save_darknet_weights(models[folder], str(run / folder / "demo.weights"))
+    (run / "export").mkdir()
+    export_onnx(models["finetune"], str(run / "export" / "m.onnx"), img_size=64)
+    export_int8(models["finetune"], str(run / "export" / "m.int8.onnx"), ExportOptions(img_size=64),
+                shapes_data, QuantOptions(calib_images=4))
+    return run, models
+
+
+# ms per round for the fake timer: round 2 is a load burst that hits every model alike. The
+# per-round ratios baseline / FP32 are 2.5, 2.5, 2.0 (median 2.5) while the ratio of the
+# medians is 12 / 6 = 2.0: the headline must be the former. Baseline / INT8: 2, 2, 2.4 -> 2.0.
+FAKE_MS = {"baseline FP32": [10, 40, 12], "export/m.onnx": [4, 16, 6], "export/m.int8.onnx": [5, 20, 5],
+           "baseline": [10, 40, 12], "fine-tuned": [4, 16, 6]}
+
+
+@pytest.fixture
+def fake_timer(monkeypatch) -> list[list[str]]:
+    """The names of every time_rounds call (one call = one interleaved run), in order."""
+    from yolo_slim.deploy import ort_bench
+    calls = []
+
+    def fake(paths, *a, **k):
+        calls.append(sorted(paths))
+        return {n: FAKE_MS[n] for n in paths}
+    monkeypatch.setattr(ort_bench, "time_rounds", fake)
+    return calls
+
+
+def test_report_rows_for_the_files_that_ship(shipped_run, shapes_data):
     """REPORT.md's deployment table: every <run>/export/*.onnx scored through onnxruntime,
     FP32 before INT8, sizes relative to the first file, interleaved latency."""
-    from yolo_slim.report.pipeline_report import deploy_table
-    torch.manual_seed(0)
-    model = Darknet(parse_cfg(str(REPO / "cfg" / "demo.cfg")))  # 5 classes, like the set
-    randomize_bn(model, 0)
-    (tmp_path / "export").mkdir()
-    export_onnx(model, str(tmp_path / "export" / "m.onnx"), img_size=64)
-    export_int8(model, str(tmp_path / "export" / "m.int8.onnx"), ExportOptions(img_size=64),
-                shapes_data, QuantOptions(calib_images=4))
-    rows = deploy_table(str(tmp_path), shapes_data, rounds=3)
+    from yolo_slim.report.pipeline_report import deploy_table, shipped_files
+    run, _ = shipped_run
+    files = shipped_files(str(run), shapes_data, rounds=3)
+    assert files[0]["latency"]["ratio_median"] == 1.0 and "speedup" not in files[0]
+    rows = deploy_table(files)
     table = [r for r in rows if r.startswith("| `export/")]
     assert [r.split("|")[2].strip() for r in table] == ["FP32", "INT8"]
     assert "(100%)" in table[0] and "AVX2" in "\n".join(rows)
-    assert deploy_table(str(tmp_path / "nothing"), shapes_data) == []
+    assert shipped_files(str(run / "nothing"), shapes_data) == [] and deploy_table([]) == []
+
+
+def headline_rows(text: str) -> list[list[str]]:
+    """The cells of the headline table, which must come before the data paragraph."""
+    head = text[:text.index("Data: ")]
+    return [[c.strip() for c in r.split("|")[1:-1]] for r in head.splitlines() if r.startswith("| `")]
+
+
+def test_report_opens_with_the_shipped_files_speedup(shipped_run, shapes_data, fake_timer):
+    """The headline: speed-up = median per-round ratio baseline / file from the one interleaved
+    run (fake timer: 10 ms vs 4 ms -> 2.50x, vs 5 ms -> 2.00x), FLOPs reduction = baseline /
+    fine-tuned FLOPs of the models, and their ratio; scores are the files' own ONNX scores.
+    The baseline is timed in the same interleaved run as the shipped files."""
+    from yolo_slim.analysis.cost import model_flops
+    from yolo_slim.report.pipeline_report import build_report, shipped_files
+    run, models = shipped_run
+    red = model_flops(models["baseline"], (64, 64)) / model_flops(models["finetune"], (64, 64))
+    assert 3 < red < 4.2  # halved channels: about a quarter of the FLOPs
+    text = build_report(str(run), shapes_data, 64)
+    assert fake_timer == [["baseline", "fine-tuned"],  # the stage table's run, then the files'
+                          ["baseline FP32", "export/m.int8.onnx", "export/m.onnx"]]
+    assert text.splitlines()[2] == "**The files that ship vs the baseline FP32**"
+    assert "| FLOPs reduction | speed-up ÷ FLOPs reduction | mAP@0.5 | mAP@0.5:0.95 |" in text
+    files = {f["name"]: f for f in shipped_files(str(run), shapes_data, rounds=3)}
+    rows = headline_rows(text)
+    assert [r[:5] for r in rows] == [
+        ["`export/m.onnx`", "FP32", "2.50x", f"{red:.2f}x", f"{2.5 / red:.2f}"],
+        ["`export/m.int8.onnx`", "INT8", "2.00x", f"{red:.2f}x", f"{2.0 / red:.2f}"]]
+    assert [r[5:] for r in rows] == [[f"{f['map50']:.3f}", f"{f['map']:.3f}"] for f in files.values()]
+    # label-free: the score columns are agreement with the reference, as in the files' table
+    ref = (str(run / "baseline" / "demo.cfg"), str(run / "baseline" / "demo.weights"))
+    text = build_report(str(run), shapes_data, 64, reference=ref)
+    assert "| speed-up ÷ FLOPs reduction | agreement@0.5 | agreement@0.5:0.95 |" in text
+    assert [r[2] for r in headline_rows(text)] == ["2.50x", "2.00x"]
+
+
+def test_report_without_a_baseline_has_no_headline(shipped_run, shapes_data, fake_timer, tmp_path):
+    from yolo_slim.report.pipeline_report import build_report
+    run, _ = shipped_run
+    shutil.copytree(run / "finetune", tmp_path / "finetune")
+    shutil.copytree(run / "export", tmp_path / "export")
+    text = build_report(str(tmp_path), shapes_data, 64)
+    assert fake_timer[-1] == ["export/m.int8.onnx", "export/m.onnx"]
+    assert "speed-up vs baseline FP32" not in text and headline_rows(text) == []
+    assert "| `export/m.onnx` | FP32 |" in text  # the files' own table is still there
 
 
 @pytest.mark.parametrize("eo, qo, msg", [

@@ -55,6 +55,13 @@ def interleaved_latency(paths: dict[str, str], img_hw: tuple[int, int], batch: i
                         ref: str | None = None) -> dict[str, dict[str, float]]:
     """{name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}}; ratio_median is the median
     over rounds of (this file's time / `ref`'s time in the same round)."""
+    return latency_stats(time_rounds(paths, img_hw, batch, rounds, warmup, threads), ref)
+
+
+def time_rounds(paths: dict[str, str], img_hw: tuple[int, int], batch: int = 1,
+                rounds: int = 50, warmup: int = 5, threads: int | None = None) -> dict[str, list[float]]:
+    """{name: [ms of each round]}, the files timed interleaved; round r of every file comes from
+    the same pass, so per-round ratios between any two files can be taken afterwards."""
     from yolo_slim.deploy.runtime import ort_session
     sessions = {k: ort_session(p, threads, stop_spinning=True) for k, p in paths.items()}
     names = list(sessions)
@@ -74,13 +81,23 @@ def interleaved_latency(paths: dict[str, str], img_hw: tuple[int, int], batch: i
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
             times[k].append(run(k))
-    ref = ref or names[0]
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a[r] / b[r]: what load moves, it moves for both within a round."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def latency_stats(times: dict[str, list[float]], ref: str | None = None) -> dict[str, dict[str, float]]:
+    """time_rounds' rounds -> {name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}} (ratio to
+    `ref`, default the first name)."""
+    ref = ref or next(iter(times))
     out = {}
     for k, t in times.items():
         q = np.percentile(t, [25, 75])
         out[k] = {"median_ms": statistics.median(t), "p25_ms": float(q[0]), "p75_ms": float(q[1]),
-                  "min_ms": min(t),
-                  "ratio_median": statistics.median(a / b for a, b in zip(t, times[ref]))}
+                  "min_ms": min(t), "ratio_median": median_ratio(t, times[ref])}
     return out
 
 

@@ -5,14 +5,16 @@ pruning run's models.
 leaves a conv after folding BN, then the activation as export writes it), random weights, at
 the table's input map and batch, on the chosen runtime and threads: the median of `runs` calls
 after `warmup`. `empty_ms` is the same for a graph that does nothing (Identity): the per-call
-overhead subtracted from every conv timing. `models_latency` exports models and times them
-interleaved in one run (deploy/ort_bench.py), so load from other processes hits all alike.
+overhead subtracted from every conv timing. `models_latency` exports models (`exported_onnx`)
+and times them interleaved in one run (deploy/ort_bench.py), so load from other processes hits
+all alike.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -92,11 +94,20 @@ def models_latency(models: dict[str, Any], img_hw: tuple[int, int], batch: int =
                    ref: str | None = None) -> dict[str, dict[str, float]]:
     """Export each Darknet model to a temp ONNX file (checked as every export is) and time them
     interleaved: {name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}} (ort_bench.py)."""
-    from yolo_slim.deploy.export import export_onnx
     from yolo_slim.deploy.ort_bench import interleaved_latency
+    with exported_onnx(models, img_hw, batch) as paths:
+        return interleaved_latency(paths, img_hw, batch, rounds, warmup, threads, ref)
+
+
+@contextlib.contextmanager
+def exported_onnx(models: dict[str, Any], img_hw: tuple[int, int],
+                  batch: int = 1) -> Iterator[dict[str, str]]:
+    """{name: path} of each Darknet model exported to a temp ONNX file with export.py's defaults
+    (decoded boxes, no NMS, opset 18), so it times like a shipped FP32 file; removed on exit."""
+    from yolo_slim.deploy.export import export_onnx
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for k, m in models.items():
             paths[k] = os.path.join(tmp, f"{k}.onnx")
             export_onnx(m, paths[k], img_size=list(img_hw), batch_size=batch, check_batch=1)
-        return interleaved_latency(paths, img_hw, batch, rounds, warmup, threads, ref)
+        yield paths

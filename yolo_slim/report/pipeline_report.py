@@ -4,8 +4,10 @@
 
 For every stage found in the run folder: mAP@0.5 and mAP@0.5:0.95 on the valid list, params,
 FLOPs (report.model_flops), size of the darknet .weights on disk, and onnxruntime CPU latency
-(batch 1) of the exported ONNX, all stages timed interleaved in one run. Then the files in <run>/export (FP32 and
-the INT8 of `make quantize`) as they ship: mAP through onnxruntime, size, interleaved latency.
+(batch 1) of the exported ONNX, all stages timed interleaved in one run. Then the files in
+<run>/export (FP32 and INT8) as they ship: mAP through onnxruntime, size, interleaved latency.
+It opens with those files' speed-up over the baseline FP32 (timed in the same run as them)
+beside the FLOPs reduction.
 Pictures and the commands that made the run (<run>/commands.txt, appended by the Makefile /
 scripts) are linked in.
 """
@@ -95,31 +97,76 @@ def is_int8(path: str) -> bool:
     return any(n.op_type == "DequantizeLinear" for n in onnx.load(path).graph.node)
 
 
-def deploy_table(run: str, data: str, rounds: int = 50, reference: Darknet | None = None) -> list[str]:
-    """The files that ship (<run>/export/*.onnx, FP32 and INT8) scored by evaluate.py's ONNX
-    path, their size, and their onnxruntime latency timed interleaved in one run."""
-    from yolo_slim.deploy.ort_bench import cpu_isa, interleaved_latency
+BASE_FP32 = "baseline FP32"  # the baseline exported to a temp file, timed with the shipped files
+
+
+def shipped_files(run: str, data: str, rounds: int = 50, reference: Darknet | None = None,
+                  baseline: Darknet | None = None) -> list[dict[str, Any]]:
+    """The files that ship (<run>/export/*.onnx, FP32 before INT8), each scored by evaluate.py's
+    ONNX path and timed interleaved in one run. With `baseline`, its FP32 export is timed in the
+    same rounds and each file gets `speedup`: the median per-round ratio of the baseline's time
+    to the file's (load from other processes hits both alike within a round)."""
+    from yolo_slim.deploy.ort_bench import latency_stats, median_ratio, time_rounds
+    from yolo_slim.deploy.ort_latency import exported_onnx
     from yolo_slim.deploy.onnx_eval import OnnxDetector, evaluate_onnx
-    paths = sorted(glob.glob(os.path.join(run, "export", "*.onnx")), key=lambda p: (is_int8(p), p))
+    paths = sorted(((is_int8(p), p) for p in glob.glob(os.path.join(run, "export", "*.onnx"))))
     if not paths:
         return []
-    names = {f"export/{os.path.basename(p)}": p for p in paths}
-    hw = OnnxDetector(paths[0]).img_hw
-    lat = interleaved_latency(names, hw, 1, rounds, 5, os.cpu_count())
-    base = os.path.getsize(paths[0])
-    rows = ["## The files that ship (onnxruntime, CPU)", "",
-            f"mAP by `evaluate.py --onnx` (the same letterbox, NMS and mAP as above, run in "
-            f"onnxruntime); latency at batch 1, all files interleaved in one run ({rounds} rounds "
-            f"after 5 warm-up), median and 25-75th percentile; x = median per-round ratio to the "
-            f"first file. CPU: {cpu_isa()['text']}.", "",
-            "| file | weights | {} | {} | size | ORT latency (b1) | x |".format(*score_names(reference is not None)),
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, path in names.items():
+    names = {f"export/{os.path.basename(p)}": p for _, p in paths}
+    hw = OnnxDetector(paths[0][1]).img_hw
+    with exported_onnx({} if baseline is None else {BASE_FP32: baseline}, hw) as base:
+        times = time_rounds({**names, **base}, hw, 1, rounds, 5, os.cpu_count())
+    lat = latency_stats(times)  # ratio_median: to the first shipped file
+    files = []
+    for (int8, path), name in zip(paths, names):
         print(f"report: evaluating {name}", flush=True)
         m = evaluate_onnx(path, data, workers=0, progress=False, reference=reference)
-        size, t = os.path.getsize(path), lat[name]
-        rows.append(f"| `{name}` | {'INT8' if is_int8(path) else 'FP32'} | {m['map50']:.3f} | "
-                    f"{m['map']:.3f} | {size / 2**20:.2f} MB ({size / base:.0%}) | "
+        files.append({"name": name, "int8": int8, "map50": float(m["map50"]), "map": float(m["map"]),
+                      "size": os.path.getsize(path), "latency": lat[name], "rounds": rounds})
+        if base:
+            files[-1]["speedup"] = median_ratio(times[BASE_FP32], times[name])
+    return files
+
+
+def headline(files: list[dict[str, Any]], flops_reduction: float, baseline: dict[str, Any],
+             agreement: bool = False) -> list[str]:
+    """REPORT.md's opening: the shipped files' speed-up over the baseline FP32 beside the FLOPs
+    reduction; [] when the files were timed without a baseline."""
+    if not files or "speedup" not in files[0]:
+        return []
+    a, b = score_names(agreement)
+    out = ["**The files that ship vs the baseline FP32**", "",
+           f"| shipped file | precision | speed-up vs baseline FP32 | FLOPs reduction | "
+           f"speed-up ÷ FLOPs reduction | {a} | {b} |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for f in files:
+        out.append(f"| `{f['name']}` | {'INT8' if f['int8'] else 'FP32'} | {f['speedup']:.2f}x | "
+                   f"{flops_reduction:.2f}x | {f['speedup'] / flops_reduction:.2f} | "
+                   f"{f['map50']:.3f} | {f['map']:.3f} |")
+    return out + ["", f"Speed-up: onnxruntime CPU, batch 1, the median per-round ratio of the "
+                  f"baseline's time (exported to ONNX FP32 the same way) to the file's, all timed "
+                  f"interleaved in one run ({files[0]['rounds']} rounds; \"The files that ship\" "
+                  f"below). FLOPs reduction: baseline FLOPs / fine-tuned FLOPs (INT8 runs the same "
+                  f"operations in 8 bits). A ratio above 1: faster than the FLOPs cut alone; below "
+                  f"1: part of the cut did not become time. The baseline scores {a} "
+                  f"{baseline['map50']:.3f}, {b} {baseline['map']:.3f}.", ""]
+
+
+def deploy_table(files: list[dict[str, Any]], agreement: bool = False) -> list[str]:
+    """shipped_files as REPORT.md's "The files that ship" section; [] when there are none."""
+    from yolo_slim.deploy.ort_bench import cpu_isa
+    if not files:
+        return []
+    rows = ["## The files that ship (onnxruntime, CPU)", "",
+            f"mAP by `evaluate.py --onnx` (the same letterbox, NMS and mAP as above, run in "
+            f"onnxruntime); latency at batch 1, all files interleaved in one run ({files[0]['rounds']} "
+            f"rounds after 5 warm-up), median and 25-75th percentile; x = median per-round ratio to "
+            f"the first file. CPU: {cpu_isa()['text']}.", "",
+            "| file | weights | {} | {} | size | ORT latency (b1) | x |".format(*score_names(agreement)),
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for f in files:
+        t = f["latency"]
+        rows.append(f"| `{f['name']}` | {'INT8' if f['int8'] else 'FP32'} | {f['map50']:.3f} | "
+                    f"{f['map']:.3f} | {f['size'] / 2**20:.2f} MB ({f['size'] / files[0]['size']:.0%}) | "
                     f"{t['median_ms']:.1f} ms ({t['p25_ms']:.1f}-{t['p75_ms']:.1f}) | "
                     f"{t['ratio_median']:.2f} |")
     return rows + [""]
@@ -172,14 +219,21 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
     lat = stage_latency(models, img_size)
     for name, r in rows:
         r["latency"] = lat[name]
-    parts = [f"# yolo-slim pipeline report: `{run}`", "",
-             f"Data: `{data}` (valid list, {len(loader.dataset)} images), {img_size} px. "
-             f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
-             "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
-             "every stage's model timed interleaved in one run (30 rounds after 5 warm-up), median "
-             "with its 25th-75th percentile; the latency percentage is the median per-round ratio "
-             f"to the baseline (load average {load} when timing started). Inputs letterboxed "
-             "(`--preprocess letterbox`, the training default).", ""]
+    by_name = dict(rows)
+    # the headline needs both ends of the chain: the baseline, and the fine-tuned model that ships
+    ends = "baseline" in by_name and "fine-tuned" in by_name
+    files = shipped_files(run, data, reference=ref, baseline=models["baseline"] if ends else None)
+    parts = [f"# yolo-slim pipeline report: `{run}`", ""]
+    if ends:
+        parts += headline(files, by_name["baseline"]["flops"] / by_name["fine-tuned"]["flops"],
+                          by_name["baseline"], ref is not None)
+    parts += [f"Data: `{data}` (valid list, {len(loader.dataset)} images), {img_size} px. "
+              f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
+              "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
+              "every stage's model timed interleaved in one run (30 rounds after 5 warm-up), median "
+              "with its 25th-75th percentile; the latency percentage is the median per-round ratio "
+              f"to the baseline (load average {load} when timing started). Inputs letterboxed "
+              "(`--preprocess letterbox`, the training default).", ""]
     if ref is not None:
         parts += [f"**Scores are agreement, not accuracy**: `{data}` has no labels; every model "
                   f"is scored against the detections (score >= 0.25) of `{reference[1]}` on the "
@@ -187,7 +241,7 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
                   "1.000.", ""]
     parts += [format_table(rows, ref is not None), ""]
     parts += cut_note(run)
-    parts += deploy_table(run, data, reference=ref)
+    parts += deploy_table(files, ref is not None)
     for rel, caption in PICTURES:
         if os.path.isfile(os.path.join(run, rel)):
             parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
