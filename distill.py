@@ -84,8 +84,8 @@ def main(argv=None):
     hook = make_distill_hook(model, runner, kd, cfg.anchor_t) if kd.mode != "none" else None
     hooks = teacher_label_hooks(run_cfg, runner) + ([hook] if hook else [])
     if run_cfg.sr:  # the sparsity hook first: it owns the optimizer step, KD only adds a loss
-        from yolo_slim.train.sparsity import make_train_hooks
-        hooks = list(make_train_hooks(run_cfg, model)) + hooks
+        from yolo_slim.tools.latency import sparse_hooks  # + the latency table and timer
+        hooks = sparse_hooks(run_cfg, model, resumed=bool(cfg.resume)) + hooks
     summary = train(cfg, model, hooks)
     write_resolved(os.path.join(summary["output_dir"], "args.json"), ns)
     cfg_out, w_out = export_run_model(summary["output_dir"], stem)

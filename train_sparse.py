@@ -67,14 +67,9 @@ def main(argv=None):
         else:
             model = load_model(cfg.cfg or None, cfg.weights or None)
         cfg_for_hooks = cfg
-        if cfg.sr and cfg.sparsity_weight == "latency" and not cfg.latency_table:
-            # the table of the deployment runtime, measured once and cached (opt.json keeps the
-            # path, so --resume uses the same weights)
-            from yolo_slim.tools.latency import ensure_table
-            cfg.latency_table = ensure_table(cfg.cfg or cfg.weights, (cfg.img_size,) * 2 if cfg.img_size else None)
-    from yolo_slim.train.sparsity import make_train_hooks
+    from yolo_slim.tools.latency import sparse_hooks  # + the latency table and timer it needs
     from yolo_slim.train.teacher import teacher_label_hooks
-    hooks = list(make_train_hooks(cfg_for_hooks, model)) if cfg_for_hooks.sr else []
+    hooks = sparse_hooks(cfg_for_hooks, model, resumed=bool(cfg.resume))
     if cfg_for_hooks.labels == "teacher":  # the model as it was given, frozen, labels the batches
         from yolo_slim.train.teacher import TeacherRunner
         from yolo_slim.nn.weights import load_model as load

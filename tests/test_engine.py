@@ -180,7 +180,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, log_dir: 
     os.replace = spy
     model = tiny_model(seed=rank)  # different inits: DDP must broadcast rank 0's
     # with the sparsity hook on: the L1 step runs after the all-reduce, identically per rank
-    from yolo_slim.train.sparsity import make_train_hooks
+    from yolo_slim.train.sparse_setup import make_train_hooks
     cfg = config(data, out, epochs=1, batch_size=4, nominal_batch=4, sr=True, s=0.01, prune=1)
     train(cfg, model, make_train_hooks(cfg, model))
     os.replace = real_replace

@@ -24,7 +24,8 @@ from yolo_slim.prune.fold import apply_masks
 from yolo_slim.prune.masks import MaskSolver, dead_nodes
 from yolo_slim.train.engine import TrainConfig, TrainHooks, optimizer_step, train
 from yolo_slim.train.prox import ChannelClasses, FlopsController
-from yolo_slim.train.sparsity import SparsitySchedule, make_sparsity_hook, make_train_hooks
+from yolo_slim.train.sparse_setup import make_train_hooks
+from yolo_slim.train.sparsity import SparsitySchedule, make_sparsity_hook
 
 from cfgs import conv_section, head_sections, maxpool_section, net_section, route_section, \
     shortcut_section

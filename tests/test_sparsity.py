@@ -104,7 +104,7 @@ def test_train_flags_reach_the_schedule(tmp_path):
 
     from yolo_slim.train.engine import TrainConfig
     from yolo_slim.core.errors import YoloSlimError
-    from yolo_slim.train.sparsity import make_train_hooks
+    from yolo_slim.train.sparse_setup import make_train_hooks
     p = argparse.ArgumentParser()
     TrainConfig.add_args(p)
     args = ["--sr", "--sparsity-update", "subgradient", "--s", "0.01", "--sparsity", "global-decay", "--sparsity-decay-start", "0.2",

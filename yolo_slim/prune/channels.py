@@ -31,7 +31,7 @@ class PruneOptions:
     threshold: float | None = None
     target_flops: float | None = None
     layer_keep: float = 0.0
-    round_to: int = 1
+    round_to: int | str = 1              # or "auto": the latency table's block where it pays
     img_size: tuple[int, int] | None = None  # (h, w) for FLOPs and verification; cfg's if None
     seed: int = 0
     importance: str = "bn"  # bn | l1 | rank: the per-channel score (yolo_slim/importance.py)
@@ -98,7 +98,9 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     if scores is None:
         scores = node_scores(model, g, opts.importance, opts.rank_data, img_hw,
                              opts.rank_batches, opts.rank_batch_size)
-    solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep, opts.round_to, img_hw)
+    solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep,
+                        opts.round_to if isinstance(opts.round_to, int) else 1, img_hw)
+    aligned = _auto_round(solver, opts, log)
     stats = solver.gamma_stats()
     log(_gamma_text(stats, opts.importance))
     thr, n_cut = choose_cut(solver, opts)
@@ -142,6 +144,8 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
         "gamma": stats,
         "kept_channels": {i: k for i, k in kept_channels(g, keep_node).items() if after[i] != before[i]},
     }
+    if aligned is not None:
+        report["round_to_auto"] = aligned
     if latency is not None:
         report["latency"] = latency
     if dead_counts is not None:
@@ -149,6 +153,26 @@ def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
     if check:
         report["verification"] = verify_cut(model, folded, compact, cuts, seed=opts.seed)
     return PruneResult(compact, folded, g, keep_node, thr, report, scores)
+
+
+def _auto_round(solver: MaskSolver, opts: PruneOptions, log) -> dict[str, Any] | None:
+    """--round-to auto: per conv the table's block where it measured that alignment pays
+    (prune/cut_cost.py); without a table nothing is rounded (said once)."""
+    if opts.round_to != "auto":
+        if not isinstance(opts.round_to, int) or opts.round_to < 1:
+            raise YoloSlimError(f"--round-to must be an integer >= 1 or auto, got {opts.round_to!r}")
+        return None
+    if opts.latency_table is None:
+        log("--round-to auto: no latency table (give --latency-table or --latency-report), "
+            "so no count is rounded")
+        return {"table": None, "multiples": {}}
+    from yolo_slim.analysis.latency import LatencyTable
+    from yolo_slim.prune.cut_cost import auto_multiples
+    solver.multiple = auto_multiples(solver, LatencyTable.load(opts.latency_table))
+    on = {i: m for i, m in solver.multiple.items() if m > 1}
+    log(f"--round-to auto: {len(on)} of {len(solver.multiple)} convs round their kept count up to "
+        f"a multiple of {max(on.values(), default=1)} (the table measured that alignment pays there)")
+    return {"table": opts.latency_table, "multiples": on}
 
 
 def _latency_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[np.ndarray, dict[str, Any]]:

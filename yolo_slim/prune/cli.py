@@ -49,7 +49,14 @@ def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--rank-batches", type=number(int, min=1), default=2, help="--importance rank: batches of --data")
     p.add_argument("--layer-keep", type=number(float, min=0, max=1), default=0.0,
                    help="keep at least this fraction (and at least 1) of every layer")
-    p.add_argument("--round-to", type=number(int, min=1), default=1, help="channel counts multiple of N")
+    p.add_argument("--round-to", type=round_to_arg, default=None,
+                   help="channel counts multiple of N, or auto: the latency table's block where it "
+                        "measured that alignment pays (default: auto with --dead, else 1)")
+
+
+def round_to_arg(text: str) -> int | str:
+    """--round-to N (>= 1) or auto."""
+    return "auto" if text == "auto" else number(int, min=1)(text)
 
 
 def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
@@ -110,7 +117,8 @@ def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dic
 def channel_options(a: argparse.Namespace) -> PruneOptions:
     return PruneOptions(strategy=a.strategy, global_percent=a.global_percent,
                         threshold=a.threshold, target_flops=a.target_flops,
-                        layer_keep=a.layer_keep, round_to=a.round_to,
+                        layer_keep=a.layer_keep,
+                        round_to=a.round_to or ("auto" if getattr(a, "dead", None) else 1),
                         img_size=(a.img_size, a.img_size) if a.img_size else None, seed=a.seed,
                         importance=a.importance, rank_batches=a.rank_batches,
                         rank_data=getattr(a, "data", None),

@@ -63,8 +63,9 @@ def latency_keep(solver, table: LatencyTable, target_ms: float) -> tuple[np.ndar
     in_cnt = {i: len(g.in_nodes(i)) for i in g.conv_nodes}
     floor = {i: max(1, math.ceil(solver.layer_keep * n - 1e-9)) for i, n in out_cnt.items()}
     ms = {i: table.conv_ms(keys[i], in_cnt[i], out_cnt[i]) for i in keys}
-    units = []  # per unit: its cuttable class roots, lowest score first (ties: class id)
-    for u in solver.units():
+    units, mults = [], []  # per unit: its cuttable class roots, lowest score first (ties: class
+    for u in solver.units():  # id); the multiple its counts keep (--round-to, auto's per conv)
+        mults.append(math.lcm(solver.round_to, *[solver.multiple.get(i, 1) for i in u]))
         roots = np.unique(np.concatenate([g.root[g.conv_nodes[i]] for i in u]))
         roots = roots[cut_ok[roots]]
         units.append(roots[np.lexsort((roots, score[roots]))].tolist())
@@ -89,7 +90,7 @@ def latency_keep(solver, table: LatencyTable, target_ms: float) -> tuple[np.ndar
     def move(k: int) -> tuple[float, int, dict, dict] | None:
         """Best (ratio, n, out counts, in counts) of unit k's moves, or None."""
         left, best = len(units[k]) - pos[k], None
-        mult = solver.round_to
+        mult = mults[k]
         goals = [mult] + ([mult * align // math.gcd(mult, align)] if aligned[k] else [])
         for m in goals:
             for n in range(1, min(left, 4 * max(goals)) + 1):
@@ -131,7 +132,7 @@ def latency_keep(solver, table: LatencyTable, target_ms: float) -> tuple[np.ndar
     for k, roots in enumerate(units):
         keep_root[roots[:pos[k]]] = False
     keep_node = keep_root[g.root]
-    solver._enforce(keep_root, keep_node)  # the floors were honoured: this changes nothing
+    solver._enforce(keep_root, keep_node)  # floors and multiples were honoured: changes nothing
     cin = {i: int(keep_node[g.in_nodes(i)].sum()) for i in g.conv_nodes}
     cout = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
     pred = table.total(sum(table.conv_ms(keys[i], cin[i], cout[i]) for i in keys))

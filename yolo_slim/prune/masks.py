@@ -35,6 +35,9 @@ class MaskSolver:
             raise YoloSlimError(f"--round-to must be >= 1, got {round_to}")
         self.g, self.gamma, self.strategy = g, abs_gamma, strategy
         self.layer_keep, self.round_to, self.img_hw = layer_keep, round_to, tuple(img_hw)
+        # per conv: the multiple its kept count is rounded up to instead of round_to
+        # (--round-to auto: where the latency table says the runtime is faster; cut_cost.py)
+        self.multiple: dict[int, int] = {}
         self.prunable = prunable_of(g, strategy)
         n = len(g.root)
         pnodes = np.zeros(n, bool)
@@ -102,10 +105,11 @@ class MaskSolver:
             self._enforce(keep_root, keep_node)
         return keep_node
 
-    def _need(self, count: int, total: int) -> int:
+    def _need(self, count: int, total: int, conv: int | None = None) -> int:
         need = max(count, 1, math.ceil(self.layer_keep * total - 1e-9))
-        if self.round_to > 1 and need < total:  # round up, never down: never to 0
-            need = min(total, math.ceil(need / self.round_to) * self.round_to)
+        m = self.multiple.get(conv, self.round_to)
+        if m > 1 and need < total:  # round up, never down: never to 0
+            need = min(total, math.ceil(need / m) * m)
         return need
 
     def _enforce(self, keep_root: np.ndarray, keep_node: np.ndarray) -> None:
@@ -117,7 +121,7 @@ class MaskSolver:
             for i, nodes in self.g.conv_nodes.items():
                 k = keep_node[nodes]
                 count = int(k.sum())
-                need = self._need(count, len(nodes))
+                need = self._need(count, len(nodes), i)
                 if count >= need:
                     continue
                 cut = nodes[~k]

@@ -110,6 +110,26 @@ def measure_hook(threads: int | None = 2, batch: int = 1, rounds: int = 30):
     return measure
 
 
+def table_measure_hook(table: str, rounds: int = 30):
+    """measure_hook with the threads and batch the table was measured with."""
+    meta = LatencyTable.load(table).meta
+    return measure_hook(meta.get("threads") or 2, meta.get("batch", 1), rounds)
+
+
+def sparse_hooks(cfg, model: Darknet, resumed: bool = False) -> list:
+    """The sparsity hooks of train_sparse.py / distill.py --sr: the latency table measured now
+    or taken from the cache when the penalty or a latency target needs one (opt.json keeps its
+    path, so --resume reads the same table), and the runtime timer of latency targets."""
+    from yolo_slim.train.sparse_setup import make_train_hooks
+    if not cfg.sr:
+        return []
+    target = cfg.target_speedup or cfg.target_latency
+    if (cfg.sparsity_weight == "latency" or target) and not cfg.latency_table and not resumed:
+        cfg.latency_table = ensure_table(cfg.cfg or cfg.weights,
+                                         (cfg.img_size,) * 2 if cfg.img_size else None)
+    return list(make_train_hooks(cfg, model, table_measure_hook(cfg.latency_table) if target else None))
+
+
 def for_script(a, opts):
     """The pruning scripts' latency wiring: (PruneOptions with the table, measure hook, table
     path), the table measured or taken from the cache, when a latency target or

@@ -104,17 +104,24 @@ class TrainConfig:
         "choices": ["prox", "subgradient"],
         "help": "prox: group soft-threshold on (gamma, beta) after each step, dead channels "
                 "exactly 0; subgradient: s*sign(gamma) added to the gradient (older tools)"})
-    sparsity_weight: str = field(default="uniform", metadata={
-        "choices": ["uniform", "flops", "latency"],
+    sparsity_weight: str = field(default="auto", metadata={
+        "choices": ["auto", "uniform", "flops", "latency"],
         "help": "what a channel costs, for the penalty: uniform (every channel alike), the "
-                "FLOPs removing it saves, or the latency it saves by --latency-table"})
+                "FLOPs removing it saves, or the latency it saves by --latency-table; auto: "
+                "latency with a latency target, else uniform"})
     latency_table: str = field(default="", metadata={
-        "help": "--sparsity-weight latency: the latency table (JSON of python -m "
+        "help": "--sparsity-weight latency, --target-speedup/--target-latency: the latency table (JSON of python -m "
                 "yolo_slim.tools.latency; default: measured now or reused from the cache for this "
                 "cfg at --img-size, onnxruntime CPU, 2 threads)"})
     target_flops: float = field(default=0.0, metadata={
         "min": 0, "lt": 1, "help": "--sr prox: adapt s so the dead channels remove all but this "
                                    "share of the FLOPs (0 = off, fixed s)"})
+    target_speedup: float = field(default=0.0, metadata={
+        "min": 0, "help": "--sr prox: the dead channels make the model X times faster on the "
+                          "latency table's runtime (predicted, corrected every epoch by timing "
+                          "the compact model; 0 = off)"})
+    target_latency: float = field(default=0.0, metadata={
+        "min": 0, "help": "--sr prox: as --target-speedup, to MS milliseconds (0 = off)"})
     target_layer_keep: float = field(default=0.1, metadata={
         "min": 0, "max": 1, "help": "--target-flops: every conv keeps at least this share of its "
                                     "channels alive (and at least 1)"})

@@ -41,6 +41,7 @@ import torch
 from yolo_slim.analysis.cost import conv_flops_table
 from yolo_slim.analysis.graph import build_graph, prunable_of
 from yolo_slim.analysis.latency import LatencyTable, class_latency_saving
+from yolo_slim.prune.cut_cost import cut_cost
 
 WEIGHTS = ("uniform", "flops", "latency")
 
@@ -51,7 +52,7 @@ class ChannelClasses:
 
     def __init__(self, model: torch.nn.Module, strategy: str, img_hw: tuple[int, int],
                  weight: str = "uniform", layer_keep: float = 0.0,
-                 latency: LatencyTable | None = None):
+                 latency: LatencyTable | None = None, metric: str = "flops"):
         if weight not in WEIGHTS:
             raise ValueError(f"sparsity weight must be one of {WEIGHTS}, not {weight!r}")
         model = getattr(model, "module", model)
@@ -74,11 +75,13 @@ class ChannelClasses:
         full = conv_flops_table(g.defs, img_hw)
         self.flops_full = float(sum(full.values()))
         self.convs = []  # (factor, class ids of input channels, of output channels; -1: never cut)
+        self.conv_ids = []  # the layer index of each
         saving = np.zeros(self.n)
         for i, f in full.items():
             cin, cout = cls_of_root[g.root[g.in_nodes(i)]], cls_of_root[g.root[g.conv_nodes[i]]]
             fac = f / (len(cin) * len(cout))
             self.convs.append((fac, cin, cout))
+            self.conv_ids.append(i)
             saving += fac * len(cout) * np.bincount(cin[cin >= 0], minlength=self.n)
             saving += fac * len(cin) * np.bincount(cout[cout >= 0], minlength=self.n)
         self.saving = saving
@@ -109,6 +112,24 @@ class ChannelClasses:
         # (m = 2..) as one channel: it never died and the target gutted everything else
         w = cost / np.sqrt(self.members)
         self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
+        # what a dead set costs, by the pruner's own rule (prune/cut_cost.py): its floors, and
+        # --round-to auto's multiples when there is a table; FLOPs, or the table's latency
+        if metric not in ("flops", "latency") or (metric == "latency" and latency is None):
+            raise ValueError(f"cost metric must be flops or latency (with a table), not {metric!r}")
+        self.cut = cut_cost(g, strategy, img_hw, latency, "auto")
+        if metric == "flops":
+            self.cut.table, self.cut.metric = None, "flops"  # counts rounded by the table, FLOPs
+            self.cut.full = self.cut.cost(np.ones(len(g.root), bool))
+        # the penalised conv channels of each node (others are never dead to the pruner)
+        self.node_cls = np.full(len(g.root), -1, np.int64)
+        for i in self.layers:
+            c = cls_of_root[g.root[g.conv_nodes[i]]]
+            self.node_cls[g.conv_nodes[i]] = c
+
+    # a target counts as met within this share of it: 0 for FLOPs ("at most F"); a latency
+    # target gets 2% (set by the sparsity hook): below the runtime's timing noise, and it stops
+    # the cut from killing one more block for a 0.1% miss of a prediction
+    slack = 0.0
 
     # False: only γ is shrunk and counted (--target-kill path-fold): a channel at γ = 0 outputs
     # the constant act(β), which the cut folds into its consumers instead of losing it
@@ -160,15 +181,19 @@ class ChannelClasses:
             sq.index_add_(0, cls, v[sel].float().cpu() ** 2)
         return sq
 
+    def keep_if_cut(self, dead: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The per-node keep vector the pruner's --dead cut leaves for these dead classes."""
+        d = np.append(np.asarray(dead, bool), False)  # index -1: not penalised, never dead
+        return self.cut.keep_of_dead(d[self.node_cls])
+
     def flops_if_cut(self, dead: torch.Tensor | np.ndarray) -> float:
-        """FLOPs of the model without the dead classes, as a share of the full model (every conv
-        keeps at least one input and output channel, as the pruner's floor does)."""
-        keep = ~np.asarray(dead, bool)
-        keep = np.append(keep, True)  # index -1: channels that are never cut
-        total = 0.0
-        for fac, cin, cout in self.convs:
-            total += fac * max(1, int(keep[cin].sum())) * max(1, int(keep[cout].sum()))
-        return total / self.flops_full
+        """FLOPs of the model the pruner cuts from these dead classes, as a share of the full."""
+        sv = self.cut.solver
+        return sv.flops(self.keep_if_cut(dead)) / sv.flops_full
+
+    def cost_if_cut(self, dead: torch.Tensor | np.ndarray) -> float:
+        """The cost model's share (FLOPs, or predicted latency) of that cut model."""
+        return self.cut.share(self.keep_if_cut(dead))
 
     def channel_weights(self) -> list[torch.Tensor]:
         """Per prunable layer, the subgradient's weight of every BN channel (1 where not
@@ -185,35 +210,53 @@ class ChannelClasses:
             out.append(w)
         return out
 
+    def _conv_cost(self, j: int, kin: int, kout: int) -> float:
+        """conv j (of self.convs) at these kept counts, its output count rounded up as the cut
+        rounds it: the greedy's incremental estimate of the cost model."""
+        i = self.conv_ids[j]
+        m = self.cut.solver.multiple.get(i, 1)
+        full_out = len(self.convs[j][2])
+        kout = max(1, kout)
+        if m > 1 and kout < full_out:
+            kout = min(full_out, -(-kout // m) * m)
+        return self.cut.conv_cost(i, max(1, kin), kout)
+
     def cut_to_target(self, dead: torch.Tensor, target: float,
                       scores: torch.Tensor | None = None) -> torch.Tensor:
         """`dead` plus live classes, cheapest first (smallest ‖(γ, β)‖ / w, or scores / w), until
-        the FLOPs if cut are at most `target`; a class that would take a conv below its floor of
-        output channels (layer_keep, at least 1) is skipped. Greedy, FLOPs updated
-        incrementally."""
+        the cost model's share if cut (cost_if_cut: FLOPs or predicted latency) is at most
+        `target`; a class that would take a conv below its floor of output channels
+        (layer_keep, at least 1) is skipped. Greedy on a per-conv estimate updated
+        incrementally; once the estimate meets the target, the exact rule decides."""
         dead = dead.clone()
+        target = target * (1 + self.slack)
         keep = np.append(~dead.numpy(), True)
         kin = [int(keep[cin].sum()) for _, cin, _ in self.convs]
         kout = [int(keep[cout].sum()) for _, _, cout in self.convs]
-        fac = [c[0] for c in self.convs]
-        total = sum(f * max(1, a) * max(1, b) for f, a, b in zip(fac, kin, kout))
-        goal = target * self.flops_full
-        if total <= goal:
+        cost = [self._conv_cost(j, a, b) for j, (a, b) in enumerate(zip(kin, kout))]
+        full = sum(self._conv_cost(j, len(c[1]), len(c[2])) for j, c in enumerate(self.convs))
+        total = sum(cost)
+        if self.cost_if_cut(dead) <= target:
             return dead
         live = torch.nonzero(~dead).flatten()
         value = self.norms() if scores is None else scores
         order = live[torch.argsort(value[live] / self.weight[live], stable=True)].tolist()
+        every, since = max(1, len(order) // 100), 0
         for r in order:
             t = self.touch[r]
             if any(kout[j] - n_out < self.floor[j] for j, _, n_out in t if n_out):
                 continue
             for j, n_in, n_out in t:
-                total -= fac[j] * max(1, kin[j]) * max(1, kout[j])
                 kin[j] -= n_in
                 kout[j] -= n_out
-                total += fac[j] * max(1, kin[j]) * max(1, kout[j])
+                total -= cost[j]
+                cost[j] = self._conv_cost(j, kin[j], kout[j])
+                total += cost[j]
             dead[r] = True
-            if total <= goal:
+            # the estimate ignores rounded input counts (it errs high): near the goal, or every
+            # few classes, the exact rule decides
+            since += 1
+            if (total <= 1.1 * target * full or since % every == 0) and self.cost_if_cut(dead) <= target:
                 break
         return dead
 

@@ -9,7 +9,9 @@ Either runs once per optimizer step, after backward, after the AMP scaler has un
 gradients and after DDP's all-reduce (the engine's after_backward/after_step order), so its
 strength is independent of the loss scale, the batch size and gradient accumulation. Both take
 per-channel weights (`--sparsity-weight`); with `--target-flops F` (prox) a controller sets s, or
-(`--target-kill path`) classes fade out along a path, so the dead channels leave F of the FLOPs.
+(`--target-kill path`) classes fade out along a path, so the dead channels leave F of the FLOPs;
+with `--target-speedup X` / `--target-latency MS` the same controller steers on the latency the
+table predicts for the compact model, corrected every epoch by timing it (train/latency_loop.py).
 
 The saved models hold the exact zeros: the prox runs after every step (momentum or a gradient
 may move a zeroed pair on the next step; the prox then decides again), and `finalize` zeroes the
@@ -33,6 +35,7 @@ from yolo_slim.nn.model import Darknet
 from yolo_slim.train.engine import TrainHooks
 from yolo_slim.train.gamma_plot import GammaHistory
 from yolo_slim.analysis.latency import LatencyTable
+from yolo_slim.train.latency_loop import MeasuredTarget
 from yolo_slim.train.prox import ChannelClasses, FlopsController
 
 SCHEDULES = ("constant", "global-decay", "local-decay")
@@ -113,6 +116,7 @@ class BNSparsity:
         return out
 
 
+LATENCY_SLACK = 0.02  # a latency target is met within 2% of its predicted share (prox.py)
 FADE = 0.1  # --target-kill path: share of the shrink phase over which a class fades to zero
 
 
@@ -125,10 +129,16 @@ class SparsityHook(TrainHooks):
                  output_dir: str, update: str = "prox", weight: str = "uniform",
                  target_flops: float = 0.0, recover: float = 0.3,
                  img_hw: tuple[int, int] = (416, 416), layer_keep: float = 0.1,
-                 latency: LatencyTable | None = None, kill: str = "all", importance: str = "norm"):
+                 latency: LatencyTable | None = None, kill: str = "all", importance: str = "norm",
+                 latency_target: MeasuredTarget | None = None):
         self.kill, self.importance = kill, importance
         self.taylor: torch.Tensor | None = None  # summed squared Taylor scores per class
-        self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep, latency)
+        self.classes = ChannelClasses(model, strategy, img_hw, weight, layer_keep, latency,
+                                      "latency" if latency_target else "flops")
+        self.loop = latency_target  # --target-speedup/--target-latency (train/latency_loop.py)
+        if latency_target is not None:
+            target_flops = latency_target.controller_target()
+            self.classes.slack = LATENCY_SLACK
         self.classes.with_beta = kill != "path-fold"
         ws = self.classes.channel_weights() if weight != "uniform" else None  # None: exactly 1
         self.sp = BNSparsity(model, self.classes.layers, schedule, ws)
@@ -143,6 +153,9 @@ class SparsityHook(TrainHooks):
 
     def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
         self.epoch = epoch
+        if self.loop is not None and self.controller is not None and not self.controller.frozen:
+            self.loop.sync()  # the last epoch's measurement corrects the target
+            self.controller.target = self.loop.controller_target()
 
     def after_backward(self, model: torch.nn.Module, step: int) -> None:
         if self.update == "subgradient":
@@ -180,7 +193,7 @@ class SparsityHook(TrainHooks):
             self.last_dead = self.fade(progress)
             return
         if c is not None:
-            self.s_now = c.update(progress, cl.flops_if_cut(self.last_dead))
+            self.s_now = c.update(progress, cl.cost_if_cut(self.last_dead))
             # only the classes that reaching the target needs (the dead + the cheapest live ones
             # by ‖(γ, β)‖ / w) are shrunk: the penalty never pushes the cut past the target
             s = cl.cut_to_target(self.last_dead, c.target).float() * self.s_now
@@ -212,6 +225,7 @@ class SparsityHook(TrainHooks):
         norms = cl.norms()
         new = need & (self.entry == 0) & (norms > 0)
         self.entry[new] = norms[new]
+        self.entry[~need] = 0  # a class the path no longer needs stops fading where it is
         span = FADE * (1 - c.recover)
         dp, c.progress = max(progress - c.progress, 0.0), progress
         self.s_now = float((self.entry > 0).sum() - self.last_dead.sum())  # classes fading now
@@ -229,13 +243,16 @@ class SparsityHook(TrainHooks):
     def dead_stats(self) -> dict[str, float]:
         dead = self.classes.dead()
         n_dead = int(self.classes.members[dead.numpy()].sum())
+        lat = {"latency_if_cut": self.classes.cost_if_cut(dead)} if self.loop is not None else {}
         return {"dead": n_dead, "dead_share": n_dead / max(1, int(self.classes.members.sum())),
-                "flops_if_cut": self.classes.flops_if_cut(dead),
+                "flops_if_cut": self.classes.flops_if_cut(dead), **lat,
                 ("fading" if self.kill.startswith("path") else "s_mean"): self.s_now}
 
     def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
         import os
         st = {**self.sp.stats(), **self.dead_stats()}
+        if self.loop is not None:  # the compact model of this dead set, timed on the runtime
+            st.update(self.loop.update(model, st["latency_if_cut"]))
         self.history.add(epoch, self.sp.abs_gamma(), f"dead {st['dead']}  FLOPs if cut "
                          f"{100 * st['flops_if_cut']:.0f}%  "
                          + (f"fading {st['fading']:.0f}" if "fading" in st else f"s {st['s_mean']:.3g}"))
@@ -246,7 +263,7 @@ class SparsityHook(TrainHooks):
         return {"history": self.history.state(), "s_now": self.s_now,
                 "controller": self.controller.state_dict() if self.controller else None,
                 "frozen_dead": self.frozen_dead, "last_dead": self.last_dead, "entry": self.entry,
-                "taylor": self.taylor}
+                "taylor": self.taylor, "loop": self.loop.state_dict() if self.loop else None}
 
     def load_state_dict(self, state: dict) -> None:
         if "history" in state:
@@ -258,6 +275,8 @@ class SparsityHook(TrainHooks):
         self.last_dead = state.get("last_dead")
         self.entry = state.get("entry")
         self.taylor = state.get("taylor")
+        if self.loop is not None and state.get("loop"):
+            self.loop.load_state_dict(state["loop"])
 
 
 def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule, epochs: int,
@@ -268,63 +287,12 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
             else "L1 subgradient on gamma")
     how = (f"channels fading along the FLOPs path by {hook.importance}" if hook.kill.startswith("path")
            else "s adapted")
-    goal = (f", {how} for FLOPs <= {kw['target_flops']} (last {kw.get('recover', 0.3)} of "
-            f"the run frozen)" if kw.get("target_flops") else "")
+    lt = kw.get("latency_target")
+    what_goal = (f"predicted latency <= {lt.desired():.3g} of the uncut model, corrected by the "
+                 f"runtime every epoch" if lt else f"FLOPs <= {kw.get('target_flops')}")
+    goal = (f", {how} for {what_goal} (last {kw.get('recover', 0.3)} of the run frozen)"
+            if kw.get("target_flops") or lt else "")
     print(f"sparsity: {what}, s={schedule.s} ({schedule.kind}, {kw.get('weight', 'uniform')} "
           f"weights{goal}) on {len(hook.classes.layers)} prunable BN layers "
           f"({sum(g.numel() for g in hook.sp.gammas)} channels, strategy '{strategy}')")
     return hook
-
-
-PRUNE_STRATEGY = {0: "normal", 1: "shortcut"}  # --prune 0|1, the names users know
-
-
-def make_train_hooks(cfg, model: Darknet) -> list:
-    """train_sparse.py --sr: the sparsity hook configured from the TrainConfig flags."""
-    from yolo_slim.core.errors import YoloSlimError
-    from yolo_slim.darknet.cfg import net_size
-    from yolo_slim.train.prox import WEIGHTS
-    if cfg.prune not in PRUNE_STRATEGY:
-        raise YoloSlimError(f"--prune must be 0 (normal) or 1 (shortcut/slim), not {cfg.prune}")
-    kind = cfg.sparsity or "constant"
-    if kind not in SCHEDULES:
-        raise YoloSlimError(f"--sparsity must be one of {', '.join(SCHEDULES)}, not {kind!r}")
-    if cfg.s <= 0:
-        raise YoloSlimError(f"--s must be positive, not {cfg.s}")
-    if not (0 <= cfg.sparsity_decay_start <= 1 and 0 <= cfg.sparsity_decay_factor <= 1
-            and 0 <= cfg.sparsity_keep_fraction <= 1):
-        raise YoloSlimError("--sparsity-decay-start, --sparsity-decay-factor and "
-                            "--sparsity-keep-fraction must be in [0, 1]")
-    update = getattr(cfg, "sparsity_update", "subgradient")
-    weight = getattr(cfg, "sparsity_weight", "uniform")
-    target, recover = getattr(cfg, "target_flops", 0.0), getattr(cfg, "target_recover", 0.3)
-    layer_keep = getattr(cfg, "target_layer_keep", 0.1)
-    if update not in ("prox", "subgradient"):
-        raise YoloSlimError(f"--sparsity-update must be prox or subgradient, not {update!r}")
-    if weight not in WEIGHTS:
-        raise YoloSlimError(f"--sparsity-weight must be one of {', '.join(WEIGHTS)}, not {weight!r}")
-    if target:
-        if not 0 < target < 1:
-            raise YoloSlimError(f"--target-flops must be in (0, 1), not {target}")
-        if update != "prox":
-            raise YoloSlimError("--target-flops needs --sparsity-update prox (only the prox "
-                                "step makes channels dead)")
-        if kind != "constant":
-            raise YoloSlimError("--target-flops sets s itself: leave --sparsity constant")
-        if not 0 <= recover < 1:
-            raise YoloSlimError(f"--target-recover must be in [0, 1), not {recover}")
-    latency = None
-    if weight == "latency":
-        path = getattr(cfg, "latency_table", "")
-        if not path:  # train_sparse.py measures or finds the cached table and sets the path
-            raise YoloSlimError("--sparsity-weight latency needs --latency-table")
-        latency = LatencyTable.load(path)
-    schedule = SparsitySchedule(s=cfg.s, kind=kind, decay_start=cfg.sparsity_decay_start,
-                                decay_factor=cfg.sparsity_decay_factor,
-                                keep_fraction=cfg.sparsity_keep_fraction)
-    img = cfg.img_size or net_size(getattr(model, "module", model).module_defs)[1]
-    return [make_sparsity_hook(model, PRUNE_STRATEGY[cfg.prune], schedule, cfg.epochs,
-                               cfg.output_dir, update=update, weight=weight, target_flops=target,
-                               recover=recover, img_hw=(img, img), layer_keep=layer_keep,
-                               latency=latency, kill=getattr(cfg, "target_kill", "all"),
-                               importance=getattr(cfg, "target_importance", "norm"))]
