@@ -7,8 +7,8 @@
 # Stages (each reads the previous stage's files under RUN and can be run alone):
 #   make data baseline sparse prune prune-layers finetune export report bench
 # Beyond one-shot slimming (each from the same RUN's sparse or baseline model):
-#   make sensitivity   per-layer cuts for TARGET_FLOPS under MAX_DROP, then prune with them
-#   make iterate       ROUNDS x (prune to ROUND_FLOPS -> fine-tune ROUND_EPOCHS), early stop
+#   make sensitivity   per-layer cuts for TARGET_FLOPS (or TARGET_SPEEDUP) under MAX_DROP, then prune
+#   make iterate       ROUNDS x (prune to ROUND_FLOPS -> fine-tune ROUND_EPOCHS), early stop (or TARGET_SPEEDUP)
 #   make unstructured  AMOUNT of the weights zeroed vs channel pruning: sizes and latency
 #   make quantize      redo the INT8 ONNX (export writes it) with CALIB_IMAGES, CALIB_METHOD; REPORT
 # Override any variable on the command line, e.g.
@@ -19,7 +19,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
        PRUNE STRATEGY PERCENT KEEP SHORTCUTS IMPORTANCE KD TEACHER T_CFG TRAIN_ARGS \
-       TARGET_FLOPS MAX_DROP ROUNDS ROUND_FLOPS ROUND_SPEEDUP ROUND_EPOCHS AMOUNT CALIB_IMAGES CALIB_METHOD \
+       TARGET_FLOPS TARGET_SPEEDUP MAX_DROP ROUNDS ROUND_FLOPS ROUND_SPEEDUP ROUND_EPOCHS AMOUNT CALIB_IMAGES CALIB_METHOD \
        SPARSE_UPDATE SPARSE_WEIGHT SPARSE_TARGET SPARSE_RECOVER LATENCY_REPORT LABELS SLIM_ARGS SEED
 
 .PHONY: help install test real-assets slim real data baseline sparse prune prune-layers finetune export report \

@@ -46,6 +46,8 @@ ROUNDS=${ROUNDS:-3}                         # iterate: rounds of prune -> fine-t
 ROUND_FLOPS=${ROUND_FLOPS:-0.8}             # iterate: each round keeps this share of the current FLOPs
 ROUND_SPEEDUP=${ROUND_SPEEDUP:-0}           # iterate: > 1 = each round this much faster on ORT CPU (instead of ROUND_FLOPS)
 ROUND_EPOCHS=${ROUND_EPOCHS:-2}             # iterate: fine-tuning epochs per round
+TARGET_SPEEDUP=${TARGET_SPEEDUP:-}          # sensitivity / iterate: X times faster on ORT CPU instead of
+                                            # TARGET_FLOPS / ROUND_FLOPS (iterate: the whole run); '' = off
 AMOUNT=${AMOUNT:-0.5}                       # unstructured: share of conv weights zeroed
 # extra flags for every training stage; the default is the short-schedule recipe the demo
 # needs on 2 CPU cores (no gradient accumulation, higher LR and class gain, 1 warm-up epoch)

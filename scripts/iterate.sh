@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Iterative pruning of the sparse model: ROUNDS x (cut to ROUND_FLOPS of the current FLOPs ->
 # fine-tune ROUND_EPOCHS epochs with KD from the baseline), stopping after a round that loses more
-# than MAX_DROP mAP@0.5 -> $RUN/iterate/round_k/{prune,train}/, summary.json
+# than MAX_DROP mAP@0.5 -> $RUN/iterate/round_k/{prune,train}/, summary.json. With TARGET_SPEEDUP,
+# the whole run that much faster on ORT CPU instead (stops once measured there)
 # Run it again to resume after an interruption. With arguments, they all go to yolo_slim.tools.iterate
 # instead of the defaults:
 #   scripts/iterate.sh --cfg c.cfg --weights w.pt --data d.data --rounds 3 --output-dir runs/iter
@@ -33,9 +34,11 @@ for ((i = 0; i < ${#words[@]}; i++)); do
         TRAIN+=(--train "$name=true")
     fi
 done
+ROUND=(--per-round-flops "$ROUND_FLOPS" --per-round-speedup "$ROUND_SPEEDUP")
+[[ -n $TARGET_SPEEDUP ]] && ROUND=(--target-speedup "$TARGET_SPEEDUP")  # the whole run; rounds derived
 mkdir -p "$OUT"
 log_run "$PY" -m yolo_slim.tools.iterate --cfg "$CFG" --weights "$RUN/sparse/best.pt" --data "$DATA" \
-    --rounds "$ROUNDS" --per-round-flops "$ROUND_FLOPS" --per-round-speedup "$ROUND_SPEEDUP" --epochs-per-round "$ROUND_EPOCHS" \
+    --rounds "$ROUNDS" "${ROUND[@]}" --epochs-per-round "$ROUND_EPOCHS" \
     --max-drop "$MAX_DROP" --strategy "$STRATEGY" --importance "$IMPORTANCE" --layer-keep "$KEEP" \
     --kd "$KD" --img-size "$IMG" --batch-size "$BATCH" --train "workers=$WORKERS" \
     ${DEVICE:+--train "device=$DEVICE"} "${TRAIN[@]}" --output-dir "$OUT"

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -164,16 +166,23 @@ def test_script_defaults_pass_train_args(tmp_path, repo_root):
                                             "ema": False, "lr_steps": [0.5, 0.8], "mosaic": 1.0}
     assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
     assert (tmp_path / "run" / "iterate" / ".done").is_file()
+    assert args[args.index("--per-round-flops") + 1] == "0.8" and "--target-speedup" not in args
+    # TARGET_SPEEDUP: the whole run's target instead of the per-round cut (never both)
+    p = subprocess.run(["bash", str(repo_root / "scripts" / "iterate.sh")], capture_output=True, text=True,
+                       env={**env, "RUN": str(tmp_path / "run2"), "TARGET_SPEEDUP": "2.5"}, timeout=60)
+    args = p.stdout.split()
+    assert p.returncode == 0 and args[args.index("--target-speedup") + 1] == "2.5"
+    assert "--per-round-flops" not in args and "--per-round-speedup" not in args
 
 
-def test_per_round_speedup_cuts_the_current_model(setup, monkeypatch):
-    """--per-round-speedup X: each round asks the latency table for X times faster than the
-    model it starts from (not than the original), and each round's prune report holds the
-    closed loop's measurements (faked here: the runtime = the table's prediction)."""
+def speed_setup(root, cfg: str, monkeypatch, current_ms: float | None = None) -> tuple[str, Any]:
+    """A fake latency table of the tiny cfg (saved, path returned) and a fake runtime in place of
+    tools/latency.measure_hook: every model runs at the table's prediction, ratios to the first
+    model timed (as models_latency reports them); `current_ms`: iterate's fine-tuned model
+    ("current") is timed at that instead."""
     from yolo_slim.analysis.latency import measure_table
     from yolo_slim.darknet.cfg import parse_cfg
     from yolo_slim.tools import latency as tl
-    root, cfg, wts, data = setup
 
     def timer(spec, cin, cout):
         h, w = spec["in_hw"]
@@ -185,18 +194,98 @@ def test_per_round_speedup_cuts_the_current_model(setup, monkeypatch):
     def fake_hook(*a, **k):
         def measure(models, hw):
             t = {n: table.predict(m.module_defs)["total_ms"] for n, m in models.items()}
-            return {"models": {n: {"median_ms": v, "ratio_median": v / t["before"]} for n, v in t.items()}}
+            if current_ms is not None and "current" in t:
+                t["current"] = current_ms
+            ref = t[next(iter(t))]
+            return {"models": {n: {"median_ms": v, "ratio_median": v / ref} for n, v in t.items()}}
         return measure
     monkeypatch.setattr(tl, "measure_hook", fake_hook)
+    return path, table
+
+
+def round_latency(out, k: int) -> dict:
+    with open(out / f"round_{k}" / "prune" / "prune_report.json") as f:
+        return json.load(f)["latency"]
+
+
+def test_per_round_speedup_cuts_the_current_model(setup, monkeypatch):
+    """--per-round-speedup X: each round asks the latency table for X times faster than the
+    model it starts from (not than the original), and each round's prune report holds the
+    closed loop's measurements (faked here: the runtime = the table's prediction)."""
+    root, cfg, wts, data = setup
+    path, _ = speed_setup(root, cfg, monkeypatch)
     res = run(cfg, wts, data, str(root / "speed"), opts(per_round_speedup=1.25, latency_table=path,
                                                         epochs_per_round=1, img_size=64), log=lambda *a: None)
     assert [r["round"] for r in res["rounds"]] == [1, 2]
     speedups = []
     for k in (1, 2):
-        with open(root / "speed" / f"round_{k}" / "prune" / "prune_report.json") as f:
-            lat = json.load(f)["latency"]
+        lat = round_latency(root / "speed", k)
         assert abs(lat["closed_loop"]["measured_error"]) <= 0.05
         speedups.append(lat["measured_before_ms"] / lat["measured_ms"])
     assert speedups == pytest.approx([1.25, 1.25], rel=0.05)  # each round from its own start
     with pytest.raises(YoloSlimError, match="per-round-speedup"):
         run(cfg, wts, data, str(root / "bad"), opts(per_round_speedup=0.5), log=lambda *a: None)
+
+
+def test_target_speedup_derives_the_rounds(setup, monkeypatch):
+    """--target-speedup 1.69 over 2 rounds: round 1 asks 1.69 ** (1/2) = 1.3, round 2 what is
+    still missing (1.69 / measured so far), and the run ends at 1.69x measured."""
+    root, cfg, wts, data = setup
+    path, table = speed_setup(root, cfg, monkeypatch)
+    out = root / "whole"
+    res = run(cfg, wts, data, str(out), opts(target_speedup=1.69, latency_table=path, epochs_per_round=1,
+                                             img_size=64),
+              log=lambda *a: None)
+    assert [r["round"] for r in res["rounds"]] == [1, 2] and res["stopped"] is None
+    assert res["baseline"]["latency"] == {"ms": pytest.approx(2.0), "speedup": 1.0,
+                                          "remaining": pytest.approx(1.69)}
+    r1, r2 = (r["latency"] for r in res["rounds"])
+    assert r1["round_speedup"] == pytest.approx(1.3, rel=1e-12)
+    assert r2["round_speedup"] == pytest.approx(1.69 / r1["speedup"], rel=1e-12)
+    assert r1["speedup"] == pytest.approx(1.3, rel=0.05) and r2["round_speedup"] == pytest.approx(1.3, rel=0.06)
+    for k, r in ((1, r1), (2, r2)):  # what each round's pruning was asked, and what it measured
+        with open(out / f"round_{k}" / "prune" / "prune_report.json") as f:
+            rep = json.load(f)
+        assert rep["options"]["target_speedup"] == r["round_speedup"]
+        lat = rep["latency"]
+        assert lat["measured_before_ms"] / lat["measured_ms"] == pytest.approx(r["round_speedup"], rel=0.05)
+    assert r2["ms"] == pytest.approx(table.predict(parse_cfg_text(open(res["rounds"][1]["cfg"]).read()))["total_ms"])
+    assert res["target"]["speedup"] == pytest.approx(1.69, rel=0.05) and res["target"]["flag"] == "--target-speedup"
+
+
+def test_target_latency_stops_when_met(setup, monkeypatch):
+    """--target-latency MS: round 1 asks (measured ms / MS) ** (1 / rounds); once the fine-tuned
+    model is measured at or under MS (faked: 0.5 ms) the loop stops, whatever rounds are left."""
+    root, cfg, wts, data = setup
+    path, _ = speed_setup(root, cfg, monkeypatch, current_ms=0.5)
+    res = run(cfg, wts, data, str(root / "met"), opts(rounds=3, target_latency=1.0, latency_table=path,
+                                                      epochs_per_round=1, img_size=64), log=lambda *a: None)
+    assert len(res["rounds"]) == 1 and not (root / "met" / "round_2").exists()
+    assert res["rounds"][0]["latency"]["round_speedup"] == pytest.approx(2.0 ** (1 / 3), rel=1e-9)
+    assert res["rounds"][0]["latency"]["ms"] == 0.5 and res["rounds"][0]["latency"]["remaining"] == 0.5
+    assert res["stopped"] == "--target-latency met by round 1: 0.500 ms measured, 4.000x the original"
+    assert res["target"]["met"] is True
+    # the input model already under the target: nothing to do
+    res = run(cfg, wts, data, str(root / "met0"), opts(target_latency=3.0, latency_table=path, img_size=64),
+              log=lambda *a: None)
+    assert res["rounds"] == [] and res["stopped"].startswith("--target-latency met by the input model: 2.000 ms")
+
+
+def test_whole_run_target_refused_beside_per_round(setup, capsys):
+    """One clear line, exit 2, before any work: a whole-run target derives the per-round cut."""
+    from yolo_slim.tools.iterate import main
+    root, cfg, wts, data = setup
+    base = ["--cfg", cfg, "--weights", wts, "--data", data, "--output-dir", str(root / "both")]
+    for extra, flag in ((["--per-round-flops", "0.8"], "--per-round-flops"),
+                        (["--per-round-speedup", "1.5"], "--per-round-speedup")):
+        capsys.readouterr()
+        assert main(base + ["--target-speedup", "4"] + extra) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --target-speedup derives each round's speed-up: give it without {flag}\n"
+    assert main(base + ["--target-speedup", "4", "--target-latency", "3"]) == 2
+    assert "not both" in capsys.readouterr().err
+    with pytest.raises(YoloSlimError, match="--target-latency derives .* without --per-round-flops"):
+        run(cfg, wts, data, str(root / "both"), opts(target_latency=3.0, per_round_flops=0.5))
+    with pytest.raises(YoloSlimError, match="--target-speedup must be > 1"):
+        run(cfg, wts, data, str(root / "both"), opts(target_speedup=0.5))
+    assert not (root / "both").exists()

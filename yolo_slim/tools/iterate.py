@@ -6,7 +6,7 @@ r"""Iterative pruning: N rounds of prune a little -> fine-tune a few epochs, wit
 
 Layout of --output-dir (every round's files are kept):
   iterate.json              the options (a resumed run must be started with the same ones)
-  baseline.json             mAP@0.5 / FLOPs of the input model (the reference for --max-drop)
+  baseline.json             mAP@0.5 / FLOPs (/ ms) of the input model (the reference for --max-drop)
   round_k/prune/            prune_channels output of round k: <stem>.cfg/.weights, prune_report.json
   round_k/train/            the fine-tune run (engine: last.pt, best.pt, results.csv) and the
                             fine-tuned <stem>.cfg + <stem>.weights that round k+1 starts from
@@ -21,6 +21,12 @@ re-solved until within 5%), fine-tunes it through the same engine as train_spars
 --eval-images validation images. The loop stops after a round whose mAP@0.5 is more than
 --max-drop below the baseline; that round's files stay, summary.json names the last round
 within --max-drop.
+
+--target-speedup X / --target-latency MS set the whole run instead (not with --per-round-*): each
+round asks for the speed-up still missing, spread over the rounds left — (X / the speed-up so
+far) ** (1 / rounds left), so X ** (1 / --rounds) in round 1; (current ms / MS) ** (1 / rounds
+left) — and the loop stops once a fine-tuned model, timed interleaved with the original by the
+same measure as the rounds, meets the target (round.json and summary.json hold the numbers).
 
 Resume: run the same command again. Rounds with round.json are skipped; a pruned round is not
 pruned again; a half-finished fine-tune continues from its last.pt via the engine's --resume.
@@ -56,7 +62,9 @@ class IterateOptions:
     rank_batches: int = 2
     kd: str = "none"
     per_round_speedup: float = 0.0  # > 1: each round cuts to this measured speed-up instead of FLOPs
-    latency_table: str = ""  # with per_round_speedup (default: measured once, cached, for cfg)
+    latency_table: str = ""  # with a speed-up or latency target (default: measured once, cached, for cfg)
+    target_speedup: float = 0.0  # > 1: the whole run this much faster (measured); rounds' speed-ups derived
+    target_latency: float = 0.0  # > 0: the whole run down to this many measured ms
     train: dict[str, Any] = field(default_factory=dict)  # extra TrainConfig fields
 
 
@@ -105,6 +113,36 @@ def _write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
 
 
+def check_targets(opts: IterateOptions, given: Sequence[str] = ()) -> str | None:
+    """The whole-run latency target's flag (None: none), refused beside the per-round cut it
+    derives: with `given` (the flags of a command line), a --per-round-* flag given at all; else
+    one set off its default."""
+    from yolo_slim.core.cli import flag_name
+    whole = [k for k in ("target_speedup", "target_latency") if getattr(opts, k)]
+    per = [k for k in ("per_round_flops", "per_round_speedup")
+           if k in given or getattr(opts, k) != getattr(IterateOptions, k)]
+    if len(whole) > 1:
+        raise YoloSlimError("give --target-speedup or --target-latency, not both")
+    if whole and per:
+        raise YoloSlimError(f"{flag_name(whole[0])} derives each round's speed-up: give it without "
+                            + " / ".join(map(flag_name, per)))
+    if opts.target_speedup and not opts.target_speedup > 1 or opts.target_latency < 0:
+        raise YoloSlimError("--target-speedup must be > 1 and --target-latency > 0 ms (or 0: off)")
+    return flag_name(whole[0]) if whole else None
+
+
+def latency_gap(opts: IterateOptions, measure: Callable[..., dict], hw: tuple[int, int],
+                original: Any, current: Any = None) -> dict[str, Any]:
+    """The measured latency of `current` (None: the original) against the whole-run target:
+    `remaining` is the speed-up still to gain (<= 1: met). Timed interleaved with the original,
+    so the speed-up so far is a ratio from the same moments (machine load moves both)."""
+    models = {"original": original, **({} if current is None else {"current": current})}
+    cur = measure(models, hw)["models"][list(models)[-1]]
+    speedup = 1 / cur["ratio_median"] if current is not None else 1.0
+    rest = opts.target_speedup / speedup if opts.target_speedup else cur["median_ms"] / opts.target_latency
+    return {"ms": cur["median_ms"], "speedup": speedup, "remaining": rest}
+
+
 def _finetune(rd: str, cfg: str, weights: str, data: str, opts: IterateOptions, teacher,
               hooks: Sequence[Any]) -> str:
     """Fine-tune round `rd`'s pruned model (or resume it); returns the run dir."""
@@ -148,8 +186,11 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         raise YoloSlimError("--layer-keep must be in [0, 1] and --round-to >= 1")
     if opts.per_round_speedup and not opts.per_round_speedup > 1:
         raise YoloSlimError(f"--per-round-speedup must be > 1 (or 0: off), not {opts.per_round_speedup}")
+    target = check_targets(opts)
     os.makedirs(out_dir, exist_ok=True)
     saved = _read_json(os.path.join(out_dir, "iterate.json"))
+    if saved is not None:  # a run started before an option existed had its default
+        saved["options"] = {**asdict(IterateOptions()), **saved.get("options", {})}
     mine = {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)}
     if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(mine)):
         raise YoloSlimError(f"{out_dir} holds an iterative run with other inputs or options "
@@ -169,12 +210,18 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
     log(f"baseline: mAP@0.5 {base['map50']:.4f}, {base['flops']:,} FLOPs")
     teacher = model if opts.kd != "none" else None
     cut: dict[str, Any] = {"target_flops": opts.per_round_flops}
-    measure, table = None, None
-    if opts.per_round_speedup:
+    measure, table, gap = None, None, None
+    if opts.per_round_speedup or target:
         from yolo_slim.tools.latency import ensure_table, measure_hook
         table = opts.latency_table or ensure_table(cfg or weights, hw, log=log)
         cut = {"target_speedup": opts.per_round_speedup, "latency_table": table}
         measure = measure_hook()
+    if target:
+        if "latency" not in base:
+            base["latency"] = latency_gap(opts, measure, hw, model)
+            _write_json(base_path, base)
+        gap = base["latency"]
+        log(f"baseline: {gap['ms']:.3f} ms measured; {target} {opts.target_speedup or opts.target_latency}")
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     cur_cfg, cur_w = cfg, weights
     rounds: list[dict[str, Any]] = []
@@ -182,6 +229,12 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
     for k in range(1, opts.rounds + 1):
         rd = os.path.join(out_dir, f"round_{k}")
         done = _read_json(os.path.join(rd, "round.json"))
+        if gap is not None and gap["remaining"] <= 1:
+            stop = (f"{target} met by {f'round {k - 1}' if k > 1 else 'the input model'}: "
+                    f"{gap['ms']:.3f} ms measured, {gap['speedup']:.3f}x the original")
+            break
+        if gap is not None:  # what is left of the speed-up, spread evenly over the rounds left
+            cut["target_speedup"] = gap["remaining"] ** (1 / (opts.rounds - k + 1))
         if done is None:
             pd = os.path.join(rd, "prune")
             if _read_json(os.path.join(pd, "prune_report.json")) is None:
@@ -205,20 +258,28 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
                     "map50": m, "drop": base["map50"] - m,
                     "flops_fraction": model_flops(tuned, hw) / base["flops"],
                     "params": sum(p.numel() for p in tuned.parameters())}
+            if gap is not None:
+                done["latency"] = {**latency_gap(opts, measure, hw, model, tuned),
+                                   "round_speedup": cut["target_speedup"]}
             _write_json(os.path.join(rd, "round.json"), done)
         else:
             log(f"round {k}: complete, skipped")
         rounds.append(done)
+        lat = done.get("latency")
         log(f"round {k}: FLOPs {done['flops_fraction']:.3f} of the original, mAP@0.5 "
             f"{done['map50_pruned']:.4f} pruned -> {done['map50']:.4f} fine-tuned "
-            f"(drop {done['drop']:+.4f})")
-        cur_cfg, cur_w = done["cfg"], done["weights"]
+            f"(drop {done['drop']:+.4f})" + (f"; asked {lat['round_speedup']:.3f}x: {lat['ms']:.3f} "
+                                              f"ms measured, {lat['speedup']:.3f}x the original" if lat else ""))
+        cur_cfg, cur_w, gap = done["cfg"], done["weights"], lat
         if done["drop"] > opts.max_drop:
             stop = f"round {k}: mAP@0.5 drop {done['drop']:.4f} > --max-drop {opts.max_drop}"
             break
     ok = [r for r in rounds if r["drop"] <= opts.max_drop]
     summary = {"baseline": base, "rounds": rounds, "stopped": stop,
                "best_within_drop": ok[-1]["round"] if ok else None}
+    if gap is not None:
+        summary["target"] = {"flag": target, "value": opts.target_speedup or opts.target_latency,
+                             "met": gap["remaining"] <= 1, **gap}
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     if stop:
         log(f"stopped early: {stop}")
@@ -250,11 +311,12 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.core.cli import options_from_args, parse, write_resolved
-    a = parse(parser(), argv)
+    from yolo_slim.core.cli import options_from_args, parse_given, write_resolved
+    a, given = parse_given(parser(), argv)
     if a is None:
         return 0
     opts = options_from_args(IterateOptions, a, train=parse_train_overrides(a.train))
+    check_targets(opts, given)
     s = run(a.cfg, a.weights, a.data, a.output_dir, opts)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(f"done: {len(s['rounds'])} rounds in {a.output_dir}; best within --max-drop: "

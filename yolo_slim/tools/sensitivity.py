@@ -1,5 +1,5 @@
 r"""Sensitivity analysis: prune one unit at a time, measure the metric drop, then choose per-unit
-ratios for a FLOPs target under a maximum drop and write them for `prune_channels.py`.
+ratios for a FLOPs or latency target under a maximum drop and write them for `prune_channels.py`.
 
   python -m yolo_slim.tools.sensitivity --cfg c.cfg --weights w.weights --data d.data \
       --ratios 0.1 0.3 0.5 0.7 --target-flops 0.5 --max-drop 0.02 --output-dir runs/sens
@@ -10,13 +10,12 @@ conv). For every unit and ratio r, the unit alone loses the fraction r of its lo
 channels (by --importance), the compact model is evaluated (mAP@0.5 on the first --eval-images
 validation images) and the drop from the unpruned model is recorded: sensitivity.csv/.md/.png.
 
-Choice (greedy, on the joint FLOPs of all units' cuts): a unit may go up to the largest ratio
-whose drop, and every smaller ratio's drop, is at most --max-drop (the largest cut it tolerates
-alone). Starting from no cut, repeatedly take the one-step increase with the most FLOPs saved per
-unit of measured drop added, until the FLOPs target is met. Drops are measured one unit at a time
-and do not add up exactly when several units are cut: the choice is a starting point for
-fine-tuning, not a guarantee on the combined drop. ratios.json holds the chosen per-conv ratios
-and the options that reproduce the same masks (strategy, importance, --layer-keep, --round-to).
+With one target — --target-flops F, --target-latency MS or --target-speedup X (the latency the
+table of python -m yolo_slim.tools.latency predicts, as prune_channels.py's targets; --latency-table,
+else measured once and cached) — per-unit ratios are chosen greedily under --max-drop
+(tools/ratio_choice.py). ratios.json holds the chosen per-conv ratios, what they reach (FLOPs
+fraction; predicted ms and the target in ms) and the options that reproduce the same masks
+(strategy, importance, --layer-keep, --round-to).
 """
 from __future__ import annotations
 
@@ -39,12 +38,16 @@ from yolo_slim.prune.compact import compact_model
 from yolo_slim.prune.fold import channel_cuts
 from yolo_slim.prune.verify import apply_cut
 from yolo_slim.prune.masks import MaskSolver
+from yolo_slim.tools.ratio_choice import choose_ratios, layer_ratio_map, target_cost, unit_keep
 
 
 @dataclass
 class SensitivityOptions:
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
     target_flops: float | None = None
+    target_latency: float | None = None  # ms on the latency table's runtime
+    target_speedup: float | None = None  # x faster than the table predicts for the unpruned model
+    latency_table: str | None = None     # with a latency target; default: measured once, cached
     max_drop: float = 0.02
     strategy: str = "slim"
     importance: str = "bn"
@@ -81,53 +84,10 @@ def measure(model: Darknet, solver: MaskSolver, ratios: Sequence[float],
     return {"base": base, "units": units, "ratios": list(ratios), "rows": rows}
 
 
-def choose_ratios(solver: MaskSolver, table: dict[str, Any], target: float,
-                  max_drop: float) -> tuple[list[float], float]:
-    """Greedy per-unit ratios meeting `target` x FLOPs (see module docstring); returns the ratio
-    per unit and the FLOPs fraction reached. Raises if the tolerated cuts cannot reach it."""
-    if not 0.0 < target <= 1.0:
-        raise YoloSlimError(f"--target-flops must be in (0, 1], got {target}")
-    units, levels = table["units"], [0.0] + sorted(table["ratios"])
-    drop = {(r["unit"], r["ratio"]): r["drop"] for r in table["rows"]}
-    allowed = []
-    for k in range(len(units)):
-        a = 0
-        while a + 1 < len(levels) and drop[(k, levels[a + 1])] <= max_drop:
-            a += 1
-        allowed.append(a)
-
-    def flops(state: list[int]) -> int:
-        return solver.flops(solver.ratio_keep({u[0]: levels[s] for u, s in zip(units, state)}))
-    state = [0] * len(units)
-    cur, goal = flops(state), target * solver.flops_full
-    while cur > goal:
-        best = None
-        for k in range(len(units)):
-            if state[k] >= allowed[k]:
-                continue
-            nxt = state.copy()
-            nxt[k] += 1
-            f = flops(nxt)
-            d0 = drop[(k, levels[state[k]])] if state[k] else 0.0
-            cost = max(drop[(k, levels[nxt[k]])] - d0, 0.0) + 1e-4
-            value = (cur - f) / cost
-            if best is None or value > best[0]:
-                best = (value, k, f)
-        if best is None:
-            raise YoloSlimError(f"--target-flops {target} is out of reach under --max-drop "
-                                f"{max_drop}: every unit at its largest tolerated cut leaves "
-                                f"{cur / solver.flops_full:.4f} of the FLOPs")
-        state[best[1]] += 1
-        cur = best[2]
-    return [levels[s] for s in state], cur / solver.flops_full
-
-
-def layer_ratio_map(units: list[list[int]], unit_ratios: list[float]) -> dict[str, float]:
-    return {str(i): r for u, r in zip(units, unit_ratios) if r > 0 for i in u}
-
-
-def table_text(table: dict[str, Any], chosen: list[float] | None = None) -> tuple[str, str]:
-    """(CSV, markdown): one CSV row per unit and ratio; markdown = drop per unit x ratio."""
+def table_text(table: dict[str, Any], choice: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(CSV, markdown): one CSV row per unit and ratio; markdown = drop per unit x ratio, and
+    with `choice` (ratios.json) the chosen cells and what they reach."""
+    chosen = choice["unit_ratios"] if choice else None
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["unit", "layers", "channels", "ratio", "kept", "flops_fraction", "map50", "drop"])
@@ -136,7 +96,7 @@ def table_text(table: dict[str, Any], chosen: list[float] | None = None) -> tupl
                     r["kept"], f"{r['flops']:.4f}", f"{r['metric']:.4f}", f"{r['drop']:.4f}"])
     ratios = table["ratios"]
     md = [f"baseline mAP@0.5 {table['base']:.4f}; cells: drop when the unit alone is cut by the "
-          "ratio" + ("; **bold** = chosen" if chosen else ""), "",
+          "ratio" + (f"; **bold** = chosen\n\n{target_text(choice)}" if choice else ""), "",
           "| unit | layers | ch | " + " | ".join(f"{r:g}" for r in ratios) + " |",
           "|---|---|---|" + "---|" * len(ratios)]
     for k, u in enumerate(table["units"]):
@@ -187,8 +147,18 @@ def map50_metric(data: str, img_size: int, eval_images: int, batch_size: int) ->
     return lambda m: float(evaluate(m, batches, progress=False, nc=dc.classes)["map50"])
 
 
+def target_text(chosen: dict[str, Any]) -> str:
+    """One line: what the chosen ratios reach, against the target."""
+    text = f"chosen ratios reach {chosen['flops_fraction']:.4f} of the FLOPs"
+    if "predicted_ms" in chosen:
+        text += (f", {chosen['predicted_ms']:.4g} ms predicted on the latency table (target "
+                 f"{chosen['target_latency_ms']:.4g} ms; unpruned {chosen['predicted_before_ms']:.4g} ms)")
+    return text
+
+
 def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: SensitivityOptions,
-        log=print) -> dict[str, Any]:
+        log=print, metric: Callable[[Darknet], float] | None = None) -> dict[str, Any]:
+    """The analysis (see module docstring); `metric` replaces mAP@0.5 on --data (tests)."""
     from yolo_slim.darknet.cfg import net_size
     from yolo_slim.nn.weights import load_model
     if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
@@ -200,26 +170,31 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: Sensitivit
     g = build_graph(model.module_defs)
     scores = node_scores(model, g, opts.importance, data, hw, opts.rank_batches, opts.batch_size)
     solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep, opts.round_to, hw)
-    metric = map50_metric(data, hw[1], opts.eval_images, opts.batch_size)
+    cost, target = target_cost(solver, opts, cfg or weights, log)  # before the long part: errors early
+    metric = metric or map50_metric(data, hw[1], opts.eval_images, opts.batch_size)
     os.makedirs(out_dir, exist_ok=True)
     table = measure(model, solver, sorted(opts.ratios), metric, log)
     result: dict[str, Any] = {"options": asdict(opts), "img_size": list(hw), **table}
     chosen, err = None, None
-    if opts.target_flops is not None:
+    if cost is not None:
+        result["target"] = target
         try:
-            chosen, frac = choose_ratios(solver, table, opts.target_flops, opts.max_drop)
+            chosen, reached = choose_ratios(solver, table, cost, opts.max_drop)
         except YoloSlimError as e:
             err = e  # the table is still worth writing
         else:
-            ratios = {"layers": layer_ratio_map(table["units"], chosen), "flops_fraction": frac,
-                      "target_flops": opts.target_flops, "max_drop": opts.max_drop,
+            keep = unit_keep(solver, table["units"], chosen)
+            ratios = {"layers": layer_ratio_map(table["units"], chosen),
+                      "flops_fraction": solver.flops(keep) / solver.flops_full, **target,
+                      **({"predicted_ms": reached} if "latency_table" in target else {}),
+                      "max_drop": opts.max_drop,
                       "strategy": opts.strategy, "importance": opts.importance,
                       "layer_keep": opts.layer_keep, "round_to": opts.round_to,
                       "img_size": list(hw), "unit_ratios": chosen}
             atomic_write_bytes(os.path.join(out_dir, "ratios.json"),
                                json.dumps(ratios, indent=1).encode())
             result["chosen"] = ratios
-    csv_text, md = table_text(table, chosen)
+    csv_text, md = table_text(table, result.get("chosen"))
     atomic_write_bytes(os.path.join(out_dir, "sensitivity.csv"), csv_text.encode())
     atomic_write_bytes(os.path.join(out_dir, "sensitivity.md"), md.encode())
     atomic_write_bytes(os.path.join(out_dir, "sensitivity.json"), json.dumps(result, indent=1).encode())
@@ -238,8 +213,15 @@ def parser() -> argparse.ArgumentParser:
     p = module_parser("python -m yolo_slim.tools.sensitivity", __doc__)
     d = SensitivityOptions()
     p.add_argument("--ratios", type=number(float, min=0, max=1), nargs="+", default=d.ratios)
-    p.add_argument("--target-flops", type=number(float, gt=0, max=1),
-                   help="choose ratios for at most F x FLOPs")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--target-flops", type=number(float, gt=0, max=1),
+                      help="choose ratios for at most F x FLOPs")
+    what.add_argument("--target-latency", metavar="MS", type=number(float, gt=0),
+                      help="choose ratios predicted to run in MS ms on the latency table's runtime")
+    what.add_argument("--target-speedup", metavar="X", type=number(float, min=1),
+                      help="choose ratios predicted to run X times faster than the unpruned model")
+    p.add_argument("--latency-table", metavar="JSON", help="with a latency target (default: "
+                   "measure or reuse the cached one, python -m yolo_slim.tools.latency)")
     p.add_argument("--max-drop", type=number(float, min=0), default=d.max_drop,
                    help="largest mAP@0.5 drop per unit")
     p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy)
@@ -262,21 +244,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a is None:
         return 0
     opts = options_from_args(SensitivityOptions, a)
-    guard_outputs({"--cfg": a.cfg, "--weights": a.weights, **data_inputs(a.data)},
+    guard_outputs({"--cfg": a.cfg, "--weights": a.weights, "--latency-table": a.latency_table,
+                   **data_inputs(a.data)},
                   {"--output-dir": [os.path.join(a.output_dir, f) for f in OUTPUT_FILES]})
     res = run(a.cfg, a.weights, a.data, a.output_dir, opts)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)
-    print(table_text(res, (res.get("chosen") or {}).get("unit_ratios"))[1])
+    print(table_text(res, res.get("chosen"))[1])
     if "chosen" in res:
         c = res["chosen"]
-        print(f"chosen ratios reach {c['flops_fraction']:.4f} of the FLOPs; next:\n"
+        print(f"{target_text(c)}; next:\n"
               "  python prune_channels.py" + (f" --cfg {a.cfg}" if a.cfg else "")
               + f" --weights {a.weights} --output-dir OUT "
               f"--layer-ratios {os.path.join(a.output_dir, 'ratios.json')} --strategy {a.strategy} "
               f"--importance {a.importance} --layer-keep {a.layer_keep} --round-to {a.round_to}"
               + (f" --img-size {a.img_size}" if a.img_size else "")
               + (f" --data {a.data} --rank-batches {a.rank_batches} --batch-size {a.batch_size}"
-                 if a.importance == "rank" else ""))
+                 if a.importance == "rank" else "")
+              + (f" --latency-table {c['latency_table']} --latency-report" if "latency_table" in c else ""))
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in
                              ("sensitivity.csv", "sensitivity.md", "sensitivity.png")))
     return 0
