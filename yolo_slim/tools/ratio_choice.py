@@ -20,6 +20,7 @@ import numpy as np
 
 from yolo_slim.analysis.latency import LatencyTable
 from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.prune.cut_cost import CutCost
 from yolo_slim.prune.masks import MaskSolver
 
 
@@ -36,20 +37,13 @@ class Cost:
 def flops_cost(solver: MaskSolver, target: float) -> Cost:
     if not 0.0 < target <= 1.0:
         raise YoloSlimError(f"--target-flops must be in (0, 1], got {target}")
-    return Cost(lambda keep: solver.flops(keep) / solver.flops_full, target,
-                f"--target-flops {target}", "{:.4f} of the FLOPs")
+    return Cost(CutCost(solver).share, target, f"--target-flops {target}", "{:.4f} of the FLOPs")
 
 
 def latency_cost(solver: MaskSolver, table: LatencyTable, target_ms: float, flag: str) -> Cost:
-    """The table's prediction for the widths a keep vector leaves (bound once: the greedy asks
-    for thousands of choices on a large model)."""
-    g = solver.g
-    keys = table.bind(g.defs, solver.img_hw)
-
-    def ms(keep: np.ndarray) -> float:
-        return table.total(sum(table.conv_ms(k, int(keep[g.in_nodes(i)].sum()),
-                                             int(keep[g.conv_nodes[i]].sum())) for i, k in keys.items()))
-    return Cost(ms, target_ms, flag, "{:.4g} ms (predicted)")
+    """The table's prediction for the widths a keep vector leaves: the cost model the pruner and
+    the sparse trainer use (prune/cut_cost.py; bound once, the greedy asks thousands of times)."""
+    return Cost(CutCost(solver, table).cost, target_ms, flag, "{:.4g} ms (predicted)")
 
 
 def unit_keep(solver: MaskSolver, units: list[list[int]], ratios: Sequence[float]) -> np.ndarray:
