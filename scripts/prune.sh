@@ -10,8 +10,9 @@ SCORE=(--importance "$IMPORTANCE")
 [[ $IMPORTANCE == rank ]] && SCORE+=(--data "$DATA")  # HRank ranks feature maps of DATA's images
 # predicted (latency table, measured once per cfg/size and cached) and measured latency
 [[ $LATENCY_REPORT == 1 ]] && SCORE+=(--latency-report)
-if [[ $SPARSE_TARGET != 0 ]]; then
-    # the sparse stage met a FLOPs target with exactly dead channels: cut those, for free
+if [[ $SPARSE_TARGET != 0 || $SPARSE_SPEEDUP != 0 ]]; then
+    # the sparse stage met its target with exactly dead channels: cut those, for free (kept
+    # counts rounded up to the runtime's block where the latency table says it pays)
     log_run "$PY" prune_channels.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --strategy "$STRATEGY" \
         --dead "${SCORE[@]}" --img-size "$IMG" --output-dir "$OUT"
 elif [[ $SHORTCUTS -gt 0 ]]; then

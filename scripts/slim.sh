@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # The user's path: a pretrained darknet model and images of the user's scene -> a slim model.
 #   make slim CFG=yolov3-tiny.cfg WEIGHTS=yolov3-tiny.weights DATA=my.data [LABELS=teacher]
-#             [SPARSE_TARGET=0.5] [RUN=runs/slim] [SPARSE_EPOCHS=8] [FT_EPOCHS=4] [SEED=0]
+#             [SPARSE_TARGET=0.5 | SPARSE_SPEEDUP=2] [RUN=runs/slim] [SPARSE_EPOCHS=8] [FT_EPOCHS=4] [SEED=0]
 # No baseline training: WEIGHTS is the baseline and the teacher. Stages, each skipped when done
-# (an interrupted training resumes): sparse training to SPARSE_TARGET (prox: channels fade out
-# one by one along the FLOPs path, least important first by their Taylor score per FLOP, with
-# the teacher's KD terms) -> the free cut of the dead channels ->
+# (an interrupted training resumes): sparse training to SPARSE_TARGET of the FLOPs, or
+# SPARSE_SPEEDUP x faster on onnxruntime CPU (prox: channels fade out one by one along the path,
+# least important first by their Taylor score per FLOP or ms, with the teacher's KD terms) ->
+# the free cut of the dead channels, counts rounded where the latency table says it pays ->
 # fine-tuning with KD -> ONNX FP32 + INT8 -> REPORT.md. LABELS=teacher trains without label
 # files: the teacher's detections on each batch are the targets, and every score in the report
 # is agreement with WEIGHTS' detections, not accuracy.
 # the slim path's own defaults (the same variable names as every stage; override any of them)
 : "${RUN:=runs/slim}" "${SPARSE_EPOCHS:=8}" "${FT_EPOCHS:=4}" "${KD:=hinton}" \
-  "${SPARSE_TARGET:=0.5}" "${SPARSE_RECOVER:=0.4}" "${SPARSE_WEIGHT:=flops}" "${LABELS:=files}"
+  "${SPARSE_TARGET:=0.5}" "${SPARSE_SPEEDUP:=0}" "${SPARSE_RECOVER:=0.4}" "${LABELS:=files}"
+if [[ $SPARSE_SPEEDUP != 0 ]]; then : "${SPARSE_WEIGHT:=latency}"; else : "${SPARSE_WEIGHT:=flops}"; fi
 # a pretrained model's recipe: small LR, no warm-up, its BN statistics kept, darknet's own
 # anchor assignment (best anchor only, objectness target 1); docs/real-model.md says why
 # --clip-grad 10: the trees set's seed 2 diverged without it (objectness loss 1.3e10 in epoch 0)
 : "${SLIM_ARGS:=--lr0 0.001 --warmup-epochs 0 --batch-size 8 --nominal-batch 8 --anchor-t 1 --iou-obj 0 --freeze-bn --clip-grad 10}"
 if [[ -z ${CFG:-} || ! -f $CFG ]]; then echo "error: make slim needs CFG=<the model's darknet cfg> (got '${CFG:-}')" >&2; exit 2; fi
 : "${IMG:=$(awk -F= '/^width/{gsub(/[ \t\r]/,"",$2); print $2; exit}' "$CFG")}"  # the cfg's own size
-export RUN SPARSE_EPOCHS FT_EPOCHS KD SPARSE_TARGET SPARSE_RECOVER SPARSE_WEIGHT LABELS SLIM_ARGS IMG
+export RUN SPARSE_EPOCHS FT_EPOCHS KD SPARSE_TARGET SPARSE_SPEEDUP SPARSE_RECOVER SPARSE_WEIGHT LABELS SLIM_ARGS IMG
 source "$(dirname "$0")/common.sh"
 if [[ -z ${WEIGHTS:-} || ! -f $WEIGHTS ]]; then
     echo "error: make slim needs WEIGHTS=<the pretrained .weights or .pt> (got '${WEIGHTS:-}')" >&2; exit 2
@@ -35,10 +37,12 @@ mkdir -p "$RUN/baseline"
 [[ -f $RUN/baseline/$stem.cfg ]] || cp "$CFG" "$RUN/baseline/$stem.cfg"
 [[ -f $RUN/baseline/$stem.${WEIGHTS##*.} ]] || cp "$WEIGHTS" "$RUN/baseline/$stem.${WEIGHTS##*.}"
 
+TARGET=(--target-flops "$SPARSE_TARGET")
+[[ $SPARSE_SPEEDUP != 0 ]] && TARGET=(--target-speedup "$SPARSE_SPEEDUP")
 stage sparse
 if ! stage_done "$RUN/sparse"; then
     train_stage "$RUN/sparse" "$PY" distill.py --cfg "$CFG" --weights "$WEIGHTS" "${TEACHER_ARGS[@]}" \
-        -sr --sparsity-update prox --target-flops "$SPARSE_TARGET" --target-kill path \
+        -sr --sparsity-update prox "${TARGET[@]}" --target-kill path \
         --target-importance taylor --sparsity-weight "$SPARSE_WEIGHT" \
         --target-recover "$SPARSE_RECOVER" --epochs "$SPARSE_EPOCHS" "${COMMON[@]}" \
         --output-dir "$RUN/sparse" $SLIM_ARGS
@@ -48,7 +52,7 @@ stage prune
 if ! stage_done "$RUN/pruned"; then
     rm -rf "$RUN/pruned"
     log_run "$PY" prune_channels.py --cfg "$CFG" --weights "$RUN/sparse/best.pt" --dead \
-        --img-size "$IMG" --output-dir "$RUN/pruned"
+        --latency-report --img-size "$IMG" --output-dir "$RUN/pruned"
     touch "$RUN/pruned/.done"
 fi
 

@@ -94,8 +94,10 @@ def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dic
     except (OSError, ValueError) as e:
         raise YoloSlimError(f"--layer-ratios: {path}: not valid JSON ({e})") from None
     if isinstance(obj, dict) and flags is not None:
-        diff = [f"{flag} {getattr(flags, k)} (file: {obj[k]})" for k, flag in RATIO_FILE_OPTIONS.items()
-                if k in obj and getattr(flags, k, obj[k]) != obj[k]]
+        given = {k: getattr(flags, k, obj.get(k)) for k in RATIO_FILE_OPTIONS}
+        given["round_to"] = given["round_to"] or 1  # unset: 1 (auto only with --dead)
+        diff = [f"{flag} {given[k]} (file: {obj[k]})" for k, flag in RATIO_FILE_OPTIONS.items()
+                if k in obj and given[k] != obj[k]]
         if diff:
             print(f"warning: --layer-ratios {path} was chosen with other mask options than "
                   f"these: {', '.join(diff)}", file=sys.stderr)
