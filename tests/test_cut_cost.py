@@ -186,3 +186,28 @@ def test_latency_target_flag_errors(table, tmp_path):
         make_train_hooks(config("x.data", tmp_path, target_latency=3.0, latency_table=path,
                                 sparsity_update="subgradient"), model())
     assert np.isfinite(LatencyTable.load(path).full_ms) or True
+
+
+def test_correction_is_the_median_of_recent_estimates_and_ignores_tiny_cuts():
+    """One noisy timing does not move the aim: k is the median of the last three estimates of
+    cuts that save >= 5% by the table; a cut predicted at 0.97 (ratio mostly noise) is ignored."""
+    ratios = iter([0.99, 0.75, 0.62, 0.40, 0.63])  # measured share per call
+
+    def measure(models, hw):
+        r = next(ratios)
+        return {"models": {"uncut": {"median_ms": 10.0, "ratio_median": 1.0},
+                           "cut": {"median_ms": 10 * r, "ratio_median": r}}}
+    loop = MeasuredTarget(10.0, speedup=2.0, measure=measure, img_hw=(64, 64))
+    loop.compact = lambda m: m  # the timing is what is tested here
+    m = model()
+    predicted = [0.97, 0.6, 0.5, 0.5, 0.5]
+    ks = [loop.update(m, p)["correction"] for p in predicted]
+    assert ks[0] == 1.0  # 0.97: not an estimate
+    assert ks[1] == pytest.approx(1.25) and ks[2] == pytest.approx((1.25 + 1.24) / 2)
+    assert ks[3] == pytest.approx(1.24)  # estimates 1.25, 1.24, 0.8 (an outlier): median 1.24
+    assert ks[4] == pytest.approx(1.24)  # 1.24, 0.8, 1.26
+    assert loop.controller_target() == pytest.approx(0.5 / 1.24)
+    st = loop.state_dict()
+    other = MeasuredTarget(10.0, speedup=2.0)
+    other.load_state_dict(st)
+    assert other.correction == loop.correction and other.estimates == loop.estimates

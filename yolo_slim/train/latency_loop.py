@@ -6,8 +6,10 @@ is corrected by the runtime, as the pruner's closed loop does (prune/pipeline.cl
 At the end of every epoch the compact model of the dead set as it stands is built — the cut is
 free, so this is the model that will ship — and timed on the runtime interleaved with the
 uncut model (`measure`: tools/latency.measure_hook, injected because train/ sits below
-deploy/). The measured share of the uncut latency over the predicted share is the correction
-k; the controller then aims the prediction at desired / k. `--target-latency MS` sets the
+deploy/). The measured share of the uncut latency over the predicted share is one estimate of
+the correction k, the median of the last three estimates (of cuts that remove at least 5% of
+the predicted latency: below that a ratio of two timings is mostly noise) is k; the controller
+then aims the prediction at desired / k. `--target-latency MS` sets the
 desired share from the measured uncut latency (MS / measured), `--target-speedup X` at 1 / X.
 
 Under DDP only rank 0 measures; every rank takes rank 0's state at the next epoch start, so
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+KEEP = 3         # the correction is the median of this many latest estimates
+MIN_CUT = 0.05   # ... of cuts predicted to save at least this share of the latency
 Measure = Callable[[dict[str, torch.nn.Module], tuple[int, int]], dict[str, Any]]
 
 
@@ -33,7 +38,8 @@ class MeasuredTarget:
         self.speedup, self.latency_ms = speedup, latency_ms
         self.measure, self.strategy, self.img_hw, self.table = measure, strategy, img_hw, table
         self.full_ms = predicted_full_ms  # the uncut model: predicted until first measured
-        self.correction = 1.0             # measured share / predicted share of the last cut
+        self.correction = 1.0             # median of the last KEEP estimates below
+        self.estimates: list[float] = []  # measured share / predicted share, per measured cut
         self.last: dict[str, float] = {}
 
     def desired(self) -> float:
@@ -68,7 +74,9 @@ class MeasuredTarget:
             m.train(was)
         measured = float(out["cut"]["ratio_median"])
         self.full_ms = float(out["uncut"]["median_ms"])
-        self.correction = measured / predicted_share
+        if predicted_share < 1 - MIN_CUT:
+            self.estimates.append(measured / predicted_share)
+            self.correction = float(np.median(self.estimates[-KEEP:]))
         self.last = {"measured_ms": float(out["cut"]["median_ms"]), "measured_speedup": 1 / measured}
         return {**cols, **self.last, "correction": self.correction,
                 "target_share": self.controller_target()}
@@ -82,8 +90,10 @@ class MeasuredTarget:
             self.load_state_dict(box[0])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"full_ms": self.full_ms, "correction": self.correction, "last": dict(self.last)}
+        return {"full_ms": self.full_ms, "correction": self.correction, "last": dict(self.last),
+                "estimates": list(self.estimates)}
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.full_ms, self.correction = st["full_ms"], st["correction"]
         self.last = dict(st.get("last", {}))
+        self.estimates = list(st.get("estimates", []))
