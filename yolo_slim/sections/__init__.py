@@ -9,14 +9,10 @@ from typing import Any
 
 from yolo_slim.core.errors import CfgError
 from yolo_slim.darknet.cfg import net_channels, net_size
-from yolo_slim.sections.base import Section, Shapes
-
-SECTIONS: dict[str, Section] = {}
-
-
-def register(cls: type[Section]) -> type[Section]:
-    SECTIONS[cls.type] = cls()
-    return cls
+from yolo_slim.sections.base import SECTIONS, Section, Shapes, register  # noqa: F401 (the registry)
+# importing the section modules registers them (in the order the error message lists them)
+from yolo_slim.sections import (convolutional, maxpool, upsample, route, shortcut, yolo,  # noqa: F401
+                                sam, scale_channels, reorg3d, avgpool, dropout)
 
 
 def section_of(d: dict[str, Any]) -> Section:
@@ -49,8 +45,3 @@ def infer_shapes(module_defs: list[dict[str, Any]], img_hw: tuple[int, int] | No
     for i, d in enumerate(module_defs[1:]):
         shapes.layers.append(section_of(d).shape(d, i, shapes))
     return shapes
-
-
-# importing the section modules registers them (in the order the error message lists them)
-from yolo_slim.sections import (convolutional, maxpool, upsample, route, shortcut, yolo,  # noqa: E402,F401
-                                sam, scale_channels, reorg3d, avgpool, dropout)

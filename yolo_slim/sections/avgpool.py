@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Section, SectionModule, Shape, Shapes
+from yolo_slim.sections.base import Section, SectionModule, Shape, Shapes, register
 
 
 class GlobalAvgPool(SectionModule):

@@ -163,6 +163,18 @@ class Section:
         """Copy the kept part of `old`'s parameters into `new` (sections with weights)."""
 
 
+
+# the registry lives here, below every section module, so that a section module registering
+# itself does not import the package that imports it (sections/__init__ re-exports both)
+SECTIONS: dict[str, Section] = {}
+
+
+def register(cls: type[Section]) -> type[Section]:
+    """Class decorator: the section type's one instance goes into SECTIONS under cls.type."""
+    SECTIONS[cls.type] = cls()
+    return cls
+
+
 def nonlinear_join(fc, i: int, parts: list[Carry], combine, act: str, where: str) -> Carry:
     """Carry of an element-wise non-linear join (a product, or a sum with an activation):
     a channel is dead when every joined channel is dead (the graph ties them, so in channel

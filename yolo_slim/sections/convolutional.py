@@ -8,10 +8,9 @@ import torch
 import torch.nn as nn
 
 from yolo_slim.darknet.cfg import get_int
-from yolo_slim.sections import register
 from yolo_slim.sections.activations import activation_fn, activation_module
-from yolo_slim.sections.base import (Carry, Section, SectionModule, Shape, Shapes, activation_of,
-                                     fail, require_default)
+from yolo_slim.sections.base import (Carry, Section, SectionModule, Shape, Shapes, activation_of, fail,
+                                     register, require_default)
 
 CONV, SHORTCUT = 1, 2  # node kinds of the channel graph (analysis/graph.py)
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn as nn
 
 from yolo_slim.darknet.cfg import get_float
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Section, SectionModule, Shape, Shapes, fail, require_default
+from yolo_slim.sections.base import Section, SectionModule, Shape, Shapes, fail, register, require_default
 
 
 class Dropout(SectionModule):

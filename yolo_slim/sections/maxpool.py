@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_slim.darknet.cfg import get_int
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Section, SectionModule, Shape, Shapes, fail, require_default
+from yolo_slim.sections.base import Section, SectionModule, Shape, Shapes, fail, register, require_default
 
 
 def pool_geometry(d: dict[str, Any]) -> tuple[int, int, int, int]:

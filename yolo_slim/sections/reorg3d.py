@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from yolo_slim.darknet.cfg import get_int
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Carry, Section, SectionModule, Shape, Shapes, fail, require_default
+from yolo_slim.sections.base import (Carry, Section, SectionModule, Shape, Shapes, fail, register,
+                                     require_default)
 
 
 class Reorg3d(SectionModule):

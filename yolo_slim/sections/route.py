@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from yolo_slim.darknet.cfg import get_int
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Carry, Section, SectionModule, Shape, Shapes, fail
+from yolo_slim.sections.base import Carry, Section, SectionModule, Shape, Shapes, fail, register
 
 
 def reject_head_inputs(d: dict[str, Any], sources: list[int], defs: list[dict[str, Any]],

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from yolo_slim.sections import register
 from yolo_slim.sections.activations import activation_module
-from yolo_slim.sections.base import (Carry, Section, SectionModule, Shape, Shapes, activation_of,
-                                     fail, nonlinear_join)
+from yolo_slim.sections.base import (Carry, Section, SectionModule, Shape, Shapes, activation_of, fail,
+                                     nonlinear_join, register)
 from yolo_slim.sections.convolutional import SHORTCUT
 from yolo_slim.sections.route import reject_head_inputs
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Shape, Shapes, activation_of, fail, require_default
+from yolo_slim.sections.base import Shape, Shapes, activation_of, fail, register, require_default
 from yolo_slim.sections.sam import ProductSection, single_source
 
 

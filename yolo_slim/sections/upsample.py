@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_slim.darknet.cfg import get_float, get_int
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Carry, Section, SectionModule, Shape, Shapes, fail
+from yolo_slim.sections.base import Carry, Section, SectionModule, Shape, Shapes, fail, register
 
 
 class Upsample(SectionModule):

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from yolo_slim.darknet.cfg import get_float, get_floats, get_int, get_ints
-from yolo_slim.sections import register
-from yolo_slim.sections.base import Carry, FoldError, Section, SectionModule, Shape, Shapes, fail
+from yolo_slim.sections.base import Carry, FoldError, Section, SectionModule, Shape, Shapes, fail, register
 
 
 def decode_terms(p: torch.Tensor, anchors: torch.Tensor, scale_x_y: float, new_coords: bool,
