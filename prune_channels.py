@@ -14,9 +14,9 @@ import sys
 
 from yolo_slim.core.cli import Parser, parse, write_resolved
 from yolo_slim.core.errors import cli_main
-from yolo_slim.prune.channels import run, summary_text
+from yolo_slim.prune.channels import summary_text
 from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run
-from yolo_slim.prune.pipeline import latency_text
+from yolo_slim.prune.pipeline import latency_text, run_channels
 from yolo_slim.tools.latency import for_script
 
 
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
         return 0
     guard_run(a)  # before anything is written: no output may be an input
     opts, measure, table = for_script(a, channel_options(a))  # latency table + measured latency
-    rep = run(a.cfg, a.weights, a.output_dir, opts, data=a.data, batch_size=a.batch_size,
-              measure=measure, latency_table=table)
+    rep = run_channels(a.cfg, a.weights, a.output_dir, opts, data=a.data, batch_size=a.batch_size,
+                       measure=measure, latency_table=table)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(summary_text(rep))
     if measure:

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     a = parse(parser(), argv)
     if a is None:
         return 0
-    from yolo_slim.prune.layer_run import run, summary_text
+    from yolo_slim.prune.layer_run import summary_text
     from yolo_slim.prune.layers import blocks_text
     if a.list:
         if not a.cfg and not a.weights:
@@ -45,11 +45,11 @@ def main(argv=None) -> int:
         if getattr(a, flag) is None:
             raise YoloSlimError(f"--{flag.replace('_', '-')} is required (or use --list)")
     guard_run(a)  # before anything is written: no output may be an input
-    from yolo_slim.prune.pipeline import latency_text
+    from yolo_slim.prune.pipeline import latency_text, run_layers
     from yolo_slim.tools.latency import for_script  # latency table + measured latency
     opts, measure, table = for_script(a, channel_options(a) if wants_channels(a) else None)
-    rep = run(a.cfg, a.weights, a.output_dir, a.shortcuts, a.rank, opts, a.img_size, a.seed,
-              data=a.data, batch_size=a.batch_size, measure=measure, latency_table=table)
+    rep = run_layers(a.cfg, a.weights, a.output_dir, a.shortcuts, a.rank, opts, a.img_size, a.seed,
+                     data=a.data, batch_size=a.batch_size, measure=measure, latency_table=table)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)
     print(summary_text(rep))
     if measure:

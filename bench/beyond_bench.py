@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from yolo_slim.train import engine
     from yolo_slim.tools.iterate import IterateOptions, _finetune, run as iterate
-    from yolo_slim.prune.channels import PruneOptions, run as prune
+    from yolo_slim.prune.channels import PruneOptions
+    from yolo_slim.prune.pipeline import run_channels as prune
     from yolo_slim.analysis.cost import model_flops
     from yolo_slim.tools.sensitivity import SensitivityOptions, run as sensitivity
     from yolo_slim.data.synthetic import make_shapes_dataset

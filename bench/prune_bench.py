@@ -24,7 +24,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from netgen import randomize_bn  # noqa: E402
 
 from yolo_slim.nn.model import build_model  # noqa: E402
-from yolo_slim.prune.channels import PruneOptions, prune_model, run  # noqa: E402
+from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
+from yolo_slim.prune.pipeline import run_channels as run  # noqa: E402
 from yolo_slim.nn.weights import save_darknet_weights  # noqa: E402
 
 STRATEGIES = ("normal", "shortcut", "slim")

@@ -214,7 +214,7 @@ def test_closed_loop_meets_the_measured_target(tmp_path):
     + 0.3 ms. One solve from the table alone misses a measured target by far; the closed loop
     rescales the table's target from the measurements until the measured latency is within 5%,
     and the report keeps every round."""
-    from yolo_slim.prune.channels import run as run_channels
+    from yolo_slim.prune.pipeline import run_channels
     cfg, wts, m = write_random_net(tmp_path, 3, stem="net")
     table = measure_table(m.module_defs, HW, fake_timer(), full_ms=5.0)
     path = str(tmp_path / "table.json")
@@ -271,7 +271,7 @@ def test_closed_loop_keeps_the_closest_cut_when_the_goal_is_out_of_reach(tmp_pat
     """A runtime whose fixed cost alone exceeds the goal: the re-solves push the table's target
     down until the table cannot go lower; the run still writes the closest measured cut and
     says by how much it missed."""
-    from yolo_slim.prune.channels import run as run_channels
+    from yolo_slim.prune.pipeline import run_channels
     cfg, wts, m = write_random_net(tmp_path, 3, stem="net")
     table = measure_table(m.module_defs, HW, fake_timer(), full_ms=5.0)
     path = str(tmp_path / "table.json")

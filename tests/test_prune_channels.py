@@ -23,7 +23,8 @@ from cfgs import max_abs, raw, read_output_dir, tol  # noqa: E402
 from yolo_slim.darknet.cfg import parse_cfg  # noqa: E402
 from yolo_slim.analysis.graph import shortcut_groups  # noqa: E402
 from yolo_slim.nn.model import Darknet, conv_layers  # noqa: E402
-from yolo_slim.prune.channels import PruneOptions, prune_model, run  # noqa: E402
+from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
+from yolo_slim.prune.pipeline import run_channels as run  # noqa: E402
 from yolo_slim.analysis.cost import model_flops  # noqa: E402
 
 STRATEGIES = ["normal", "shortcut", "slim"]

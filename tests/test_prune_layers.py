@@ -25,8 +25,8 @@ from yolo_slim.darknet.cfg import get_ints, parse_cfg  # noqa: E402
 from yolo_slim.sections.yolo import YOLOLayer  # noqa: E402
 from yolo_slim.nn.model import Darknet, conv_layers, route_sources, shortcut_sources  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions  # noqa: E402
-from yolo_slim.prune.channels import run as run_channels  # noqa: E402
-from yolo_slim.prune.layer_run import prune_layers_model, run  # noqa: E402
+from yolo_slim.prune.layer_run import prune_layers_model  # noqa: E402
+from yolo_slim.prune.pipeline import run_channels, run_layers as run  # noqa: E402
 from yolo_slim.prune.layers import analyze_blocks, compact_blocks  # noqa: E402
 
 STANDARD = ["yolov3", "yolov3-spp", "yolov4"]

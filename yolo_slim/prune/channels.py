@@ -1,9 +1,10 @@
 """Channel pruning, end to end: masks -> β folding -> compaction -> verification -> files.
 
-`prune_model` works on a model in memory (tests and layer pruning reuse it); `run` is what
-prune_channels.py calls: it loads, prunes, writes `<stem>.cfg`, `<stem>.weights`, `<stem>.pt`,
-`prune_report.json`, `channels.png` and `gamma_hist.png` into the output dir, and reads the
-written cfg + weights back to check they reproduce the compact model bit for bit.
+`prune_model` works on a model in memory (tests and layer pruning reuse it); prune_channels.py
+runs it through prune/pipeline.py's `run_channels`: it loads, prunes, writes `<stem>.cfg`,
+`<stem>.weights`, `<stem>.pt`, `prune_report.json`, `channels.png` and `gamma_hist.png` into the
+output dir, and reads the written cfg + weights back to check they reproduce the compact model
+bit for bit.
 """
 from __future__ import annotations
 
@@ -193,16 +194,6 @@ def evaluate_maps(models: list[Darknet], data: str, img_size: int, batch_size: i
     """mAP@0.5 and mAP@0.5:0.95 of each model on the .data file's valid list."""
     from yolo_slim.eval.evaluate import evaluate_on_data  # evaluation is optional for pruning
     return evaluate_on_data(models, data, img_size, batch_size)
-
-
-def run(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
-        data: str | None = None, batch_size: int = 8, log=print, measure=None,
-        latency_table: str | None = None) -> dict[str, Any]:
-    """Channel pruning through the one pipeline (prune/pipeline.py); returns the report."""
-    from yolo_slim.prune.pipeline import PrunePlan, run as run_plan
-    return run_plan(cfg, weights, out_dir, PrunePlan(channels=opts, seed=opts.seed,
-                                                     latency_table=latency_table),
-                    data, batch_size, log, measure)
 
 
 def score_name(importance: str) -> str:

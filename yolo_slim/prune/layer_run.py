@@ -1,7 +1,7 @@
 """Layer pruning end to end, optionally followed by channel pruning in the same run.
 
-`prune_layers_model` works in memory (tests, benchmark); `run` is what prune_layers.py calls: load,
-remove the blocks (layers.py), verify, then if channel flags were given run channel pruning on the
+`prune_layers_model` works in memory (tests, benchmark); prune_layers.py runs it through
+prune/pipeline.py's `run_layers`: load, remove the blocks (layers.py), verify, then if channel flags were given run channel pruning on the
 compact model exactly as prune_channels.py would on the written files, and write `<stem>.cfg`,
 `<stem>.weights`, `<stem>.pt`, `prune_report.json`, `layers.png` (+ `channels.png`) into the output
 dir, reading the written cfg + weights back to check they reproduce the final model bit for bit.
@@ -15,7 +15,7 @@ from yolo_slim.darknet.cfg import net_size
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import canvas, count_params, model_flops, put_text, save_png
-from yolo_slim.prune.channels import PruneOptions, cut_rule
+from yolo_slim.prune.channels import cut_rule
 from yolo_slim.prune.layers import (Block, analyze_blocks, block_cuts, block_scores, choose_blocks,
                                    compact_blocks, depth, removed_table, verify_blocks)
 from yolo_slim.prune.verify import apply_cut
@@ -99,17 +99,6 @@ def plot_blocks(scores: dict[int, float], removed: list[Block], path: str, title
     put_text(img, f"{top:.3g}", (5, up + 5))
     put_text(img, title + "  (red: removed; x: shortcut layer)", (left, 18), 0.45)
     save_png(img, path)
-
-
-def run(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str = "mean",
-        channel_opts: PruneOptions | None = None, img_size: int | None = None, seed: int = 0,
-        data: str | None = None, batch_size: int = 8, log=print, measure=None,
-        latency_table: str | None = None) -> dict[str, Any]:
-    """Layer (+ channel) pruning through the one pipeline (prune/pipeline.py)."""
-    from yolo_slim.prune.pipeline import PrunePlan, run as run_plan
-    plan = PrunePlan(shortcuts, rank, channel_opts,
-                     (img_size, img_size) if img_size else None, seed, latency_table)
-    return run_plan(cfg, weights, out_dir, plan, data, batch_size, log, measure)
 
 
 def summary_text(rep: dict[str, Any]) -> str:

@@ -228,3 +228,23 @@ def run(cfg: str | None, weights: str, out_dir: str, plan: PrunePlan, data: str 
         rep["latency"] = _latency(model, p, plan, rep, measure, out_dir, stem, loop)
     write_report(rep, os.path.join(out_dir, "prune_report.json"))
     return rep
+
+
+# the two scripts' entry points live here, above channels.py and layer_run.py whose pieces the
+# pipeline composes (there they made each module import the pipeline that imports it)
+def run_channels(cfg: str | None, weights: str, out_dir: str, opts: PruneOptions,
+                 data: str | None = None, batch_size: int = 8, log: Callable[[str], None] = print,
+                 measure=None, latency_table: str | None = None) -> dict[str, Any]:
+    """Channel pruning (prune_channels.py): `run` with a channels-only plan; returns the report."""
+    plan = PrunePlan(channels=opts, seed=opts.seed, latency_table=latency_table)
+    return run(cfg, weights, out_dir, plan, data, batch_size, log, measure)
+
+
+def run_layers(cfg: str | None, weights: str, out_dir: str, shortcuts: int, rank: str = "mean",
+               channel_opts: PruneOptions | None = None, img_size: int | None = None, seed: int = 0,
+               data: str | None = None, batch_size: int = 8, log: Callable[[str], None] = print,
+               measure=None, latency_table: str | None = None) -> dict[str, Any]:
+    """Layer (+ channel) pruning (prune_layers.py): `run` with a block plan; returns the report."""
+    plan = PrunePlan(shortcuts, rank, channel_opts,
+                     (img_size, img_size) if img_size else None, seed, latency_table)
+    return run(cfg, weights, out_dir, plan, data, batch_size, log, measure)

@@ -175,7 +175,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         metric: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """The loop (see module docstring); `hooks` go to every fine-tune (tests use them)."""
     from yolo_slim.darknet.cfg import net_size
-    from yolo_slim.prune.channels import PruneOptions, run as prune_run
+    from yolo_slim.prune.channels import PruneOptions
+    from yolo_slim.prune.pipeline import run_channels as prune_run
     from yolo_slim.analysis.cost import model_flops
     from yolo_slim.nn.weights import export_run_model, load_model
     if opts.rounds < 1 or opts.epochs_per_round < 1 or not 0 < opts.per_round_flops < 1:
