@@ -178,15 +178,15 @@ def _auto_round(solver: MaskSolver, opts: PruneOptions, log) -> dict[str, Any] |
 
 def _latency_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[np.ndarray, dict[str, Any]]:
     from yolo_slim.analysis.latency import LatencyTable
-    from yolo_slim.prune.latency_target import table_target
+    from yolo_slim.prune.latency_target import latency_keep, table_target
     if opts.latency_table is None:
         raise YoloSlimError("--target-latency/--target-speedup need a latency table (the scripts "
                             "measure one; see python -m yolo_slim.tools.latency)")
     if opts.target_speedup is not None and not opts.target_speedup >= 1:
         raise YoloSlimError(f"--target-speedup must be >= 1, got {opts.target_speedup}")
     table = LatencyTable.load(opts.latency_table)
-    keep_node, info = solver.latency_keep(table, table_target(table, opts.target_latency,
-                                                              opts.target_speedup, solver.g.defs))
+    keep_node, info = latency_keep(solver, table, table_target(table, opts.target_latency,
+                                                               opts.target_speedup, solver.g.defs))
     return keep_node, {**info, "table": opts.latency_table}
 
 

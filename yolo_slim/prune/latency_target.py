@@ -21,6 +21,7 @@ import numpy as np
 
 from yolo_slim.analysis.latency import LatencyTable
 from yolo_slim.core.errors import TargetUnreachable, YoloSlimError
+from yolo_slim.prune.masks import MaskSolver
 
 
 def _hits(g, nodes_of, cut_ok) -> dict[int, dict[int, int]]:
@@ -48,8 +49,10 @@ def table_target(table: LatencyTable, target_ms: float | None, speedup: float | 
     return full / float(speedup)
 
 
-def latency_keep(solver, table: LatencyTable, target_ms: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """(per-node keep vector, {predicted_before_ms, predicted_ms, target_ms, moves})."""
+def latency_keep(solver: MaskSolver, table: LatencyTable, target_ms: float
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-node keep vector whose predicted latency (the table's) meets target_ms, keeping the
+    most score per ms saved, and its numbers {predicted_before_ms, predicted_ms, target_ms, moves}."""
     if not target_ms > 0 or not math.isfinite(target_ms):
         raise YoloSlimError(f"latency target must be a positive number of ms, got {target_ms}")
     g = solver.g
@@ -132,7 +135,7 @@ def latency_keep(solver, table: LatencyTable, target_ms: float) -> tuple[np.ndar
     for k, roots in enumerate(units):
         keep_root[roots[:pos[k]]] = False
     keep_node = keep_root[g.root]
-    solver._enforce(keep_root, keep_node)  # floors and multiples were honoured: changes nothing
+    solver.enforce(keep_root, keep_node)  # floors and multiples were honoured: changes nothing
     cin = {i: int(keep_node[g.in_nodes(i)].sum()) for i in g.conv_nodes}
     cout = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
     pred = table.total(sum(table.conv_ms(keys[i], cin[i], cout[i]) for i in keys))

@@ -102,7 +102,7 @@ class MaskSolver:
         keep_root[g.root[d[dec_keep]]] = True
         keep_node = keep_root[g.root]
         if enforce:
-            self._enforce(keep_root, keep_node)
+            self.enforce(keep_root, keep_node)
         return keep_node
 
     def _need(self, count: int, total: int, conv: int | None = None) -> int:
@@ -112,9 +112,10 @@ class MaskSolver:
             need = min(total, math.ceil(need / m) * m)
         return need
 
-    def _enforce(self, keep_root: np.ndarray, keep_node: np.ndarray) -> None:
-        """Raise every conv to its floor / multiple by keeping its largest-|γ| cut channels.
-        Keeping a class can raise other convs too, so repeat until nothing changes."""
+    def enforce(self, keep_root: np.ndarray, keep_node: np.ndarray) -> None:
+        """Raise every conv to its floor / multiple by keeping its largest-|γ| cut channels, in
+        place. Keeping a class can raise other convs too, so repeat until nothing changes.
+        Public: a cut chosen elsewhere (prune/latency_target.py) ends with the same floors."""
         changed = True
         while changed:
             changed = False
@@ -146,7 +147,7 @@ class MaskSolver:
         keep_root = ~self.has_dec_root | self.must_root | alive
         keep_node = keep_root[g.root]
         if enforce:
-            self._enforce(keep_root, keep_node)
+            self.enforce(keep_root, keep_node)
         return keep_node
 
     def dead_report(self, dead: np.ndarray, percent: float | None = None,
@@ -228,7 +229,7 @@ class MaskSolver:
             keep_root[roots[order[:n_cut]]] = False
         keep_node = keep_root[g.root]
         if enforce:
-            self._enforce(keep_root, keep_node)
+            self.enforce(keep_root, keep_node)
         return keep_node
 
     # ---- FLOPs and statistics ----------------------------------------------------------------
@@ -260,12 +261,6 @@ class MaskSolver:
             else:
                 lo = mid + 1
         return hi  # flops(hi) <= target: hi only ever takes values that meet it (or n)
-
-    def latency_keep(self, table, target_ms: float) -> tuple[np.ndarray, dict]:
-        """Per-node keep vector whose predicted latency (an analysis.latency table) meets
-        target_ms, keeping the most score per ms saved (prune/latency_target.py), and its numbers."""
-        from yolo_slim.prune.latency_target import latency_keep
-        return latency_keep(self, table, target_ms)
 
     def gamma_stats(self) -> dict:
         """Per prunable conv |γ| quantiles, and the largest threshold that empties no layer
