@@ -81,7 +81,8 @@ def main(argv=None):
     if run_cfg.labels == "teacher" and not ns.t_weights:
         raise YoloSlimError("--labels teacher needs a teacher: --t-weights (and --t-cfg)")
     runner = load_teacher(ns.t_cfg, ns.t_weights) if ns.t_weights else None
-    hook = make_distill_hook(model, runner, kd, cfg.anchor_t) if kd.mode != "none" else None
+    # no LossHyp here: the engine hands the hook the one its YOLO loss uses before the first step
+    hook = make_distill_hook(model, runner, kd) if kd.mode != "none" else None
     hooks = teacher_label_hooks(run_cfg, runner) + ([hook] if hook else [])
     if run_cfg.sr:  # the sparsity hook first: it owns the optimizer step, KD only adds a loss
         from yolo_slim.tools.latency import sparse_hooks  # + the latency table and timer

@@ -117,9 +117,6 @@ def from_args(cls: type, a: argparse.Namespace, **given: Any) -> Any:
     return cls(**{k: getattr(a, k) for k in names if hasattr(a, k)}, **given)
 
 
-options_from_args = from_args  # the name the tools used first
-
-
 _UNSET = object()
 _ACCUMULATE = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction,
                argparse._ExtendAction)

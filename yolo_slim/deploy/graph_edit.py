@@ -137,11 +137,6 @@ def float_head_outputs(model: onnx.ModelProto, heads: list[str]) -> int:
     return removed
 
 
-def quantized_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of tensors that pass through a QuantizeLinear (the activations held in int8)."""
-    return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-
-
 def drop_unused_initializers(model: onnx.ModelProto) -> int:
     """Remove initializers no node reads any more (left behind by the edits above)."""
     graph = model.graph

@@ -80,13 +80,6 @@ def choose_cut(solver: MaskSolver, opts: PruneOptions) -> tuple[float, int | Non
     return solver.cut_threshold(n_cut), n_cut
 
 
-def verify(model: Darknet, folded: Darknet, compact: Darknet, g: ChannelGraph,
-           keep_node: np.ndarray, img_hw: tuple[int, int] | None = None, seed: int = 0) -> dict[str, Any]:
-    """max |Δ| of raw head maps on one random input: compact vs folded (must be float rounding),
-    and compact vs the unfolded masked model (γ of cut channels zeroed only: border gap)."""
-    return verify_cut(model, folded, compact, channel_cuts(g, keep_node), img_hw, seed)
-
-
 def prune_model(model: Darknet, opts: PruneOptions, check: bool = True,
                 log=lambda *a: None, scores: np.ndarray | None = None) -> PruneResult:
     """Prune `model` (unchanged) by its BN |γ| (or opts.importance, or the given per-node

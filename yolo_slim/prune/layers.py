@@ -48,7 +48,6 @@ import torch
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.darknet.cfg import get_str
 from yolo_slim.nn.model import Darknet, conv_layers
-from yolo_slim.prune.fold import propagate
 from yolo_slim.prune.verify import verify
 from yolo_slim.sections import check_supported, section_of
 from yolo_slim.sections.activations import activation_fn
@@ -153,12 +152,6 @@ def choose_blocks(blocks: list[Block], scores: dict[int, float], n: int) -> list
 def block_cuts(model: Darknet, blocks: list[Block]) -> dict[int, np.ndarray]:
     """Removing a block = cutting every channel of its last conv (fold.py does the rest)."""
     return {b.conv2: np.ones(model.out_channels[b.conv2], bool) for b in blocks}
-
-
-def apply_block_removal(model: Darknet, blocks: list[Block], fold: bool = True) -> None:
-    """In place. fold=False: the masked model (γ₂ = 0). fold=True: the folded model (module
-    docstring): the same constant propagation as channel pruning (prune/fold.py)."""
-    propagate(model, block_cuts(model, blocks), fold)
 
 
 @torch.no_grad()

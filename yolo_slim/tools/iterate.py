@@ -312,11 +312,11 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.core.cli import options_from_args, parse_given, write_resolved
+    from yolo_slim.core.cli import from_args, parse_given, write_resolved
     a, given = parse_given(parser(), argv)
     if a is None:
         return 0
-    opts = options_from_args(IterateOptions, a, train=parse_train_overrides(a.train))
+    opts = from_args(IterateOptions, a, train=parse_train_overrides(a.train))
     check_targets(opts, given)
     s = run(a.cfg, a.weights, a.data, a.output_dir, opts)
     write_resolved(os.path.join(a.output_dir, "args.json"), a)

@@ -33,7 +33,7 @@ import numpy as np
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.analysis.graph import STRATEGIES, build_graph
 from yolo_slim.analysis.importance import IMPORTANCE, node_scores
-from yolo_slim.nn.model import Darknet
+from yolo_slim.nn.model import Darknet, check_img_size
 from yolo_slim.prune.compact import compact_model
 from yolo_slim.prune.fold import channel_cuts
 from yolo_slim.prune.verify import apply_cut
@@ -166,7 +166,8 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: Sensitivit
     if not opts.ratios or any(not 0 < r <= 1 for r in opts.ratios):
         raise YoloSlimError(f"--ratios must be in (0, 1], got {opts.ratios}")
     model = load_model(cfg, weights).eval()
-    hw = (opts.img_size,) * 2 if opts.img_size else net_size(model.module_defs)
+    hw = check_img_size(model.module_defs, (opts.img_size,) * 2) if opts.img_size else \
+        net_size(model.module_defs)
     g = build_graph(model.module_defs)
     scores = node_scores(model, g, opts.importance, data, hw, opts.rank_batches, opts.batch_size)
     solver = MaskSolver(g, scores, opts.strategy, opts.layer_keep, opts.round_to, hw)
@@ -228,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", choices=list(IMPORTANCE), default=d.importance)
     p.add_argument("--layer-keep", type=number(float, min=0, max=1), default=d.layer_keep)
     p.add_argument("--round-to", type=number(int, min=1), default=d.round_to)
-    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32))
+    p.add_argument("--img-size", type=number(int, min=1))
     p.add_argument("--eval-images", type=number(int, min=0), default=d.eval_images, help="0 = all")
     p.add_argument("--batch-size", type=number(int, min=1), default=d.batch_size)
     p.add_argument("--rank-batches", type=number(int, min=1), default=d.rank_batches)
@@ -237,13 +238,13 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.core.cli import options_from_args, parse, write_resolved
+    from yolo_slim.core.cli import from_args, parse, write_resolved
     from yolo_slim.core.paths import guard_outputs
     from yolo_slim.data.inputs import data_inputs
     a = parse(parser(), argv)
     if a is None:
         return 0
-    opts = options_from_args(SensitivityOptions, a)
+    opts = from_args(SensitivityOptions, a)
     guard_outputs({"--cfg": a.cfg, "--weights": a.weights, "--latency-table": a.latency_table,
                    **data_inputs(a.data)},
                   {"--output-dir": [os.path.join(a.output_dir, f) for f in OUTPUT_FILES]})

@@ -131,7 +131,7 @@ class DistillConfig:
 
 
 def make_distill_hook(student: Darknet, teacher, cfg: DistillConfig,
-                      hyp: LossHyp | float | None = None):
+                      hyp: LossHyp | None = None):
     """The engine hook adding the distillation terms to the student's YOLO loss. `teacher` is
     a Darknet or a train.teacher.TeacherRunner (shared with --labels teacher: one forward).
 
@@ -139,8 +139,7 @@ def make_distill_hook(student: Darknet, teacher, cfg: DistillConfig,
     so kd_weight=1 weighs soft targets like hard ones; chen's targets use its anchor_t. Those
     come from the LossHyp the training's YOLO loss uses: the engine hands it to the hook
     (use_loss_hyp) before the first step, so --obj/--cls (and a resumed run's saved values)
-    reach both. `hyp` only matters when the hook is called outside the engine; a float is the
-    older anchor_t-only argument (kept for callers not updated yet)."""
+    reach both. `hyp` only matters when the hook is called outside the engine."""
     from yolo_slim.train.engine import TrainHooks
 
     from yolo_slim.train.teacher import TeacherRunner
@@ -148,8 +147,8 @@ def make_distill_hook(student: Darknet, teacher, cfg: DistillConfig,
         return None
     runner = teacher if isinstance(teacher, TeacherRunner) else TeacherRunner(teacher)
     check_heads_match(student, runner.model)
-    if hyp is None or isinstance(hyp, (int, float)):
-        hyp = LossHyp() if hyp is None else LossHyp(anchor_t=float(hyp))
+    if hyp is None:
+        hyp = LossHyp()
 
     class DistillHook(TrainHooks):
         def __init__(self, hyp: LossHyp) -> None:

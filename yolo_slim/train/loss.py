@@ -133,9 +133,3 @@ def _bce(x: torch.Tensor, t: torch.Tensor, probs: bool) -> torch.Tensor:
     if probs:  # new_coords heads output probabilities already
         return F.binary_cross_entropy(x.clamp(1e-7, 1 - 1e-7), t, reduction="none")
     return F.binary_cross_entropy_with_logits(x, t, reduction="none")
-
-
-def make_loss_fn(model, hyp: LossHyp):
-    """loss_fn(raw, targets, img_hw) bound to a model's heads and the gains."""
-    return lambda raw, targets, img_hw: yolo_loss(raw, targets, model, img_hw, hyp)
-
