@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from yolo_slim.core.cli import Parser, parse
+from yolo_slim.core.errors import cli_main
 from yolo_slim.darknet.cfg import net_channels, parse_cfg
 from yolo_slim.sections import infer_shapes, section_of
 from yolo_slim.sections.convolutional import CONV, SHORTCUT, has_bn
@@ -265,18 +267,15 @@ def describe(module_defs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from yolo_slim.core.errors import cli_main
-
-    @cli_main
-    def run(args: list[str] | None) -> int:
-        if not args or len(args) != 1:
-            print("usage: python -m yolo_slim.analysis.graph CFG", file=sys.stderr)
-            return 2
-        print(describe(parse_cfg(args[0])))
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    p = Parser(prog="python -m yolo_slim.analysis.graph", description=__doc__)
+    p.add_argument("cfg")
+    a = parse(p, argv)
+    if a is None:  # --help
         return 0
-
-    return run(argv if argv is not None else sys.argv[1:])
+    print(describe(parse_cfg(a.cfg)))
+    return 0
 
 
 if __name__ == "__main__":

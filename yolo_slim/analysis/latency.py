@@ -32,12 +32,13 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from yolo_slim.analysis.cost import conv_flops_table
-from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+from yolo_slim.core.cli import Parser, parse
+from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.analysis.graph import ChannelGraph, build_graph, prunable_of
 from yolo_slim.sections import infer_shapes, section_of
 from yolo_slim.sections.base import activation_of
@@ -291,28 +292,24 @@ def plot_latency_flops(defs: list[dict[str, Any]], table: LatencyTable, path: st
     save_png(img, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """python -m yolo_slim.analysis.latency TABLE.json [--plot P.png --cfg CFG]: print (and plot)
-    a measured table (measure one with python -m yolo_slim.tools.latency)."""
-    import argparse
-
-    from yolo_slim.core.errors import cli_main
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m yolo_slim.analysis.latency TABLE.json [--plot P.png --cfg CFG]."""
     from yolo_slim.darknet.cfg import parse_cfg
-
-    @cli_main
-    def run(args: list[str]) -> int:
-        p = argparse.ArgumentParser(prog="python -m yolo_slim.analysis.latency", description=main.__doc__)
-        p.add_argument("table")
-        p.add_argument("--plot")
-        p.add_argument("--cfg", help="cfg to plot (default: the table's)")
-        a = p.parse_args(args)
-        t = LatencyTable.load(a.table)
-        print(table_text(t))
-        if a.plot:
-            plot_latency_flops(parse_cfg(a.cfg or t.meta["cfg"]), t, a.plot, title=t.meta.get("cfg", ""))
+    p = Parser(prog="python -m yolo_slim.analysis.latency",
+               description="Print (and plot) a measured latency table (measure one with "
+                           "python -m yolo_slim.tools.latency).")
+    p.add_argument("table")
+    p.add_argument("--plot")
+    p.add_argument("--cfg", help="cfg to plot (default: the table's)")
+    a = parse(p, argv)
+    if a is None:  # --help
         return 0
-
-    return run(argv if argv is not None else sys.argv[1:])
+    t = LatencyTable.load(a.table)
+    print(table_text(t))
+    if a.plot:
+        plot_latency_flops(parse_cfg(a.cfg or t.meta["cfg"]), t, a.plot, title=t.meta.get("cfg", ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ darknet's published .weights load into them (tests/test_zoo.py checks that again
 """
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Callable, Sequence
 
 from yolo_slim.darknet.cfg import write_cfg
 from yolo_slim.darknet.cfg_builder import CfgBuilder, Defs, _net
+from yolo_slim.core.cli import Parser, number, parse
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 
 ANCHORS_V3 = "10,13,16,30,33,23,30,61,62,45,59,119,116,90,156,198,373,326"
@@ -287,14 +287,13 @@ def write_zoo(out_dir: str, names: Sequence[str] | None = None,
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m yolo_slim.darknet.zoo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m yolo_slim.darknet.zoo", description=__doc__)
     p.add_argument("names", nargs="*", help=f"models to write (default all: {', '.join(MODELS)})")
     p.add_argument("--out", default="cfg", help="output directory")
-    p.add_argument("--classes", type=int, help="number of classes (default: the model's own)")
-    args = p.parse_args(argv)
-    if args.classes is not None and args.classes < 1:
-        raise YoloSlimError("--classes must be at least 1")
+    p.add_argument("--classes", type=number(int, min=1), help="number of classes (default: the model's own)")
+    args = parse(p, argv)
+    if args is None:  # --help
+        return 0
     for path in write_zoo(args.out, args.names or None, args.classes):
         print(f"wrote {path}")
     return 0

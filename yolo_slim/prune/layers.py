@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from yolo_slim.core.errors import YoloSlimError
-from yolo_slim.darknet.cfg import get_str
+from yolo_slim.core.cli import Parser, parse
+from yolo_slim.core.errors import YoloSlimError, cli_main
+from yolo_slim.darknet.cfg import get_str, parse_cfg
 from yolo_slim.nn.model import Darknet, conv_layers
 from yolo_slim.prune.verify import verify
 from yolo_slim.sections import check_supported, section_of
@@ -210,23 +211,17 @@ def removed_table(blocks: list[Block], scores: dict[int, float]) -> list[dict[st
              "score": scores[b.shortcut]} for b in blocks]
 
 
-
-def main(argv: list[str] | None = None) -> int:
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
     """python -m yolo_slim.prune.layers CFG: the removable blocks of a cfg and why others stay."""
-    import sys
-
-    from yolo_slim.darknet.cfg import parse_cfg
-    from yolo_slim.core.errors import cli_main
-
-    @cli_main
-    def run(args: list[str] | None) -> int:
-        if not args or len(args) != 1:
-            print("usage: python -m yolo_slim.prune.layers CFG", file=sys.stderr)
-            return 2
-        print(blocks_text(parse_cfg(args[0])))
+    p = Parser(prog="python -m yolo_slim.prune.layers",
+               description="The removable residual blocks of a cfg, and why the others stay.")
+    p.add_argument("cfg")
+    a = parse(p, argv)
+    if a is None:  # --help
         return 0
-
-    return run(argv if argv is not None else sys.argv[1:])
+    print(blocks_text(parse_cfg(a.cfg)))
+    return 0
 
 
 if __name__ == "__main__":

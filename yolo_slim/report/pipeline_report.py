@@ -13,14 +13,14 @@ scripts) are linked in.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
+from yolo_slim.core.cli import Parser, number, parse
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import count_params, model_flops
@@ -253,21 +253,24 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
 
 
 @cli_main
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    p = Parser(prog="python -m yolo_slim.report.pipeline_report", description=__doc__)
     p.add_argument("--run", required=True, help="the pipeline's run folder")
     p.add_argument("--data", required=True)
-    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--img-size", type=number(int, min=1), default=320)
     p.add_argument("--output", help="default: <run>/REPORT.md")
     p.add_argument("--reference", help="score agreement with this model's detections (label-free)")
     p.add_argument("--reference-cfg", help="cfg of --reference (optional for a .pt)")
-    a = p.parse_args(argv)
+    a = parse(p, argv)
+    if a is None:  # --help
+        return 0
     text = build_report(a.run, a.data, a.img_size,
                         reference=(a.reference_cfg, a.reference) if a.reference else None)
     out = a.output or os.path.join(a.run, "REPORT.md")
     atomic_write_bytes(out, text.encode())
     print(text)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.core.cli import Parser, parse
+from yolo_slim.core.errors import YoloSlimError, cli_main
 from yolo_slim.data.preprocess import MODES
 from yolo_slim.eval.evaluate import box_iou
 
@@ -101,18 +102,19 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         f"{r['max_dxy_px']:.3f} |" for r in rows])
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
     from yolo_slim.data.real_assets import real_asset
     from yolo_slim.nn.weights import load_model
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m yolo_slim.tools.darknet_parity", description=__doc__)
     p.add_argument("--reference", default=os.path.normpath(REFERENCE))
     p.add_argument("--model-dir", help="yolov3-tiny.cfg/.weights (default: real asset coco-tiny)")
     p.add_argument("--photos", help="the photos (default: real asset darknet-photos)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--json", help="also write the rows (with every matched pair) here")
-    a = p.parse_args(argv)
+    a = parse(p, argv)
+    if a is None:  # --help
+        return 0
     with open(a.reference) as f:
         ref = json.load(f)
     model_dir = a.model_dir or real_asset("coco-tiny")
