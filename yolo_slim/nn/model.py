@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from yolo_slim.core.errors import CfgError
+from yolo_slim.core.errors import CfgError, YoloSlimError
 from yolo_slim.sections import SECTIONS, infer_shapes, section_of
 from yolo_slim.sections.base import Shape, Shapes, resolve_index  # noqa: F401 (re-exported)
 from yolo_slim.sections.convolutional import ConvBlock, conv_geometry  # noqa: F401 (re-exported)
@@ -83,3 +83,31 @@ def conv_layers(model: Darknet) -> list[tuple[int, ConvBlock]]:
 def build_model(cfg_path: str) -> Darknet:
     from yolo_slim.darknet.cfg import parse_cfg
     return Darknet(parse_cfg(cfg_path))
+
+
+_PROBE = 2 ** 12 * 45  # divisible by every stride a cfg may use (powers of 2, 3, 5)
+
+
+def largest_stride(module_defs: list[dict[str, Any]]) -> int:
+    """The largest downsampling of the cfg (32 for YOLOv3, 2 for a one-conv detector, 64 for a
+    P6 model), from the shape pass at two sizes every stride divides: maps that do not scale
+    with the input (a global [avgpool] of a squeeze-excitation block) are no stride."""
+    a = infer_shapes(module_defs, (_PROBE, _PROBE)).layers
+    b = infer_shapes(module_defs, (2 * _PROBE, 2 * _PROBE)).layers
+    sides = [min(h, w) for (_, h, w), (_, h2, w2) in zip(a, b) if (h2, w2) == (2 * h, 2 * w)]
+    return max(1, round(_PROBE / min(sides))) if sides else 1
+
+
+def check_img_size(module_defs: list[dict[str, Any]], hw: tuple[int, int],
+                   flag: str = "--img-size") -> tuple[int, int]:
+    """An input size must be a multiple of the cfg's largest stride (the cfg's own rule, not
+    32); then the shape pass at that size (maps that join must meet) names a cfg line if not."""
+    s = largest_stride(module_defs)
+    for v in hw:
+        if v < s or v % s:
+            path = module_defs[0].get("_path") or ""
+            where = f" ({path})" if path and not path.startswith("<") else ""
+            raise YoloSlimError(f"{flag} {v} must be a multiple of {s}, the largest stride of "
+                                f"the cfg{where}")
+    infer_shapes(module_defs, (int(hw[0]), int(hw[1])))
+    return int(hw[0]), int(hw[1])
