@@ -3,7 +3,7 @@
 knowledge of section types lives in yolo_slim/sections, modules stay short, and scripts are thin.
 
     core -> darknet -> data -> sections -> nn -> analysis -> eval -> prune -> train -> deploy
-         -> report -> tools          (a package may import only packages to its left)
+         -> report -> tools -> commands          (a package may import only packages to its left)
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "yolo_slim"
 LAYERS = ["core", "darknet", "data", "sections", "nn", "analysis", "eval", "prune", "train",
-          "deploy", "report", "tools"]
+          "deploy", "report", "tools", "commands"]
 MODULES = sorted(p for p in PKG.rglob("*.py"))
 
 

@@ -1,0 +1,46 @@
+r"""Channel pruning by BN |γ| (or --importance l1|rank) with exact β folding; writes a darknet
+cfg + weights.
+
+  python prune_channels.py --cfg cfg/yolov3.cfg --weights sparse.weights --output-dir runs/p \
+      --strategy slim --global-percent 0.5 --layer-keep 0.01 [--round-to 8] [--data x.data]
+  python prune_channels.py ... --importance rank --data x.data --target-flops 0.5
+  python prune_channels.py ... --layer-ratios runs/sens/ratios.json   # from yolo_slim.tools.sensitivity
+  python prune_channels.py ... --target-latency 2.5 [--latency-threads 2]  # ms on onnxruntime CPU
+`yolo-slim prune` and `python prune_channels.py` are this command.
+"""
+from __future__ import annotations
+
+import os
+
+from yolo_slim.core.cli import Parser, parse, write_resolved
+from yolo_slim.core.errors import cli_main
+from yolo_slim.prune.channels import summary_text
+from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run
+from yolo_slim.prune.pipeline import latency_text, run_channels
+from yolo_slim.tools.latency import for_script
+
+
+def parser() -> Parser:
+    p = Parser(description=__doc__)
+    add_run_args(p)  # --cfg --weights --output-dir --img-size --data --batch-size --seed
+    add_channel_args(p, required=True)  # shared with prune_layers.py's combined mode
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = parse(parser(), argv)
+    if a is None:  # --help
+        return 0
+    guard_run(a)  # before anything is written: no output may be an input
+    opts, measure, table = for_script(a, channel_options(a))  # latency table + measured latency
+    rep = run_channels(a.cfg, a.weights, a.output_dir, opts, data=a.data, batch_size=a.batch_size,
+                       measure=measure, latency_table=table)
+    write_resolved(os.path.join(a.output_dir, "args.json"), a)
+    print(summary_text(rep))
+    if measure:
+        print(latency_text(rep))
+    print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
+          "+ prune_report.json, channels.png, gamma_hist.png, args.json")
+    return 0
+
