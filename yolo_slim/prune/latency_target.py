@@ -49,6 +49,29 @@ def table_target(table: LatencyTable, target_ms: float | None, speedup: float | 
     return full / float(speedup)
 
 
+def _units(solver: MaskSolver, cut_ok: np.ndarray, score: np.ndarray, out_hits: dict, in_hits: dict,
+           pays: dict[int, bool]) -> tuple[list[list[int]], list[int], list[bool], dict[int, set[int]]]:
+    """What latency_keep moves, per unit of solver.units(): its cuttable class roots, lowest
+    score first (ties: class id); the multiple its counts keep (--round-to, auto's per conv);
+    whether an unaligned output count costs more on one of its convs. And per conv, the units
+    whose moves change its counts (their best moves are re-priced after a move there)."""
+    g = solver.g
+    units, mults = [], []
+    for u in solver.units():
+        mults.append(math.lcm(solver.round_to, *[solver.multiple.get(i, 1) for i in u]))
+        roots = np.unique(np.concatenate([g.root[g.conv_nodes[i]] for i in u]))
+        roots = roots[cut_ok[roots]]
+        units.append(roots[np.lexsort((roots, score[roots]))].tolist())
+    touches: dict[int, set[int]] = {}
+    aligned = []
+    for k, roots in enumerate(units):
+        aligned.append(any(pays[i] for r in roots for i in out_hits.get(r, {})))
+        for r in roots:
+            for i in list(out_hits.get(r, {})) + list(in_hits.get(r, {})):
+                touches.setdefault(i, set()).add(k)
+    return units, mults, aligned, touches
+
+
 def latency_keep(solver: MaskSolver, table: LatencyTable, target_ms: float
                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-node keep vector whose predicted latency (the table's) meets target_ms, keeping the
@@ -66,19 +89,7 @@ def latency_keep(solver: MaskSolver, table: LatencyTable, target_ms: float
     in_cnt = {i: len(g.in_nodes(i)) for i in g.conv_nodes}
     floor = {i: max(1, math.ceil(solver.layer_keep * n - 1e-9)) for i, n in out_cnt.items()}
     ms = {i: table.conv_ms(keys[i], in_cnt[i], out_cnt[i]) for i in keys}
-    units, mults = [], []  # per unit: its cuttable class roots, lowest score first (ties: class
-    for u in solver.units():  # id); the multiple its counts keep (--round-to, auto's per conv)
-        mults.append(math.lcm(solver.round_to, *[solver.multiple.get(i, 1) for i in u]))
-        roots = np.unique(np.concatenate([g.root[g.conv_nodes[i]] for i in u]))
-        roots = roots[cut_ok[roots]]
-        units.append(roots[np.lexsort((roots, score[roots]))].tolist())
-    touches: dict[int, set[int]] = {}  # conv -> units whose moves change its counts
-    aligned = []  # per unit: does an unaligned output count cost more on one of its convs?
-    for k, roots in enumerate(units):
-        aligned.append(any(pays[i] for r in roots for i in out_hits.get(r, {})))
-        for r in roots:
-            for i in list(out_hits.get(r, {})) + list(in_hits.get(r, {})):
-                touches.setdefault(i, set()).add(k)
+    units, mults, aligned, touches = _units(solver, cut_ok, score, out_hits, in_hits, pays)
     pos = [0] * len(units)
 
     def after(k: int, n: int) -> tuple[dict, dict]:
