@@ -285,7 +285,7 @@ def make_sparsity_hook(model: Darknet, strategy: str, schedule: SparsitySchedule
     hook = SparsityHook(model, strategy, schedule, epochs, output_dir, **kw)
     what = (f"prox on (gamma, beta) of {hook.classes.n} channel classes" if hook.update == "prox"
             else "L1 subgradient on gamma")
-    how = (f"channels fading along the FLOPs path by {hook.importance}" if hook.kill.startswith("path")
+    how = (f"channels fading along the path by {hook.importance}" if hook.kill.startswith("path")
            else "s adapted")
     lt = kw.get("latency_target")
     what_goal = (f"predicted latency <= {lt.desired():.3g} of the uncut model, corrected by the "
