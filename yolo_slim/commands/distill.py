@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Sequence
 
 from yolo_slim.core.errors import YoloSlimError, cli_main
 
@@ -36,7 +37,7 @@ def add_kd_args(p: argparse.ArgumentParser) -> None:
 
 
 @cli_main
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     from yolo_slim.core.cli import Parser, parse_given, refuse_changed, write_resolved
     from yolo_slim.core.paths import guard_outputs
     from yolo_slim.data.inputs import data_inputs

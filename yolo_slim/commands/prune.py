@@ -11,6 +11,7 @@ cfg + weights.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from yolo_slim.core.cli import Parser, parse, write_resolved
 from yolo_slim.core.errors import cli_main
@@ -28,7 +29,7 @@ def parser() -> Parser:
 
 
 @cli_main
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     a = parse(parser(), argv)
     if a is None:  # --help
         return 0

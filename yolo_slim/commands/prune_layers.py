@@ -10,6 +10,7 @@ channel flags, prune channels of the result in the same run.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from yolo_slim.core.cli import Parser, number, parse, write_resolved
 from yolo_slim.core.errors import YoloSlimError, cli_main
@@ -27,7 +28,7 @@ def parser() -> Parser:
 
 
 @cli_main
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     a = parse(parser(), argv)
     if a is None:
         return 0

@@ -17,12 +17,13 @@ written to <output-dir>/opt.json next to last.pt, best.pt, results.csv and resul
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from yolo_slim.core.errors import YoloSlimError, cli_main
 
 
 @cli_main
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     from yolo_slim.core.cli import Parser, parse_given, refuse_changed
     from yolo_slim.core.device import seed_all
     from yolo_slim.train.engine import (RUN_FILES, RUNTIME_FIELDS, TrainConfig, resume_config,
