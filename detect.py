@@ -22,7 +22,7 @@ def parse_args(argv):
     p.add_argument("--weights", required=True, help=".weights or .pt")
     p.add_argument("--source", required=True, help="image, folder of images, or .txt list")
     p.add_argument("--names", help="class names file (one per line); default: class ids")
-    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32), default=416)
+    p.add_argument("--img-size", type=number(int, min=1), default=416)
     p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.25)
     p.add_argument("--iou-thres", type=number(float, min=0, max=1), default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=number(int, min=1), default=300)
@@ -52,10 +52,9 @@ def main(argv=None):
         return 0
     from yolo_slim.core.cli import write_resolved
     from yolo_slim.core.paths import ensure_dir, guard_outputs
-    from yolo_slim.eval.detect import check_img_size, list_sources, load_names, run_detect
+    from yolo_slim.eval.detect import list_sources, load_names, run_detect
     from yolo_slim.core.device import select_device
     from yolo_slim.nn.weights import load_model
-    check_img_size(args.img_size)
     sources = list_sources(args.source)  # fail on a bad source before loading the model
     guard_outputs({"--cfg": args.cfg, "--weights": args.weights, "--names": args.names,
                    "--source": [args.source] + sources},

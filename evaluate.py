@@ -26,7 +26,7 @@ def parse_args(argv):
     src.add_argument("--onnx", help="an exported .onnx file, run in onnxruntime (FP32 or INT8)")
     p.add_argument("--data", required=True, help="darknet .data file")
     p.add_argument("--split", choices=["valid", "train"], default="valid")
-    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32),
+    p.add_argument("--img-size", type=number(int, min=1),
                    help="default 416; with --onnx the file's input size")
     p.add_argument("--batch-size", type=number(int, min=1), default=16)
     p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.001)

@@ -24,8 +24,8 @@ def parse_args(argv):
     p.add_argument("--format", choices=["weights", "pt", "onnx"], required=True)
     p.add_argument("--output", help="output file (default: next to --weights, new extension); "
                                     "the resolved flags go to <output>.args.json")
-    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32), nargs="+", default=[416],
-                   help="S or H W (onnx)")
+    p.add_argument("--img-size", type=number(int, min=1), nargs="+", default=[416],
+                   help="S or H W (onnx): multiples of the cfg's largest stride")
     p.add_argument("--batch-size", type=number(int, min=1), default=1,
                    help="onnx: trace batch; the fixed batch with --static")
     p.add_argument("--opset", type=number(int, min=7), default=18)

@@ -156,8 +156,9 @@ ROWS = [
     ("loss-sensitivity", "sensitivity", "--weights {pt} --data {d}/sens/ratios.json "
      "--output-dir {d}/sens", "error", r"input --data .*ratios\.json"),
     # ---- flags checked when parsed, in one place (core/cli.number) --------------------------
+    # --img-size is the cfg's rule (a multiple of its largest stride, 1 here), not the flag's
     ("flag-prune-img-fit", "prune_channels", "--weights {pt} --output-dir {out} --global-percent 0.3 "
-     "--img-size 100", "error", r"argument --img-size: must be >= 32 and a multiple of 32, got 100"),
+     "--img-size 100", "ok", r"wrote"),
     ("flag-prune-batch0", "prune_channels", "--weights {pt} --output-dir {out} --global-percent 0.3 "
      "--batch-size 0", "error", r"argument --batch-size: must be >= 1, got 0"),
     ("flag-prune-percent", "prune_channels", "--weights {pt} --output-dir {out} --global-percent 1.5",
@@ -165,15 +166,15 @@ ROWS = [
     ("flag-prune-missing", "prune_channels", "--weights {pt} --output-dir {out}",
      "error", r"one of the arguments --global-percent .* is required"),
     ("flag-layers-img0", "prune_layers", "--weights {pt} --output-dir {out} --shortcuts 1 "
-     "--img-size 0", "error", r"argument --img-size: must be >= 32"),
+     "--img-size 0", "error", r"argument --img-size: must be >= 1"),
     ("flag-layers-shortcuts0", "prune_layers", "--weights {pt} --output-dir {out} --shortcuts 0",
      "error", r"argument --shortcuts: must be >= 1, got 0"),
     ("flag-train-batch0", "train_sparse", "--cfg {cfg} --data {data} --output-dir {out} "
      "--batch-size 0", "error", r"argument --batch-size: must be >= 1, got 0"),
     ("flag-train-lr-nan", "train_sparse", "--cfg {cfg} --data {data} --output-dir {out} --lr0 nan",
      "error", r"argument --lr0: must be a finite number"),
-    ("flag-train-img33", "train_sparse", "--cfg {cfg} --data {data} --output-dir {out} "
-     "--img-size 33", "error", r"argument --img-size: .*multiple of 32, got 33"),
+    ("flag-train-img-neg", "train_sparse", "--cfg {cfg} --data {data} --output-dir {out} "
+     "--img-size -32", "error", r"argument --img-size: must be >= 0, got -32"),
     ("flag-train-unknown", "train_sparse", "--cfg {cfg} --data {data} --epoch 3 --lr 0.1",
      "error", r"unrecognized arguments: --lr 0.1|ambiguous option"),
     ("flag-distill-batch0", "distill", "--weights {pt} --data {data} --kd none --output-dir {out} "
@@ -181,17 +182,17 @@ ROWS = [
     ("flag-distill-temp0", "distill", "--weights {pt} --data {data} --output-dir {out} "
      "--temperature 0", "error", r"argument --temperature: must be > 0"),
     ("flag-export-img0", "export", "--weights {pt} --format onnx --img-size 0 --output {d}/m.onnx",
-     "error", r"argument --img-size: must be >= 32"),
+     "error", r"argument --img-size: must be >= 1"),
     ("flag-export-batch0", "export", "--weights {pt} --format onnx --batch-size 0 "
      "--output {d}/m.onnx", "error", r"argument --batch-size: must be >= 1"),
     ("flag-export-img3", "export", "--weights {pt} --format onnx --img-size 32 32 32 "
      "--output {d}/m.onnx", "error", r"--img-size takes S or H W"),
     ("flag-evaluate-img0", "evaluate", "--weights {pt} --data {data} --output-dir {out} --img-size 0",
-     "error", r"argument --img-size: must be >= 32"),
+     "error", r"argument --img-size: must be >= 1"),
     ("flag-evaluate-batch0", "evaluate", "--weights {pt} --data {data} --output-dir {out} "
      "--batch-size 0", "error", r"argument --batch-size: must be >= 1"),
     ("flag-detect-img0", "detect", "--weights {pt} --source {images} --output-dir {out} --img-size 0",
-     "error", r"argument --img-size: must be >= 32"),
+     "error", r"argument --img-size: must be >= 1"),
     ("flag-detect-conf", "detect", "--weights {pt} --source {images} --output-dir {out} "
      "--conf-thres 2", "error", r"argument --conf-thres: must be >= 0 and <= 1, got 2"),
     ("flag-unstructured-amount", "unstructured", "--weights {pt} --output-dir {out} --amount 2",

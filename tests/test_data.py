@@ -97,7 +97,8 @@ def test_bad_data_counted_skipped_clipped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert len(ds) == 3
     assert ds.stats == {"missing_image": 2, "missing_label": 1, "bad_class": 2, "malformed": 2,
-                        "clipped": 2, "empty_box": 1}
+                        "clipped": 2, "empty_box": 1, "truncated": 0, "too_large": 0,
+                        "exif_orientation": 0, "extra_columns": 0}
     line = [x for x in out.splitlines() if x.startswith("list.txt")]
     assert len(line) == 1 and "3 images, 3 boxes" in line[0]
     assert "2 missing/unreadable images skipped" in line[0] and "c.txt:2" in line[0]

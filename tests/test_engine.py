@@ -157,7 +157,7 @@ def test_cli_weights_is_a_fresh_start(shapes_data, tmp_path, run_script):
     assert [r["epoch"] for r in rows(tmp_path / "r2")] == ["0"]
     assert json.loads((tmp_path / "r2" / "opt.json").read_text())["weights"].endswith("last.pt")
     rc, so, se = run_script("train_sparse.py", *args, "--img-size", "70", "--output-dir", tmp_path / "r3")
-    assert rc == 2 and "multiple of 32" in se and "Traceback" not in se
+    assert rc == 2 and "multiple of 8" in se and "Traceback" not in se
     # from scratch, the same command (same --seed) in another process trains the same model:
     # the initial weights are seeded too
     rc, so, se = run_script("train_sparse.py", *args, "--output-dir", tmp_path / "r4")

@@ -43,9 +43,12 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
             where = f"{user_path(e.filename)}: " if e.filename else ""
             print(f"error: {where}{e.strerror or e}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (core/process.py)
+            signum = getattr(e, "signum", 2)
+            note = getattr(e, "note", "")
+            print(f"interrupted by {getattr(e, 'name', 'SIGINT')}{'; ' + note if note else ''}",
+                  file=sys.stderr)
+            return 128 + signum  # the shell's status for a death by that signal
 
     return wrapped
 
@@ -62,10 +65,27 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:  # a failed write (disk full, interrupt) leaves no temp file behind
+    except BaseException as e:  # a failed write (disk full, interrupt) leaves no temp file behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
+
+
+class WriteError(YoloSlimError):
+    """An OSError while writing a file (disk full, quota, read-only), as one line."""
+
+    def __init__(self, path: str, e: OSError):
+        self.path, self.os_error = path, e
+        kept = "the previous file is unchanged" if os.path.exists(path) else "nothing was written"
+        super().__init__(f"{path}: {e.strerror or e} while writing it; {kept}")
+
+
+def write_error(path: str, e: OSError) -> WriteError:
+    """The error to raise for `e` while writing `path`: it names the file the user asked for,
+    never its temp, and says what is on disk now."""
+    return WriteError(path, getattr(e, "os_error", e))
 
 
 def require_file(path: str, what: str = "file") -> str:

@@ -118,12 +118,15 @@ def guard_outputs(inputs: Paths, outputs: Paths) -> None:
 
 
 def _check_parent(label: str, out: str) -> None:
-    """The nearest existing folder above an output must be a folder, not a file."""
+    """The nearest existing folder above an output must be a folder, not a file, and writable
+    (checked before any work, not after an epoch of it); missing folders below it are made."""
     parent = os.path.dirname(os.path.abspath(out))
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise YoloSlimError(f"{label}: {parent} is a file, not a directory")
+    if parent and not os.access(parent, os.W_OK | os.X_OK):
+        raise YoloSlimError(f"{label}: {parent} is not writable")
 
 
 def ensure_dir(path: str, flag: str = "--output-dir") -> str:

@@ -23,9 +23,10 @@ from yolo_slim.data.augment import PAD_VALUE, Augment, augment_hsv, warp_boxes
 from yolo_slim.data.preprocess import check_mode, preprocess as prepare_input, to_tensor
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.data.files import (IMG_EXTS, BadData, DataConfig, image_hw, label_path_for,  # noqa: F401
-                                  parse_data_file, parse_labels, read_image_list)  # (re-exported)
+                                  parse_data_file, parse_labels, probe_image, read_image,
+                                  read_image_list)  # (re-exported)
 
-STRIDE = 32
+STRIDE = 32  # rect batch sides round to multiples of this unless the model's stride is given
 cv2.setNumThreads(0)  # loader workers run in parallel already; OpenCV threads would oversubscribe
 
 
@@ -39,9 +40,10 @@ class YoloDataset(Dataset):
     def __init__(self, list_path: str, img_size: int = 416, augment: bool = False,
                  aug: Augment | None = None, rect: bool = False, batch_size: int = 16,
                  nc: int | None = None, seed: int = 0, root: str | None = None,
-                 limit: int | None = None, cache_mb: int = 0, preprocess: str = "letterbox"):
-        if img_size % STRIDE:
-            raise YoloSlimError(f"--img-size {img_size} must be a multiple of {STRIDE}")
+                 limit: int | None = None, cache_mb: int = 0, preprocess: str = "letterbox",
+                 stride: int = STRIDE):
+        # img_size is the caller's to check against its model (nn.model.check_img_size)
+        self.stride, self._undecodable = stride, set()
         if check_mode(preprocess) != "letterbox" and augment:
             raise YoloSlimError(f"--preprocess {preprocess} is for evaluation and detection; "
                                 "training augments letterboxed images")
@@ -56,10 +58,12 @@ class YoloDataset(Dataset):
         bad = BadData()
         self.paths, self.labels, self.hw0 = [], [], []
         for p in read_image_list(list_path, root)[:limit]:
-            hw = image_hw(p) if os.path.isfile(p) else None
-            if hw is None or min(hw) < 1:
-                bad.add("missing_image", p)
+            hw, problem, rotated = probe_image(p) if os.path.isfile(p) else (None, "missing_image", 0)
+            if problem:
+                bad.add(problem, p)
                 continue
+            if rotated:
+                bad.add("exif_orientation", p)
             lp = label_path_for(p)
             if os.path.isfile(lp):
                 lab = parse_labels(lp, nc, bad)
@@ -87,7 +91,7 @@ class YoloDataset(Dataset):
                 lo, hi = ar[b:b + batch_size].min(), ar[b:b + batch_size].max()
                 # (h, w) as fractions of img_size: wide batches get shorter, tall ones narrower
                 s = (hi, 1.0) if hi < 1 else ((1.0, 1 / lo) if lo > 1 else (1.0, 1.0))
-                shp = tuple(int(math.ceil(img_size * v / STRIDE) * STRIDE) for v in s)
+                shp = tuple(int(math.ceil(img_size * v / stride) * stride) for v in s)
                 self.batch_shapes += [shp] * len(ar[b:b + batch_size])
 
     def __len__(self) -> int:
@@ -97,9 +101,11 @@ class YoloDataset(Dataset):
         self.epoch = epoch
 
     def load(self, i: int) -> np.ndarray:
-        img = cv2.imread(self.paths[i])
+        img = read_image(self.paths[i])
         if img is None:  # unreadable body behind a valid header: grey image, no objects
-            print(f"warning: cannot decode {self.paths[i]}; using a blank image")
+            if i not in self._undecodable:  # once per image, not every epoch
+                self._undecodable.add(i)
+                print(f"warning: cannot decode {self.paths[i]}; using a blank image")
             img = np.full((*self.hw0[i], 3), PAD_VALUE, np.uint8)
             self.labels[i] = np.zeros((0, 5), np.float32)
         return img
@@ -220,7 +226,7 @@ def create_dataloader(list_path: str, img_size: int, batch_size: int, augment: b
                       nc: int | None = None, rank: int = -1, seed: int = 0,
                       aug: Augment | None = None, world: int | None = None,
                       limit: int | None = None, verbose: bool = True,
-                      cache_mb: int = 1024, preprocess: str = "letterbox",
+                      cache_mb: int = 1024, preprocess: str = "letterbox", stride: int = STRIDE,
                       ) -> tuple[DataLoader, YoloDataset]:
     """A DataLoader over a darknet image list. rank >= 0 deals the data to DDP ranks; the
     summary line of bad data is printed once (by rank 0 or the single process). Augmented
@@ -229,7 +235,7 @@ def create_dataloader(list_path: str, img_size: int, batch_size: int, augment: b
     unaugmented images become inputs (letterbox, darknet or resize; data.preprocess)."""
     cache_mb = cache_mb if augment and workers == 0 else 0
     ds = YoloDataset(list_path, img_size, augment, aug, rect, batch_size, nc, seed, limit=limit,
-                     cache_mb=cache_mb, preprocess=preprocess)
+                     cache_mb=cache_mb, preprocess=preprocess, stride=stride)
     if verbose and rank <= 0:
         print(ds.summary)
     if world is None:

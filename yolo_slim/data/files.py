@@ -75,29 +75,86 @@ def label_path_for(img_path: str) -> str:
     return os.path.splitext(p)[0] + ".txt"
 
 
-def image_hw(path: str) -> tuple[int, int] | None:
-    """(h, w) from a PNG/JPEG header without decoding; falls back to a full decode."""
+MAX_PIXELS = 1 << 27  # 134 megapixels, ~400 MB decoded: above it an image is skipped, not decoded
+
+
+def read_image(path: str) -> np.ndarray | None:
+    """An image as darknet reads it: 3 channels of 8 bits (BGR here), grey repeated, alpha
+    dropped, 16 bits scaled down, CMYK converted, the *stored* orientation (darknet's stb_image
+    ignores EXIF rotation, and labels made for darknet follow the stored pixels); None when the
+    file is not a readable image."""
+    return cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
+def _exif_orientation(app1: bytes) -> int:
+    """The Orientation tag (1 = as stored) of an APP1 Exif segment's first IFD."""
+    try:
+        tiff = app1[6:]
+        bo = "<" if tiff[:2] == b"II" else ">"
+        off = struct.unpack(bo + "I", tiff[4:8])[0]
+        for k in range(struct.unpack(bo + "H", tiff[off:off + 2])[0]):
+            tag, _, _, value = struct.unpack(bo + "HHIH", tiff[off + 2 + 12 * k:off + 12 + 12 * k])
+            if tag == 0x0112:
+                return value
+    except struct.error:
+        pass
+    return 1
+
+
+def _complete(path: str, kind: str) -> bool:
+    """Does the file hold its end marker (JPEG EOI after the scan, PNG IEND)? Only the tail is
+    read unless data follows the marker (a phone's motion photo appends a video)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 16))
+        tail = f.read().rstrip(b"\0\r\n ")
+        if tail.endswith(b"\xff\xd9") if kind == "jpeg" else b"IEND" in tail:
+            return True
+        f.seek(0)
+        data = f.read()
+    if kind == "png":
+        return b"IEND" in data
+    sos = data.find(b"\xff\xda")  # scan data never holds FF D9: byte stuffing
+    return sos >= 0 and data.find(b"\xff\xd9", sos) >= 0
+
+
+def probe_image(path: str) -> tuple[tuple[int, int] | None, str, bool]:
+    """((h, w), problem, EXIF-rotated) from the file's header, without decoding PNG/JPEG (other
+    formats are decoded). problem: "" (usable), "missing_image" (unreadable, empty, not an
+    image), "truncated" (no end marker) or "too_large" (over MAX_PIXELS: never decoded)."""
+    hw, kind, rotated = None, "", False
     try:
         with open(path, "rb") as f:
             head = f.read(64 * 1024)
         if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
             w, h = struct.unpack(">II", head[16:24])
-            return int(h), int(w)
-        if head[:2] == b"\xff\xd8":
-            i = 2
-            while i + 9 < len(head):
-                if head[i] != 0xFF:
-                    break
+            hw, kind = (int(h), int(w)), "png"
+        elif head[:2] == b"\xff\xd8":
+            kind, i = "jpeg", 2
+            while i + 9 < len(head) and head[i] == 0xFF:
                 marker = head[i + 1]
                 seglen = struct.unpack(">H", head[i + 2:i + 4])[0]
+                if marker == 0xE1 and head[i + 4:i + 10] == b"Exif\0\0":
+                    rotated = _exif_orientation(head[i + 4:i + 2 + seglen]) != 1
                 if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                     h, w = struct.unpack(">HH", head[i + 5:i + 9])
-                    return int(h), int(w)
+                    hw = int(h), int(w)
+                    break
                 i += 2 + seglen
+        if hw and hw[0] * hw[1] > MAX_PIXELS:
+            return hw, "too_large", rotated
+        if kind and hw and not _complete(path, kind):
+            return hw, "truncated", rotated
     except OSError:
-        return None
-    img = cv2.imread(path)
-    return None if img is None else img.shape[:2]
+        return None, "missing_image", False
+    if hw is None:
+        img = read_image(path)
+        hw = None if img is None else img.shape[:2]
+    return hw, "" if hw and min(hw) >= 1 else "missing_image", rotated
+
+
+def image_hw(path: str) -> tuple[int, int] | None:
+    """(h, w) from a PNG/JPEG header without decoding; falls back to a full decode."""
+    return probe_image(path)[0]
 
 
 class BadData:
@@ -106,6 +163,10 @@ class BadData:
              "missing_label": "images without a label file (no objects)",
              "bad_class": "label lines with a class out of range skipped",
              "malformed": "malformed label lines skipped",
+             "truncated": "truncated images skipped",
+             "too_large": f"images over {MAX_PIXELS // 10**6} megapixels skipped (tile them)",
+             "exif_orientation": "images with an EXIF rotation (not applied, as darknet)",
+             "extra_columns": "label lines with more than 5 columns (first 5 used)",
              "clipped": "boxes clipped to 0-1",
              "empty_box": "boxes of zero size skipped"}
 
@@ -143,6 +204,8 @@ def parse_labels(path: str, nc: int | None, bad: BadData) -> np.ndarray:
             if c != int(c) or c < 0 or (nc is not None and c >= nc):
                 bad.add("bad_class", where)
                 continue
+            if len(parts) > 5:  # a score column, say; darknet's fscanf would misread the file
+                bad.add("extra_columns", where)
             x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
             box = np.clip([x1, y1, x2, y2], 0.0, 1.0)
             if not np.allclose(box, [x1, y1, x2, y2], atol=1e-6):

@@ -11,7 +11,7 @@ import numpy as np
 
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.data.dataset import YoloDataset
-from yolo_slim.data.files import parse_data_file, read_image_list
+from yolo_slim.data.files import parse_data_file, read_image, read_image_list
 
 
 class _Unreadable(Exception):
@@ -23,7 +23,7 @@ class _CalibDataset(YoloDataset):
     calibration range measured on grey padding would be silently wrong."""
 
     def load(self, i: int) -> np.ndarray:
-        img = cv2.imread(self.paths[i])
+        img = read_image(self.paths[i])
         if img is None:
             raise _Unreadable(self.paths[i])
         return img
@@ -36,7 +36,7 @@ def _decodes(path: str) -> bool:
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.imread(path) is not None
+        return read_image(path) is not None
     finally:
         cv2.utils.logging.setLogLevel(level)
 

@@ -46,13 +46,13 @@ import torch
 import torch.nn as nn
 
 from yolo_slim.darknet.cfg import net_channels
-from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.core.errors import YoloSlimError, write_error
 from yolo_slim.core.paths import clear_stale_temps, temp_path
 from yolo_slim.sections.convolutional import ConvBlock
 from yolo_slim.sections.yolo import decode_terms, grid_and_stride
 from yolo_slim.deploy.nms import NonMaxSuppression, StableArgsort
 from yolo_slim.deploy.runtime import ort_session
-from yolo_slim.nn.model import Darknet
+from yolo_slim.nn.model import Darknet, check_img_size
 
 
 @dataclass
@@ -277,8 +277,8 @@ def export_onnx(model: Darknet, out_path: str,
     """Export `model` to `out_path` (see the module docstring), check it, return a report:
     outputs, opset, max_abs_delta/max_rel_delta of the onnxruntime check."""
     opts = resolve_options(args, **overrides)
-    h, w = opts.img_hw
     model = getattr(model, "module", model)  # unwrap DDP
+    h, w = check_img_size(model.module_defs, opts.img_hw)
     gen = torch.Generator().manual_seed(opts.seed)
     c = net_channels(model.module_defs)
     x_trace = torch.rand(opts.batch_size, c, h, w, generator=gen)
@@ -294,6 +294,8 @@ def export_onnx(model: Darknet, out_path: str,
             report = _export_checked(model, opts, tmp, x_trace, x_check)
         except YoloSlimError:
             raise
+        except OSError as e:  # disk full, quota: name the user's file, not the temp
+            raise write_error(out_path, e) from None
         except Exception as e:  # torch raises many types for an unsupported opset/op
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise YoloSlimError(f"ONNX export failed (opset {opts.opset}): {msg}") from None

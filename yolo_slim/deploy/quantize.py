@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import torch
 
-from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+from yolo_slim.core.errors import WriteError, YoloSlimError, atomic_write_bytes, write_error
 from yolo_slim.deploy import graph_edit
 from yolo_slim.deploy.calib import CalibrationImages
 from yolo_slim.deploy.export import ExportOptions, export_onnx, resolve_options
@@ -238,10 +238,13 @@ def export_int8(model, out_path: str, export_opts: ExportOptions | Any, calib_da
             return model.decode([torch.from_numpy(o) for o in outs], (h, w)).numpy()
     decode = decode_raw if eo.raw else None
     out_dir = os.path.dirname(os.path.abspath(out_path))
-    with tempfile.TemporaryDirectory(dir=out_dir if os.path.isdir(out_dir) else None) as tmp:
-        fp32 = os.path.join(tmp, "fp32.onnx")
-        fp32_report = export_onnx(model, fp32, eo)
-        report = quantize_onnx(fp32, out_path, images, qopts, decode)
+    try:
+        with tempfile.TemporaryDirectory(dir=out_dir if os.path.isdir(out_dir) else None) as tmp:
+            fp32 = os.path.join(tmp, "fp32.onnx")
+            fp32_report = export_onnx(model, fp32, eo)
+            report = quantize_onnx(fp32, out_path, images, qopts, decode)
+    except (OSError, WriteError) as e:  # a full disk in the temp folder: name the user's file
+        raise write_error(out_path, e) from None
     report["fp32_check"] = {k: fp32_report[k] for k in ("max_abs_delta", "max_rel_delta")}
     report.update(outputs=fp32_report["outputs"], img_hw=[h, w], opset=eo.opset)
     atomic_write_bytes(report_path(out_path),

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from yolo_slim.core.draw import draw_boxes
-from yolo_slim.data.files import IMG_EXTS, read_image_list
+from yolo_slim.data.files import IMG_EXTS, probe_image, read_image, read_image_list
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.data.preprocess import check_mode, ratio_xy, to_tensor
 from yolo_slim.data.preprocess import preprocess as prepare_input
 from yolo_slim.eval.evaluate import non_max_suppression
+from yolo_slim.nn.model import check_img_size
 
-STRIDE = 32  # input sides must be multiples of the largest downsampling of a darknet YOLO
 
 
 def list_sources(source: str) -> list[str]:
@@ -52,12 +52,6 @@ def load_names(path: str | None, nc: int) -> list[str]:
     if len(names) < nc:
         raise YoloSlimError(f"{path}: {len(names)} names for a model with {nc} classes")
     return names
-
-
-def check_img_size(img_size: int) -> int:
-    if img_size < STRIDE or img_size % STRIDE:
-        raise YoloSlimError(f"--img-size {img_size} must be a positive multiple of {STRIDE}")
-    return img_size
 
 
 def scale_to_original(det: torch.Tensor, ratio: float | tuple[float, float], pad: tuple[float, float],
@@ -106,7 +100,8 @@ def run_detect(model: torch.nn.Module, source: str, output_dir: str, img_size: i
     output_dir (each record names its preprocessing). Unreadable images are skipped with a
     one-line warning and counted."""
     from tqdm import tqdm
-    check_img_size(img_size)
+    if hasattr(model, "module_defs"):  # the cfg's own stride rule
+        check_img_size(model.module_defs, (img_size, img_size))
     check_mode(preprocess)
     paths = list_sources(source)
     nc = int(getattr(model, "num_classes", 0)) or 1
@@ -117,9 +112,11 @@ def run_detect(model: torch.nn.Module, source: str, output_dir: str, img_size: i
     records, lines, used, missing = [], [], set(), 0
     try:
         for path in tqdm(paths, desc="detect", disable=not progress, leave=False):
-            img = cv2.imread(path)
+            _, problem, _ = probe_image(path)  # never decode a truncated or huge one
+            img = None if problem else read_image(path)
             if img is None:
-                print(f"warning: cannot read image {path}, skipped", file=sys.stderr)
+                what = {"truncated": "truncated image", "too_large": "image over the pixel limit"}
+                print(f"warning: {what.get(problem, 'cannot read image')} {path}, skipped", file=sys.stderr)
                 missing += 1
                 continue
             det = detect_image(model, img, img_size, conf_thres, iou_thres, max_det, device,

@@ -12,6 +12,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -31,9 +34,10 @@ _TENSOR_NAMES = {5: ("BN beta", "BN gamma", "BN running_mean", "BN running_var",
                  2: ("bias", "kernel")}
 
 
-def check_finite(model: Darknet, path: str, layers: list[int] | None = None) -> None:
-    """Loaded weights must be finite: a NaN or inf names its conv layer, cfg line and tensor
-    (a NaN would otherwise slip through max() in every later check)."""
+def check_finite(model: Darknet, path: str, layers: list[int] | None = None,
+                 verdict: str = "the weights are broken") -> None:
+    """Weights loaded or about to be saved must be finite: a NaN or inf names its conv layer,
+    cfg line and tensor (a NaN would otherwise slip through max() in every later check)."""
     for i, m in conv_layers(model):
         if layers is not None and i not in layers:
             continue
@@ -51,7 +55,7 @@ def check_finite(model: Darknet, path: str, layers: list[int] | None = None) -> 
                 d = model.module_defs[i + 1] if i + 1 < len(model.module_defs) else {}
                 line = f" (cfg line {d['_line']})" if d.get("_line") else ""
                 raise YoloSlimError(f"{path}: conv layer {i}{line}: {name} holds {what} "
-                                    f"of {t.numel()} values; the weights are broken")
+                                    f"of {t.numel()} values; {verdict}")
 
 
 def weights_float_count(model: Darknet) -> int:
@@ -92,8 +96,10 @@ def load_darknet_weights(model: Darknet, path: str) -> None:
                                 f"the cfg needs {need} ({body / 4 - need:+.2f} floats)")
         diff = body // 4 - need
         more = f"{abs(diff)} floats {'too many' if diff > 0 else 'too few'}"
+        # darknet would read the prefix silently: the head of another model's file
+        hint = "; a prefix (darknet53.conv.74) is read by train_sparse.py --transfer" * (diff > 0)
         raise YoloSlimError(f"{path}: holds {body // 4} floats but the cfg needs {need} ({more}); "
-                            "wrong cfg for these weights?")
+                            f"wrong cfg for these weights?{hint}")
     floats = np.frombuffer(data, "<f4", need, offset=hsize)
     pos = 0
     with torch.no_grad():
@@ -116,7 +122,27 @@ def darknet_weights_bytes(model: Darknet) -> bytes:
 
 
 def save_darknet_weights(model: Darknet, path: str) -> None:
+    check_finite(model, path, verdict=NOT_WRITTEN)
     atomic_write_bytes(path, darknet_weights_bytes(model))
+
+
+NOT_WRITTEN = "not written (a file with a NaN or inf is never saved)"
+
+
+def _check_tensors(obj: Any, path: str, where: str) -> None:
+    """Every float tensor in obj (nested dicts and lists: train_model, optimizer state) finite:
+    one float64 sum each is exact (float32 values cannot overflow it); counts for the bad one."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_tensors(v, path, f"{where}: {k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for k, v in enumerate(obj):
+            _check_tensors(v, path, f"{where}[{k}]")
+    elif torch.is_tensor(obj) and obj.is_floating_point() and \
+            not math.isfinite(float(obj.detach().sum(dtype=torch.float64))):
+        n_nan, n_bad = int(torch.isnan(obj).sum()), int((~torch.isfinite(obj)).sum())
+        bad = " and ".join([f"{n_nan} NaN"] * bool(n_nan) + [f"{n_bad - n_nan} inf"] * bool(n_bad - n_nan))
+        raise YoloSlimError(f"{path}: {where} holds {bad} of {obj.numel()} values; {NOT_WRITTEN}")
 
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -128,6 +154,9 @@ def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: Darknet, path: str, **extra: Any) -> None:
     """Write a self-describing .pt (cfg text + state dict + header/seen + anything extra)."""
     model = getattr(model, "module", model)  # unwrap DDP
+    check_finite(model, path, verdict=NOT_WRITTEN)
+    # a training checkpoint's raw weights and optimizer state (hook states may use inf freely)
+    _check_tensors({k: extra[k] for k in ("train_model", "optimizer") if k in extra}, path, "")
     ckpt = {"cfg": write_cfg(model.module_defs),
             "model": state_tensors(model),
             "header": list(model.header), "seen": int(model.seen), **extra}
@@ -137,11 +166,29 @@ def save_checkpoint(model: Darknet, path: str, **extra: Any) -> None:
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
+    """A .pt as a dict, read with torch.load(weights_only=True): another tool's pickled model
+    (classes, functions) is refused without running any of it. A .pt is a zip whose members
+    carry CRCs, which torch does not check: a damaged copy would load wrong tensors silently."""
     if not os.path.isfile(path):
         raise YoloSlimError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            if bad:
+                raise YoloSlimError(f"{path}: not a readable checkpoint: {bad} fails its CRC "
+                                    "check (a damaged or partial copy)")
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except YoloSlimError:
+        raise
+    except Exception as e:  # torch and zipfile raise many types for a corrupt or foreign file
+        if "Weights only load failed" in str(e):
+            g = re.search(r"GLOBAL ([\w.]+)|Unsupported operand \d+", str(e))
+            raise YoloSlimError(f"{path}: not a readable checkpoint: refused, it pickles Python "
+                                f"objects{f' ({g[0]})' if g else ''} whose loading would run code; "
+                                "only tensors and plain data are read (weights_only)") from None
         raise YoloSlimError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise YoloSlimError(f"{path}: not a yolo-slim checkpoint (no 'model' entry)")

@@ -64,7 +64,7 @@ def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> N
     p.add_argument("--cfg", help="darknet cfg (may be omitted for a yolo-slim .pt)")
     p.add_argument("--weights", required=weights_required, help=".weights or .pt")
     p.add_argument("--output-dir", required=weights_required)
-    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32),
+    p.add_argument("--img-size", type=number(int, min=1),
                    help="input size for FLOPs/verification (default: cfg)")
     p.add_argument("--data", help="darknet .data: report mAP before and after")
     p.add_argument("--batch-size", type=number(int, min=1), default=8)

@@ -19,7 +19,7 @@ import numpy as np
 
 from yolo_slim.analysis.cost import count_params, model_flops, plot_channels, plot_gamma_hist
 from yolo_slim.core.errors import TargetUnreachable
-from yolo_slim.nn.model import Darknet
+from yolo_slim.nn.model import Darknet, check_img_size
 from yolo_slim.prune.channels import (PruneOptions, PruneResult, cut_rule, evaluate_maps, prune_model,
                                       score_name)
 from yolo_slim.prune.layer_run import (LayerPruneResult, plot_blocks, prune_layers_model,
@@ -206,6 +206,9 @@ def run(cfg: str | None, weights: str, out_dir: str, plan: PrunePlan, data: str 
     (tools/latency.py's measure_hook: prune/ sits below deploy/) times both models."""
     from yolo_slim.nn.weights import load_model
     model = load_model(cfg, weights)
+    hw = plan.img_size or (plan.channels.img_size if plan.channels else None)
+    if hw:  # FLOPs and verification at a size the cfg runs at
+        check_img_size(model.module_defs, hw)
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, {"--cfg": cfg, "--weights": weights})
     p = prune(model, plan, log)

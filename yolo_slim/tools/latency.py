@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(args) -> int:
         p = Parser(prog="python -m yolo_slim.tools.latency", description=__doc__)
         p.add_argument("--cfg", required=True)
-        p.add_argument("--img-size", type=number(int, min=32, multiple_of=32))
+        p.add_argument("--img-size", type=number(int, min=1))
         p.add_argument("--batch", type=number(int, min=1), default=1)
         p.add_argument("--threads", type=number(int, min=1), default=2)
         p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime-cpu")

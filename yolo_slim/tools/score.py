@@ -39,15 +39,18 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     from yolo_slim.core.device import auto_workers, select_device
     from yolo_slim.data.dataset import create_dataloader
     from yolo_slim.eval.evaluate import evaluate
+    from yolo_slim.nn.model import check_img_size, largest_stride
     from yolo_slim.nn.weights import load_model
     model = load_model(args.cfg, args.weights)
+    img_size = check_img_size(model.module_defs, (args.img_size or 416,) * 2)[0]
     if model.num_classes != data.classes:
         raise YoloSlimError(f"the model has {model.num_classes} classes, {args.data} has {data.classes}")
     device = select_device(args.device)
     ref = load_reference(args, model.num_classes, device)
-    loader, _ = create_dataloader(getattr(data, args.split), args.img_size or 416, args.batch_size,
+    loader, _ = create_dataloader(getattr(data, args.split), img_size, args.batch_size,
                                   augment=False, rect=args.rect, workers=auto_workers(device, args.workers),
-                                  shuffle=False, nc=data.classes, preprocess=args.preprocess)
+                                  shuffle=False, nc=data.classes, preprocess=args.preprocess,
+                                  stride=largest_stride(model.module_defs))
     return evaluate(model.to(device), loader, args.conf_thres, args.iou_thres, device, args.half,
                     names=data.names, max_det=args.max_det, reference=ref,
                     reference_conf=args.reference_conf)

@@ -30,7 +30,7 @@ import torch
 from torch.nn.utils import prune
 
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
-from yolo_slim.nn.model import Darknet, conv_layers
+from yolo_slim.nn.model import Darknet, check_img_size, conv_layers
 from yolo_slim.analysis.cost import model_flops
 
 
@@ -87,7 +87,7 @@ def run(cfg: str | None, weights: str, out_dir: str, amount: float,
     model = load_model(cfg, weights).eval()
     stem = os.path.splitext(os.path.basename(cfg or weights))[0]
     check_output_dir(out_dir, stem, [cfg, weights])
-    hw = (img_size, img_size) if img_size else net_size(model.module_defs)
+    hw = check_img_size(model.module_defs, (img_size,) * 2) if img_size else net_size(model.module_defs)
     sparse = copy.deepcopy(model)
     rep: dict[str, Any] = {"sparsity": magnitude_prune(sparse, amount), "img_size": list(hw)}
     dense_bytes, sparse_bytes = darknet_weights_bytes(model), darknet_weights_bytes(sparse)
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = module_parser("python -m yolo_slim.tools.unstructured", __doc__, data=False)
     p.add_argument("--amount", type=number(float, min=0, max=1), required=True,
                    help="fraction of conv weights to zero")
-    p.add_argument("--img-size", type=number(int, min=32, multiple_of=32))
+    p.add_argument("--img-size", type=number(int, min=1))
     p.add_argument("--structured-flops", type=number(float, min=0, max=1), default=0.5,
                    help="0 = no structured model")
     p.add_argument("--runs", type=number(int, min=1), default=20)

@@ -28,8 +28,8 @@ class TrainConfig:
                                               "= <output-dir>/last.pt", "nargs": "?", "const": "auto"})
     output_dir: str = "runs/train"
     # ranges (min/max/gt/lt/multiple_of) are checked when the flags are parsed: core/cli.py
-    img_size: int = field(default=0, metadata={"help": "0: the cfg's [net] width", "min": 0,
-                                               "multiple_of": 32})
+    img_size: int = field(default=0, metadata={
+        "help": "0: the cfg's [net] width; a multiple of the cfg's largest stride", "min": 0})
     batch_size: int = field(default=16, metadata={"help": "total over all DDP processes", "min": 1})
     nominal_batch: int = field(default=64, metadata={"help": "accumulate gradients to this", "min": 1})
     epochs: int = field(default=100, metadata={"min": 1})

@@ -4,7 +4,9 @@
 on CPUs with native bf16) -> YOLO loss (+ hook loss
 terms) -> backward, accumulated to `nominal_batch` -> unscale -> hook gradient edits -> SGD
 step -> hook weight edits -> EMA. Rank 0 evaluates, logs results.csv/.png and writes
-last.pt/best.pt atomically. The engine knows hooks, not what they do: sparsity training, for
+last.pt/best.pt atomically, holding <output-dir>/.run.lock; SIGTERM/SIGHUP stop a run as Ctrl-C
+does (core/process.py); a non-finite loss or weight stops it, naming the step, before anything
+is saved (train/divergence.py). The engine knows hooks, not what they do: sparsity training, for
 one, is a hook built by yolo_slim.train.sparsity (which imports this module, never the reverse).
 
 Hooks (subclass TrainHooks, override what you need):
@@ -49,10 +51,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from yolo_slim.core import device as dv
+from yolo_slim.core.process import Interrupted, deferred, run_lock, stop_on_signals
 from yolo_slim.darknet.cfg import net_size
 from yolo_slim.data.dataset import Augment, create_dataloader, parse_data_file
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
+from yolo_slim.nn.model import check_img_size, largest_stride
 from yolo_slim.train.config import RUNTIME_FIELDS, TrainConfig, resume_config  # noqa: F401 (re-exported)
+from yolo_slim.train.divergence import check_loss, check_weights
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
@@ -154,8 +159,14 @@ def train(cfg: TrainConfig, model: torch.nn.Module, hooks: Sequence[TrainHooks] 
     device = dv.select_device(cfg.device, local)
     dv.init_distributed(device, world)
     main = rank <= 0
-    try:
-        return _train(cfg, model, list(hooks), ckpt_path, rank, world, device, main)
+    try:  # one run per output dir; SIGTERM/SIGHUP stop it as Ctrl-C does (core/process.py)
+        with stop_on_signals(), run_lock(cfg.output_dir) if main else contextlib.nullcontext():
+            return _train(cfg, model, list(hooks), ckpt_path, rank, world, device, main)
+    except Interrupted as e:
+        last = os.path.join(cfg.output_dir, "last.pt")
+        e.note = (f"{last} holds the last finished epoch; --resume {last} continues from there"
+                  if os.path.isfile(last) else "no epoch had finished, nothing was saved")
+        raise
     finally:
         dv.cleanup_distributed()
 
@@ -165,9 +176,8 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     if model.num_classes != data.classes:
         raise YoloSlimError(f"the cfg's [yolo] layers have classes={model.num_classes} but "
                             f"{cfg.data} has classes={data.classes}")
-    img_size = cfg.img_size or net_size(model.module_defs)[1]
-    if img_size % 32:
-        raise YoloSlimError(f"--img-size {img_size} must be a multiple of 32")
+    img_size = check_img_size(model.module_defs, (cfg.img_size or net_size(model.module_defs)[1],) * 2)[0]
+    stride = largest_stride(model.module_defs)  # rect batches and multi-scale sizes are multiples
     if cfg.batch_size % world:
         raise YoloSlimError(f"--batch-size {cfg.batch_size} must divide by the {world} processes")
     bs = cfg.batch_size // world
@@ -176,13 +186,13 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     workers = dv.auto_workers(device, cfg.workers)
     loader, train_ds = create_dataloader(data.train, img_size, bs, True, workers=workers,
                                          nc=data.classes, rank=rank, seed=cfg.seed, aug=aug,
-                                         world=world, verbose=main)
+                                         world=world, verbose=main, stride=stride)
     check_labels(cfg, train_ds, data.train, hooks)
     val_loader = None
     if main:
         val_loader, _ = create_dataloader(data.valid, img_size, bs, False, rect=True,
                                           workers=workers, nc=data.classes,
-                                          limit=cfg.eval_subset or None)
+                                          limit=cfg.eval_subset or None, stride=stride)
     dv.seed_all(cfg.seed)
     # channels-last is oneDNN's (and cuDNN's tensor cores') native conv layout: 1.4x faster fp32
     # steps on CPU, more with bf16; saved tensors are made contiguous again (nn/weights.py)
@@ -251,7 +261,7 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
             imgs = imgs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             if cfg.multi_scale:  # the size depends only on (seed, epoch, i): resume-safe
                 r = np.random.default_rng([cfg.seed, epoch, i, 1])
-                s = int(r.integers(img_size // 64, img_size * 3 // 64 + 1)) * 32
+                s = int(r.integers(max(img_size // (2 * stride), 1), img_size * 3 // (2 * stride) + 1)) * stride
                 imgs = F.interpolate(imgs, size=(s, s), mode="bilinear", align_corners=False)
             group = i // accumulate
             n_acc = min(accumulate, nb - group * accumulate)  # the epoch's last step may be short
@@ -269,16 +279,13 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
                         if extra is not None:
                             loss = loss + extra[0]
                             logs.update(extra[1])
-                if not dv.all_finite(loss.detach(), world):
-                    where = last if os.path.isfile(last) else "nowhere yet (no epoch finished)"
-                    raise YoloSlimError(f"non-finite loss at epoch {epoch} step {i} "
-                                        f"({', '.join(f'{k}={v:.4g}' for k, v in logs.items())}); "
-                                        f"last good checkpoint kept at {where}")
+                check_loss(loss, logs, world, epoch, i, last)
                 logs["total"] = float(loss.detach())
                 scaler.scale(loss / n_acc).backward()
             if sync:
-                optimizer_step(raw_model, opt, scaler, hooks, ni, lr, (ni + 1) / (nb * cfg.epochs),
-                               cfg.clip_grad)
+                if optimizer_step(raw_model, opt, scaler, hooks, ni, lr, (ni + 1) / (nb * cfg.epochs),
+                                  cfg.clip_grad):
+                    check_weights(raw_model, epoch, i, last)  # the loss may stay finite meanwhile
                 if ema is not None:
                     ema.update(raw_model)
             raw_model.seen += imgs.shape[0] * world
@@ -301,20 +308,20 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
                 row.update(h.epoch_end(epoch, raw_model))
             row["time_s"] = round(time.time() - t0, 2)
             rows.append(row)
-            _write_csv(os.path.join(out, "results.csv"), rows)
-            plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
             fitness = fitness_of(metrics) if metrics else None
             is_best = (fitness is not None and fitness > best
                        and all(h.selectable(epoch) for h in hooks))
             best = fitness if is_best else best
-            save_checkpoint(final, last, epoch=epoch, best_fitness=best, results=rows,
-                            opt=dataclasses.asdict(cfg),
-                            train_model=state_tensors(raw_model),
-                            optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                            ema_updates=ema.updates if ema else 0, rng=dv.rng_state(),
-                            hooks=[h.state_dict() for h in hooks], amp_dtype=amp_name(amp))
-            if is_best:
-                save_checkpoint(final, best_pt, epoch=epoch, best_fitness=best, metrics=metrics)
+            with deferred():  # a signal waits for the epoch's files; best.pt before the last.pt
+                _write_csv(os.path.join(out, "results.csv"), rows)  # that names its fitness
+                plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
+                if is_best:
+                    save_checkpoint(final, best_pt, epoch=epoch, best_fitness=best, metrics=metrics)
+                save_checkpoint(final, last, epoch=epoch, best_fitness=best, results=rows,
+                                opt=dataclasses.asdict(cfg), train_model=state_tensors(raw_model),
+                                optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                                ema_updates=ema.updates if ema else 0, rng=dv.rng_state(),
+                                hooks=[h.state_dict() for h in hooks], amp_dtype=amp_name(amp))
         dv.barrier(world)
     return {"output_dir": out, "best_fitness": best, "results": rows, "last": last,
             "best": best_pt}
