@@ -93,4 +93,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg_out, w_out = export_run_model(summary["output_dir"], stem)
     last = summary["results"][-1] if summary["results"] else {}
     print(f"done: {w_out} + {cfg_out}; last epoch {score_line(last)}")
-
+    return 0
