@@ -44,4 +44,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
           "+ prune_report.json, channels.png, gamma_hist.png, args.json")
     return 0
-

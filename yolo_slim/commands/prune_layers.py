@@ -58,4 +58,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("wrote", ", ".join(os.path.join(a.output_dir, f) for f in rep["files"].values()),
           "+ prune_report.json, layers.png" + (", channels.png" if wants_channels(a) else "") + ", args.json")
     return 0
-

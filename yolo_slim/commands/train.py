@@ -83,4 +83,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = summary["results"][-1] if summary["results"] else {}
     print(f"done: {summary['output_dir']} (last.pt, best.pt, results.csv); "
           f"last epoch {score_line(last)}")
-
+    return 0
