@@ -91,12 +91,7 @@ def commands_running(main) -> list[str]:
     return [n for n, (m, _) in COMMANDS.items() if importlib.import_module(m).main is main]
 
 
-# scripts whose main still lives in the script, in files another change holds now: the move is
-# `git mv X.py yolo_slim/commands/X.py`, X.py then imports main from there, and COMMANDS gets X
-PENDING_SCRIPTS = {"detect.py", "evaluate.py", "export.py"}
-
-
-@pytest.mark.parametrize("script", [pending(PENDING_SCRIPTS)(s) for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_a_script_is_a_command(script):
     """Each top-level script is one sub-command, with the same main function (which the
     sub-command's help names the script of)."""

@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "channels (prune_layers.py)"),
     "distill": ("yolo_slim.commands.distill", "fine-tune a pruned student, distilling from a "
                 "teacher (distill.py)"),
+    "export": ("yolo_slim.commands.export", "write .weights, .pt or ONNX (FP32 / INT8) (export.py)"),
+    "evaluate": ("yolo_slim.commands.evaluate", "P, R, mAP on a .data file's valid list (evaluate.py)"),
+    "detect": ("yolo_slim.commands.detect", "draw a detector's boxes on images (detect.py)"),
     "latency": ("yolo_slim.tools.latency", "measure a cfg's latency table on a runtime"),
     "latency-table": ("yolo_slim.analysis.latency", "print (and plot) a measured latency table"),
     "graph": ("yolo_slim.analysis.graph", "print a cfg's channel graph"),
