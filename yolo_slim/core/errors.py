@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from yolo_slim.core.temps import temp_path, user_path
+
 
 class YoloSlimError(Exception):
     """A problem with the user's input (file, flag, data); printed as one line, exit 2."""
@@ -35,11 +37,10 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
             print(f"error: {e}", file=sys.stderr)
             return 2
         except FileNotFoundError as e:
-            from yolo_slim.core.paths import user_path
             print(f"error: file not found: {user_path(e.filename) if e.filename else e}", file=sys.stderr)
             return 2
         except OSError as e:  # permission denied, a file where a folder must be, disk full, ...
-            from yolo_slim.core.paths import user_path  # a temp's error names the user's file
+            # a temp's error names the user's file (user_path)
             where = f"{user_path(e.filename)}: " if e.filename else ""
             print(f"error: {where}{e.strerror or e}", file=sys.stderr)
             return 2
@@ -57,7 +58,6 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write a file via temp + rename so an interrupted write never leaves a half file; the temp
     is named so no glob of the final kind matches it (core/paths: guard_outputs clears the
     ones a killed run left)."""
-    from yolo_slim.core.paths import temp_path
     if os.path.isdir(path):
         raise YoloSlimError(f"cannot write {path}: it is a directory")
     tmp = temp_path(path)

@@ -19,25 +19,12 @@ import re
 from typing import Iterable, Mapping
 
 from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.core.temps import _TEMP, temp_path, user_path  # noqa: F401
 
 Paths = Mapping[str, "str | Iterable[str] | None"]  # flag or label -> one path or several
 
-_TEMP = re.compile(r"^\.(?P<base>.+)\.(?P<pid>\d+)\.part(\..*)?$")
 # what earlier versions named their temps: x.weights.tmp123, m.onnx.tmp123.onnx
 _LEGACY = re.compile(r"^(?P<base>.+)\.tmp(?P<pid>\d+)(\.onnx)?$")
-
-
-def temp_path(path: str, tag: str = "") -> str:
-    """The temp file an atomic write of `path` goes through (`tag` for a second one)."""
-    folder, base = os.path.split(path)
-    return os.path.join(folder, f".{base}.{os.getpid()}.part{tag}")
-
-
-def user_path(path) -> str:
-    """The output a temp file stands for (error messages name what the user asked for)."""
-    folder, name = os.path.split(os.fspath(path))
-    m = _TEMP.match(name)
-    return os.path.join(folder, m["base"]) if m else os.fspath(path)
 
 
 def _alive(pid: int) -> bool:
