@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
+from yolo_slim.train.hooks import TrainHooks
 from yolo_slim.train.loss import LossHyp, loss_gains
 
 KD_MODES = ("none", "hinton", "chen")
@@ -140,8 +141,6 @@ def make_distill_hook(student: Darknet, teacher, cfg: DistillConfig,
     come from the LossHyp the training's YOLO loss uses: the engine hands it to the hook
     (use_loss_hyp) before the first step, so --obj/--cls (and a resumed run's saved values)
     reach both. `hyp` only matters when the hook is called outside the engine."""
-    from yolo_slim.train.engine import TrainHooks
-
     from yolo_slim.train.teacher import TeacherRunner
     if cfg.mode == "none" or teacher is None:
         return None

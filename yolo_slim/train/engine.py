@@ -9,7 +9,7 @@ does (core/process.py); a non-finite loss or weight stops it, naming the step, b
 is saved (train/divergence.py). The engine knows hooks, not what they do: sparsity training, for
 one, is a hook built by yolo_slim.train.sparsity (which imports this module, never the reverse).
 
-Hooks (subclass TrainHooks, override what you need):
+Hooks (subclass TrainHooks, train/hooks.py, override what you need):
   use_loss_hyp(hyp)                once before training: the LossHyp (gains) the YOLO loss uses
   relabel(imgs, targets) -> targets  before the forward: the batch's targets (default: as loaded);
                                    e.g. a teacher's detections as labels (train/teacher.py)
@@ -58,55 +58,12 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.nn.model import check_img_size, largest_stride
 from yolo_slim.train.config import RUNTIME_FIELDS, TrainConfig, resume_config  # noqa: F401 (re-exported)
 from yolo_slim.train.divergence import check_loss, check_weights
+from yolo_slim.train.hooks import TrainHooks  # noqa: F401 (re-exported: hooks subclass it from here)
 from yolo_slim.train.loss import LossHyp, yolo_loss
 from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
 from yolo_slim.train.plots import plot_results
 from yolo_slim.train.validation import check_labels, fitness_of, score_line, validate  # noqa: F401
 from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_checkpoint, state_tensors
-
-
-class TrainHooks:
-    """Extension points of the loop; see the module docstring."""
-
-    def relabel(self, imgs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return targets
-
-    def eval_reference(self) -> tuple[torch.nn.Module, float] | None:
-        return None
-
-    def extra_loss(self, imgs: torch.Tensor, raw: list[torch.Tensor], targets: torch.Tensor
-                   ) -> tuple[torch.Tensor, dict[str, float]] | None:
-        return None
-
-    def use_loss_hyp(self, hyp: LossHyp) -> None:
-        """Called once before training with the LossHyp the YOLO loss uses (one source of gains)."""
-
-    def after_backward(self, model: torch.nn.Module, step: int) -> None:
-        pass
-
-    def after_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
-                   progress: float) -> None:
-        pass
-
-    def finalize(self, model: torch.nn.Module) -> None:
-        pass
-
-    def selectable(self, epoch: int) -> bool:
-        """Whether this epoch's model may become best.pt (e.g. not before a target is met)."""
-        return True
-
-    def epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
-        pass
-
-    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Saved in last.pt and handed back to load_state_dict on --resume."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 # what a run writes into its output dir (gamma_hist.png: the sparsity hook), for the output guard

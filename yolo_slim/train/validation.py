@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.train.config import TrainConfig
+from yolo_slim.train.hooks import TrainHooks
 
 
 def validate(model, loader, cfg: TrainConfig, device, hooks: Sequence = ()) -> dict[str, float]:
@@ -36,7 +37,6 @@ def score_line(row: dict[str, Any]) -> str:
 def check_labels(cfg: TrainConfig, ds, list_path: str, hooks: Sequence) -> None:
     """A training set in which no image has a label file would train the model to detect
     nothing; that is a user error unless a hook (--labels teacher) makes the labels."""
-    from yolo_slim.train.engine import TrainHooks  # the engine imports this module first
     relabels = any(type(h).relabel is not TrainHooks.relabel for h in hooks)
     if cfg.labels == "teacher" and not relabels:
         raise YoloSlimError("--labels teacher needs a teacher (--t-weights, or --weights to "
