@@ -5,34 +5,131 @@ next to the tool's output.
 
 Field metadata understood: help, choices, nargs, const, metavar, aliases (e.g. ("-sr",)),
 type (when the default is None), and the range of a number: min, max (inclusive), gt, lt
-(exclusive), multiple_of. Every number flag is checked when it is parsed (a non-finite float
-never passes), and every parser here is a `Parser`, whose errors are one `error: ...` line
-(exit 2 through core.errors.cli_main) instead of argparse's usage block.
+(exclusive), multiple_of; exclusive (a mutually exclusive group's name), group (a --help
+section), switch (a bool flag without --no-), flag=False (no flag). A tool that combines others composes their dataclasses by
+inheritance (its dataclass subclasses theirs: one flat set of flags, one flat JSON).
+
+Every number flag is checked when it is parsed (a non-finite float never passes), and every
+parser here is a `Parser`, whose errors are one `error: ...` line
+(exit 2 through core.errors.cli_main) instead of argparse's usage block, and which takes
+`--config RECIPE`: the same flags from a JSON file (core/recipe.py), the command line winning.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+import sys
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from yolo_slim.core import recipe
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 
 RANGE_KEYS = ("min", "max", "gt", "lt", "multiple_of")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line raises YoloSlimError: one line, exit status 2."""
+    """argparse, but a bad command line raises YoloSlimError: one line, exit status 2; every
+    command takes `--config RECIPE` (core/recipe.py: a JSON file of its flags, which the
+    command line overrides), and `given` holds the dests the last parse set (by flag or recipe)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kw)
+        self.given: set[str] = set()
+        self.add_argument("--config", action="append", default=[], metavar="RECIPE",
+                          help="a recipe: JSON of this command's flags (FILE or FILE:SECTION; "
+                               "repeatable, later wins); flags given here override it")
 
     def error(self, message: str):  # type: ignore[override]
         raise YoloSlimError(message)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None):
+        argv = list(sys.argv[1:] if args is None else args)
+        refs = _Configs().parse_known_args(argv)[0].config  # the recipes first: they set defaults
+        values = recipe.read(refs, self._actions) if refs else {}
+        start, accumulate = _start(self, namespace)
+        with _relaxed(self, values):  # a flag the recipe sets is not required on the line
+            ns, rest = super().parse_known_args(argv, start)
+        given = {k for k, v in vars(ns).items()
+                 if v is not _UNSET and not (k in accumulate and v == accumulate[k])}
+        for dest, v in values.items():  # the command line wins, a group member it gave too
+            if dest in accumulate and dest in given:  # repeatable flags add to the recipe's
+                setattr(ns, dest, [*v, *getattr(ns, dest)[len(accumulate[dest]):]])
+            elif dest not in given and not _group_taken(self, dest, given):
+                setattr(ns, dest, v)
+            given.add(dest)
+        _fill_defaults(self, ns)
+        if ns.config != refs:  # never a recipe named but not read
+            raise YoloSlimError(f"--config: give it as --config FILE (read {refs}, parsed {ns.config})")
+        self.given = given - {"config"}
+        return ns, rest
+
+
+class _Configs(argparse.ArgumentParser):
+    """Only --config, read before the command's own parse (whose defaults the recipes set)."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False)
+        self.add_argument("--config", action="append", default=[])
+
+    def error(self, message: str):  # type: ignore[override]
+        raise YoloSlimError(message)
+
+
+_UNSET = object()
+_ACCUMULATE = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction,
+               argparse._ExtendAction)
+
+
+def _start(p: argparse.ArgumentParser, namespace: argparse.Namespace | None
+           ) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """A namespace with a marker for every dest, so what the command line set can be told from
+    a default; actions that add to the value already there (append, count) start from a copy of
+    their default and count as given when it changed."""
+    actions = [a for a in p._actions if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS]
+    accumulate = {a.dest: copy.copy(a.default) for a in actions if isinstance(a, _ACCUMULATE)}
+    start = namespace if namespace is not None else argparse.Namespace()
+    for a in actions:
+        if not hasattr(start, a.dest):
+            setattr(start, a.dest, copy.copy(accumulate[a.dest]) if a.dest in accumulate else _UNSET)
+    return start, accumulate
+
+
+def _fill_defaults(p: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    for a in p._actions:
+        if getattr(ns, a.dest, None) is _UNSET:
+            default = a.default
+            if isinstance(default, str) and a.type is not None and callable(a.type):
+                default = a.type(default)
+            setattr(ns, a.dest, default)
+
+
+def _group_taken(p: argparse.ArgumentParser, dest: str, given: set[str]) -> bool:
+    """Whether the command line gave another member of a mutually exclusive group of `dest`."""
+    return any(dest in {a.dest for a in g._group_actions} and
+               any(a.dest in given and a.dest != dest for a in g._group_actions)
+               for g in p._mutually_exclusive_groups)
+
+
+@contextlib.contextmanager
+def _relaxed(p: argparse.ArgumentParser, values: Mapping[str, Any]) -> Iterator[None]:
+    """Required flags (and required groups) the recipe sets are optional for this parse."""
+    changed = [a for a in p._actions if a.required and a.dest in values] + \
+        [g for g in p._mutually_exclusive_groups
+         if g.required and any(a.dest in values for a in g._group_actions)]
+    for o in changed:
+        o.required = False
+    try:
+        yield
+    finally:
+        for o in changed:
+            o.required = True
 
 
 def range_text(rng: Mapping[str, Any]) -> str:
@@ -84,7 +181,7 @@ def field_default(f: dataclasses.Field) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def add_field(p: argparse.ArgumentParser | Any, f: dataclasses.Field) -> None:
+def add_field(p: argparse.ArgumentParser | Any, f: dataclasses.Field, required: bool = False) -> None:
     meta, default = f.metadata, field_default(f)
     names = [flag_name(f.name), *meta.get("aliases", ())]
     rng = {k: meta[k] for k in RANGE_KEYS if k in meta}
@@ -93,22 +190,38 @@ def add_field(p: argparse.ArgumentParser | Any, f: dataclasses.Field) -> None:
         help_ = f"{help_} ({range_text(rng)})".strip()
     kw: dict[str, Any] = {"default": default, "help": help_ or None, "dest": f.name}
     kind = meta.get("type") or (type(default) if default is not None else str)
-    if kind is bool:
-        p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+    if kind is bool:  # --x/--no-x, or (metadata switch) only --x: a choice in a group
+        p.add_argument(*names, action="store_true" if meta.get("switch") else
+                       argparse.BooleanOptionalAction, **kw)
         return
     if isinstance(default, list):
         kw.update(nargs="+", type=number(meta.get("item", float), **rng))
     else:
         kw["type"] = number(kind, **rng) if kind in (int, float) else kind
         kw.update({k: meta[k] for k in ("nargs", "const", "choices", "metavar", "required") if k in meta})
+    if required:
+        kw["required"] = True
     p.add_argument(*names, **kw)
 
 
-def add_dataclass_args(p: argparse.ArgumentParser | Any, cls: type, exclude: Sequence[str] = ()) -> None:
-    """One flag per field of the dataclass `cls` (see the module docstring)."""
+def add_dataclass_args(p: argparse.ArgumentParser | Any, cls: type, exclude: Sequence[str] = (),
+                       required: Sequence[str] = ()) -> None:
+    """One flag per field of the dataclass `cls` (see the module docstring). `required` names
+    the fields a command needs; fields whose metadata say "exclusive": NAME are one mutually
+    exclusive group (one of them needed when NAME is in `required`); "group": TITLE lists a
+    field under that title in --help."""
+    groups: dict[tuple[str, str], Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name not in exclude and f.metadata.get("flag", True):
-            add_field(p, f)
+        if f.name in exclude or not f.metadata.get("flag", True):
+            continue
+        to, name, title = p, f.metadata.get("exclusive"), f.metadata.get("group")
+        if name and ("x", name) not in groups:
+            groups["x", name] = p.add_mutually_exclusive_group(required=name in required)
+        elif title and not name and ("g", title) not in groups:
+            groups["g", title] = p.add_argument_group(title)
+        if name or title:
+            to = groups["x", name] if name else groups["g", title]
+        add_field(to, f, f.name in required)
 
 
 def from_args(cls: type, a: argparse.Namespace, **given: Any) -> Any:
@@ -117,21 +230,16 @@ def from_args(cls: type, a: argparse.Namespace, **given: Any) -> Any:
     return cls(**{k: getattr(a, k) for k in names if hasattr(a, k)}, **given)
 
 
-_UNSET = object()
-_ACCUMULATE = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction,
-               argparse._ExtendAction)
-
-
 def parse_given(p: argparse.ArgumentParser, argv: Sequence[str] | None
                 ) -> tuple[argparse.Namespace | None, set[str]]:
-    """parse_args, plus the set of dests the command line set (a flag given with its default
-    value counts as given); (None, set()) after --help. A bad command line is a YoloSlimError."""
-    actions = [a for a in p._actions if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS]
-    # actions that add to the value already there (append, count) start from a copy of their
-    # default and count as given when it changed; the others start from a marker
-    accumulate = {a.dest: copy.copy(a.default) for a in actions if isinstance(a, _ACCUMULATE)}
-    start = argparse.Namespace(**{a.dest: accumulate.get(a.dest, _UNSET) for a in actions})
+    """parse_args, plus the set of dests the command line or a --config recipe set (a flag
+    given with its default value counts as given); (None, set()) after --help. A bad command
+    line is a YoloSlimError."""
     try:
+        if isinstance(p, Parser):
+            ns = p.parse_args(argv)
+            return ns, set(p.given)
+        start, accumulate = _start(p, None)
         ns = p.parse_args(argv, start)
     except SystemExit as e:  # --help (0), or a plain argparse parser that printed its error
         if e.code:
@@ -139,12 +247,7 @@ def parse_given(p: argparse.ArgumentParser, argv: Sequence[str] | None
         return None, set()
     given = {k for k, v in vars(ns).items()
              if v is not _UNSET and not (k in accumulate and v == accumulate[k])}
-    for a in p._actions:
-        if getattr(ns, a.dest, None) is _UNSET:
-            default = a.default
-            if isinstance(default, str) and a.type is not None and callable(a.type):
-                default = a.type(default)
-            setattr(ns, a.dest, default)
+    _fill_defaults(p, ns)
     return ns, given
 
 
