@@ -16,61 +16,54 @@ Every training flag of train_sparse.py is accepted, -sr too: sparse training (pr
 """
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Sequence
 
+from yolo_slim.core.cli import Parser, add_dataclass_args
 from yolo_slim.core.errors import YoloSlimError, cli_main
+from yolo_slim.train.config import DistillTrainConfig
 
 
-def add_kd_args(p: argparse.ArgumentParser) -> None:
-    from yolo_slim.core.cli import number
-    g = p.add_argument_group("distillation")
-    g.add_argument("--t-cfg", default="", help="teacher cfg (optional for a .pt teacher)")
-    g.add_argument("--t-weights", default="", help="teacher weights (.weights or .pt)")
-    g.add_argument("--kd", default="hinton", choices=["none", "hinton", "chen"])
-    g.add_argument("--temperature", type=number(float, gt=0), default=2.0)
-    g.add_argument("--kd-weight", type=number(float, min=0), default=1.0, help="weight of the KL term")
-    g.add_argument("--box-weight", type=number(float, min=0), default=0.5,
-                   help="weight of chen's box term")
-    g.add_argument("--margin", type=number(float, min=0), default=0.0, help="chen's margin (grid units²)")
+def parser() -> Parser:
+    """Every field of DistillTrainConfig (the training flags, then the distillation ones)."""
+    p = Parser(description=__doc__)
+    add_dataclass_args(p, DistillTrainConfig)
+    return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.core.cli import Parser, parse_given, refuse_changed, write_resolved
+    from yolo_slim.core.cli import from_args, parse_given, refuse_changed, write_resolved
     from yolo_slim.core.paths import guard_outputs
     from yolo_slim.data.inputs import data_inputs
-    from yolo_slim.train.distill import DistillConfig, make_distill_hook
+    from yolo_slim.train.distill import distill_config, make_distill_hook
     from yolo_slim.train.teacher import load_teacher, teacher_label_hooks
-    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, TrainConfig, score_line, train
+    from yolo_slim.train.engine import RUN_FILES, RUNTIME_FIELDS, score_line, train
     from yolo_slim.nn.weights import load_model, export_run_model
-    p = Parser(description=__doc__)
-    TrainConfig.add_args(p)
-    add_kd_args(p)
-    p.set_defaults(output_dir="runs/distill", resume="")
-    ns, given = parse_given(p, argv)
+    ns, given = parse_given(parser(), argv)
     if ns is None:  # --help
         return 0
-    cfg = TrainConfig.from_args(ns)
+    cfg: DistillTrainConfig = from_args(DistillTrainConfig, ns)
     if not cfg.data:
         raise YoloSlimError("--data is required")
     if not cfg.weights and not cfg.resume:
         raise YoloSlimError("--weights (the pruned student) is required")
-    kd = DistillConfig(ns.kd, ns.temperature, ns.kd_weight, ns.box_weight, ns.margin)
-    if kd.mode != "none" and not ns.t_weights:
-        raise YoloSlimError(f"--kd {kd.mode} needs a teacher: --t-weights (and --t-cfg)")
     if cfg.resume:
         from yolo_slim.train.engine import resume_config
         from yolo_slim.nn.weights import model_from_checkpoint
         saved, ckpt = resume_config(cfg)
+        # the distillation flags are the run's too: a changed --kd or --temperature is refused
         refuse_changed(saved, cfg, given, (*RUNTIME_FIELDS, "output_dir"), "--resume")
         src, out_dir = saved.cfg or saved.weights, saved.output_dir
     else:
         src, out_dir = cfg.cfg or cfg.weights, cfg.output_dir
+    run_cfg = saved if cfg.resume else cfg  # a resumed run distils as it started
+    kd = distill_config(run_cfg)
+    if kd.mode != "none" and not run_cfg.t_weights:
+        raise YoloSlimError(f"--kd {kd.mode} needs a teacher: --t-weights (and --t-cfg)")
     stem = os.path.splitext(os.path.basename(src))[0] or "student"  # --resume alone names no file
     outs = [os.path.join(out_dir, f) for f in (*RUN_FILES, f"{stem}.cfg", f"{stem}.weights", "args.json")]
-    ins = {"--t-cfg": ns.t_cfg, "--t-weights": ns.t_weights, **data_inputs(cfg.data)}
+    ins = {"--t-cfg": run_cfg.t_cfg, "--t-weights": run_cfg.t_weights, **data_inputs(cfg.data)}
     if not cfg.resume:  # a resumed run's last.pt is its own to rewrite
         ins.update({"--cfg": cfg.cfg, "--weights": cfg.weights})
     guard_outputs(ins, {"--output-dir": outs})
@@ -78,10 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = model_from_checkpoint(ckpt)
     else:
         model = load_model(cfg.cfg or None, cfg.weights)
-    run_cfg = saved if cfg.resume else cfg
-    if run_cfg.labels == "teacher" and not ns.t_weights:
+    if run_cfg.labels == "teacher" and not run_cfg.t_weights:
         raise YoloSlimError("--labels teacher needs a teacher: --t-weights (and --t-cfg)")
-    runner = load_teacher(ns.t_cfg, ns.t_weights) if ns.t_weights else None
+    runner = load_teacher(run_cfg.t_cfg, run_cfg.t_weights) if run_cfg.t_weights else None
     # no LossHyp here: the engine hands the hook the one its YOLO loss uses before the first step
     hook = make_distill_hook(model, runner, kd) if kd.mode != "none" else None
     hooks = teacher_label_hooks(run_cfg, runner) + ([hook] if hook else [])

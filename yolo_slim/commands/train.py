@@ -19,20 +19,27 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from yolo_slim.core.cli import Parser
 from yolo_slim.core.errors import YoloSlimError, cli_main
+
+
+def parser() -> Parser:
+    """Every TrainConfig field is a flag (and a recipe key: --config)."""
+    from yolo_slim.train.config import TrainConfig
+    p = Parser(description=__doc__)
+    TrainConfig.add_args(p)
+    p.set_defaults(resume="")
+    return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.core.cli import Parser, parse_given, refuse_changed
+    from yolo_slim.core.cli import parse_given, refuse_changed
     from yolo_slim.core.device import seed_all
     from yolo_slim.train.engine import (RUN_FILES, RUNTIME_FIELDS, TrainConfig, resume_config,
                                         score_line, train)
     from yolo_slim.nn.weights import load_model, load_transfer, model_from_checkpoint
-    p = Parser(description=__doc__)
-    TrainConfig.add_args(p)
-    p.set_defaults(resume="")
-    ns, given = parse_given(p, argv)
+    ns, given = parse_given(parser(), argv)
     if ns is None:  # --help
         return 0
     cfg = TrainConfig.from_args(ns)

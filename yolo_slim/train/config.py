@@ -1,6 +1,7 @@
 """TrainConfig: every training flag as one dataclass field. core/cli.py turns the fields into
 kebab-case flags (ranges from the metadata, checked at parse time) and back; the resolved config
-is written as opt.json next to every run."""
+is written as opt.json next to every run. DistillTrainConfig composes the distillation flags
+(KDOptions) into it: they land in opt.json too, so --resume restores them and refuses a change."""
 from __future__ import annotations
 
 import argparse
@@ -150,19 +151,51 @@ class TrainConfig:
         return from_args(cls, ns)
 
 
+KD_MODES = ("none", "hinton", "chen")
+
+
+@dataclass
+class KDOptions:
+    """The distillation flags of distill.py (train/distill.py reads them as a DistillConfig)."""
+    t_cfg: str = field(default="", metadata={"help": "teacher cfg (optional for a .pt teacher)",
+                                             "group": "distillation"})
+    t_weights: str = field(default="", metadata={"help": "teacher weights (.weights or .pt)",
+                                                 "group": "distillation"})
+    kd: str = field(default="hinton", metadata={"choices": list(KD_MODES), "group": "distillation",
+                                                "help": "none, hinton (binary KL on objectness and "
+                                                        "classes) or chen (+ bounded box loss)"})
+    temperature: float = field(default=2.0, metadata={"gt": 0, "group": "distillation"})
+    kd_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the KL term",
+                                                    "group": "distillation"})
+    box_weight: float = field(default=0.5, metadata={"min": 0, "help": "weight of chen's box term",
+                                                     "group": "distillation"})
+    margin: float = field(default=0.0, metadata={"min": 0, "help": "chen's margin (grid units²)",
+                                                 "group": "distillation"})
+
+
+@dataclass
+class DistillTrainConfig(KDOptions, TrainConfig):
+    """distill.py's flags: every training flag (first), then the distillation ones."""
+    output_dir: str = "runs/distill"
+
+
 RUNTIME_FIELDS = ("device", "workers", "resume", "progress")  # may change on --resume
 
 
 def resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str]:
-    """The saved config of the run being resumed (runtime-only fields from `cfg`)."""
+    """The saved config of the run being resumed (runtime-only fields from `cfg`), of cfg's own
+    class: a DistillTrainConfig gets its distillation options back too. A field the run did not
+    save (a run from before it was composed in: KD options) is taken from `cfg`."""
     path = os.path.join(cfg.output_dir, "last.pt") if cfg.resume in ("auto", "1", "True") else cfg.resume
     saved = read_checkpoint(path).get("opt")
     if not saved:
         raise YoloSlimError(f"{path}: has no training state to resume (use --weights instead)")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(type(cfg))}
     if saved.get("sr") and "sparsity_update" not in saved:  # a run from before the prox step
         saved = {**saved, "sparsity_update": "subgradient"}
-    new = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    composed = names - {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {**{k: getattr(cfg, k) for k in composed}, **saved}
+    new = type(cfg)(**{k: v for k, v in saved.items() if k in names})
     for k in RUNTIME_FIELDS:
         setattr(new, k, getattr(cfg, k))
     return new, path

@@ -22,10 +22,9 @@ import torch.nn.functional as F
 
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.model import Darknet
+from yolo_slim.train.config import KD_MODES, KDOptions
 from yolo_slim.train.hooks import TrainHooks
 from yolo_slim.train.loss import LossHyp, loss_gains
-
-KD_MODES = ("none", "hinton", "chen")
 
 
 def binary_kl_with_logits(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
@@ -129,6 +128,11 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.mode not in KD_MODES:
             raise YoloSlimError(f"--kd must be one of {KD_MODES}, not {self.mode!r}")
+
+
+def distill_config(o: KDOptions) -> DistillConfig:
+    """The loss settings of distill.py's flags (KDOptions, composed into its training config)."""
+    return DistillConfig(o.kd, o.temperature, o.kd_weight, o.box_weight, o.margin)
 
 
 def make_distill_hook(student: Darknet, teacher, cfg: DistillConfig,
