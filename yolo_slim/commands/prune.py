@@ -13,18 +13,18 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from yolo_slim.core.cli import Parser, parse, write_resolved
+from yolo_slim.core.cli import Parser, add_dataclass_args, parse, write_resolved
 from yolo_slim.core.errors import cli_main
 from yolo_slim.prune.channels import summary_text
-from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run
+from yolo_slim.prune.cli import PruneFlags, channel_options, guard_run
 from yolo_slim.prune.pipeline import latency_text, run_channels
 from yolo_slim.tools.latency import for_script
 
 
 def parser() -> Parser:
+    """PruneFlags: the run's files, then the channel flags prune_layers.py shares; one target."""
     p = Parser(description=__doc__)
-    add_run_args(p)  # --cfg --weights --output-dir --img-size --data --batch-size --seed
-    add_channel_args(p, required=True)  # shared with prune_layers.py's combined mode
+    add_dataclass_args(p, PruneFlags, required=("weights", "output_dir", "target"))
     return p
 
 

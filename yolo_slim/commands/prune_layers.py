@@ -12,18 +12,27 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from yolo_slim.core.cli import Parser, number, parse, write_resolved
+from dataclasses import dataclass, field
+
+from yolo_slim.core.cli import Parser, add_dataclass_args, parse, write_resolved
 from yolo_slim.core.errors import YoloSlimError, cli_main
-from yolo_slim.prune.cli import add_channel_args, add_run_args, channel_options, guard_run, wants_channels
+from yolo_slim.prune.cli import PruneFlags, channel_options, guard_run, wants_channels
+
+
+@dataclass
+class PruneLayersFlags(PruneFlags):
+    """prune_channels.py's flags (a channel target optional: the combined mode) and the blocks'."""
+    shortcuts: int | None = field(default=None, metadata={
+        "type": int, "min": 1, "help": "number of residual blocks to remove"})
+    rank: str = field(default="mean", metadata={"choices": ["mean", "max"],
+                                                "help": "|γ| statistic per block"})
+    list: bool = field(default=False, metadata={"switch": True,
+                                                "help": "print the removable blocks and exit"})
 
 
 def parser() -> Parser:
     p = Parser(description=__doc__)
-    add_run_args(p, weights_required=False)
-    p.add_argument("--shortcuts", type=number(int, min=1), help="number of residual blocks to remove")
-    p.add_argument("--rank", choices=["mean", "max"], default="mean", help="|γ| statistic per block")
-    p.add_argument("--list", action="store_true", help="print the removable blocks and exit")
-    add_channel_args(p, required=False)
+    add_dataclass_args(p, PruneLayersFlags)
     return p
 
 

@@ -1,12 +1,16 @@
-"""Command-line pieces shared by prune_channels.py and prune_layers.py: the channel-pruning flags
-(the names users know from the darknet-pruning tools) and their mapping to PruneOptions. The
-generic parts (one-line parser errors, range-checked numbers, dataclass flags) are core/cli.py."""
+"""The pruning tools' options, declared once as dataclasses (core/cli.py makes them the flags,
+range checks, --help and recipe keys): what cuts the masks (MaskOptions: prune, prune-layers,
+sensitivity and iterate share it), the targets (ShareTargets, TargetOptions), the channel flags
+of prune_channels.py (ChannelFlags) and its run (PruneRunFlags), and their mapping to the
+pruner's PruneOptions. prune_layers.py adds its own to PruneFlags."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import sys
+from dataclasses import dataclass, field
+from typing import Any
 
 from yolo_slim.core.cli import number
 from yolo_slim.core.errors import YoloSlimError
@@ -15,43 +19,46 @@ from yolo_slim.analysis.importance import IMPORTANCE
 from yolo_slim.prune.channels import PruneOptions
 
 
-def add_channel_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--strategy, one of --global-percent/--threshold/--target-flops/--layer-ratios,
-    --layer-keep, --round-to, --importance, --rank-batches."""
-    p.add_argument("--strategy", choices=list(STRATEGIES), default="slim")
-    what = p.add_mutually_exclusive_group(required=required)
-    what.add_argument("--global-percent", type=number(float, min=0, max=1),
-                      help="fraction of prunable |γ| to cut")
-    what.add_argument("--threshold", type=number(float, min=0), help="cut channels with |γ| < T")
-    what.add_argument("--target-flops", type=number(float, gt=0, max=1),
-                      help="at most F x the original FLOPs")
-    what.add_argument("--layer-ratios", metavar="JSON",
-                      help="per-conv fractions to cut, e.g. from yolo_slim.tools.sensitivity")
-    what.add_argument("--target-latency", metavar="MS", type=number(float, gt=0),
-                      help="widths predicted to run in MS ms on the latency table's runtime")
-    what.add_argument("--target-speedup", metavar="X", type=number(float, min=1),
-                      help="widths predicted to run X times faster than the unpruned model")
-    what.add_argument("--dead", action="store_const", const=True, default=None,
-                      help="cut exactly the channels with γ = β = 0 (train_sparse.py -sr "
-                           "--sparsity-update prox leaves them): free, borders included")
-    p.add_argument("--latency-table", metavar="JSON", help="use this latency table (default: "
-                   "measure or reuse the cached one, python -m yolo_slim.tools.latency)")
-    p.add_argument("--latency-threads", type=number(int, min=1), default=2,
-                   help="onnxruntime threads of the table and of the measured latency")
-    p.add_argument("--latency-rounds", type=number(int, min=0), default=3,
-                   help="latency targets: measure the chosen widths and re-solve with the table's "
-                        "target rescaled until the measured latency is within 5%% (at most N "
-                        "re-solves; 0 = trust the table)")
-    p.add_argument("--latency-report", action="store_true",
-                   help="predict and measure the latency before/after also without a latency target")
-    p.add_argument("--importance", choices=list(IMPORTANCE), default="bn",
-                   help="channel score: BN |γ|, BN-scaled filter L1, or HRank (needs --data)")
-    p.add_argument("--rank-batches", type=number(int, min=1), default=2, help="--importance rank: batches of --data")
-    p.add_argument("--layer-keep", type=number(float, min=0, max=1), default=0.0,
-                   help="keep at least this fraction (and at least 1) of every layer")
-    p.add_argument("--round-to", type=round_to_arg, default=None,
-                   help="channel counts multiple of N, or auto: the latency table's block where it "
-                        "measured that alignment pays (default: auto with --dead, else 1)")
+@dataclass
+class MaskOptions:
+    """How a cut is made, whatever decides its size."""
+    strategy: str = field(default="slim", metadata={
+        "choices": list(STRATEGIES), "help": "which convs may lose channels: normal (none that "
+                                             "meets a shortcut), shortcut or slim (all)"})
+    importance: str = field(default="bn", metadata={
+        "choices": list(IMPORTANCE), "help": "channel score: BN |γ|, BN-scaled filter L1, or "
+                                             "HRank (needs --data)"})
+    rank_batches: int = field(default=2, metadata={"min": 1, "help": "--importance rank: batches of --data"})
+    layer_keep: float = field(default=0.0, metadata={
+        "min": 0, "max": 1, "help": "keep at least this fraction (and at least 1) of every layer"})
+    round_to: int = field(default=1, metadata={"min": 1, "help": "channel counts multiple of N"})
+
+
+@dataclass
+class ShareTargets:
+    """Cuts sized by the |γ| ranking."""
+    global_percent: float | None = field(default=None, metadata={
+        "type": float, "min": 0, "max": 1, "exclusive": "target",
+        "help": "fraction of prunable |γ| to cut"})
+    threshold: float | None = field(default=None, metadata={
+        "type": float, "min": 0, "exclusive": "target", "help": "cut channels with |γ| < T"})
+
+
+@dataclass
+class TargetOptions:
+    """Cuts sized by what the model costs: FLOPs, or latency on the latency table's runtime."""
+    target_flops: float | None = field(default=None, metadata={
+        "type": float, "gt": 0, "max": 1, "exclusive": "target",
+        "help": "at most F x the original FLOPs"})
+    target_latency: float | None = field(default=None, metadata={
+        "type": float, "gt": 0, "exclusive": "target", "metavar": "MS",
+        "help": "widths predicted to run in MS ms on the latency table's runtime"})
+    target_speedup: float | None = field(default=None, metadata={
+        "type": float, "min": 1, "exclusive": "target", "metavar": "X",
+        "help": "widths predicted to run X times faster than the unpruned model"})
+    latency_table: str | None = field(default=None, metadata={
+        "type": str, "metavar": "JSON", "help": "use this latency table (default: measure or "
+                                                "reuse the cached one, python -m yolo_slim.tools.latency)"})
 
 
 def round_to_arg(text: str) -> int | str:
@@ -59,22 +66,55 @@ def round_to_arg(text: str) -> int | str:
     return "auto" if text == "auto" else number(int, min=1)(text)
 
 
-def add_run_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
-    """--cfg --weights --output-dir --img-size --data --batch-size --seed."""
-    p.add_argument("--cfg", help="darknet cfg (may be omitted for a yolo-slim .pt)")
-    p.add_argument("--weights", required=weights_required, help=".weights or .pt")
-    p.add_argument("--output-dir", required=weights_required)
-    p.add_argument("--img-size", type=number(int, min=1),
-                   help="input size for FLOPs/verification (default: cfg)")
-    p.add_argument("--data", help="darknet .data: report mAP before and after")
-    p.add_argument("--batch-size", type=number(int, min=1), default=8)
-    p.add_argument("--seed", type=int, default=0, help="seed of the verification input")
+@dataclass
+class ChannelFlags(TargetOptions, ShareTargets, MaskOptions):
+    """prune_channels.py's channel flags (prune_layers.py's too, for its combined mode)."""
+    round_to: int | str | None = field(default=None, metadata={
+        "type": round_to_arg, "help": "channel counts multiple of N, or auto: the latency "
+                                      "table's block where it measured that alignment pays "
+                                      "(default: auto with --dead, else 1)"})
+    layer_ratios: str | None = field(default=None, metadata={
+        "type": str, "metavar": "JSON", "exclusive": "target",
+        "help": "per-conv fractions to cut, e.g. from yolo_slim.tools.sensitivity"})
+    dead: bool = field(default=False, metadata={
+        "exclusive": "target", "switch": True, "help": "cut exactly the channels with γ = β = 0 (train_sparse.py "
+                                       "-sr --sparsity-update prox leaves them): free, borders included"})
+    latency_threads: int = field(default=2, metadata={
+        "min": 1, "help": "onnxruntime threads of the table and of the measured latency"})
+    latency_rounds: int = field(default=3, metadata={
+        "min": 0, "help": "latency targets: measure the chosen widths and re-solve with the "
+                          "table's target rescaled until the measured latency is within 5%% (at "
+                          "most N re-solves; 0 = trust the table)"})
+    latency_report: bool = field(default=False, metadata={
+        "help": "predict and measure the latency before/after also without a latency target"})
 
 
-def wants_channels(a: argparse.Namespace) -> bool:
-    return any(getattr(a, k, None) is not None
-               for k in ("global_percent", "threshold", "target_flops", "layer_ratios",
-                         "target_latency", "target_speedup", "dead"))
+@dataclass
+class PruneRunFlags:
+    """What a pruning run reads and writes."""
+    cfg: str | None = field(default=None, metadata={
+        "type": str, "help": "darknet cfg (may be omitted for a yolo-slim .pt)"})
+    weights: str | None = field(default=None, metadata={"type": str, "help": ".weights or .pt"})
+    output_dir: str | None = field(default=None, metadata={"type": str})
+    img_size: int | None = field(default=None, metadata={
+        "type": int, "min": 1, "help": "input size for FLOPs/verification (default: cfg)"})
+    data: str | None = field(default=None, metadata={
+        "type": str, "help": "darknet .data: report mAP before and after"})
+    batch_size: int = field(default=8, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"help": "seed of the verification input"})
+
+
+@dataclass
+class PruneFlags(ChannelFlags, PruneRunFlags):
+    """Every flag of prune_channels.py."""
+
+
+CHANNEL_TARGETS = ("global_percent", "threshold", "target_flops", "layer_ratios",
+                   "target_latency", "target_speedup", "dead")
+
+
+def wants_channels(a: Any) -> bool:
+    return any(getattr(a, k, None) not in (None, False) for k in CHANNEL_TARGETS)
 
 
 # what a sensitivity ratios.json records about the masks it measured, and the flag each is
@@ -82,7 +122,7 @@ RATIO_FILE_OPTIONS = {"strategy": "--strategy", "importance": "--importance",
                       "layer_keep": "--layer-keep", "round_to": "--round-to"}
 
 
-def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dict[int, float]:
+def read_layer_ratios(path: str, flags: Any = None) -> dict[int, float]:
     """{"layers": {"12": 0.3, ...}} (what yolo_slim.tools.sensitivity writes) or a flat {"12": 0.3}.
     With `flags`, warn (stderr) where the file's recorded mask options differ from them: the
     masks would not be the ones the sensitivity analysis measured."""
@@ -116,22 +156,20 @@ def read_layer_ratios(path: str, flags: argparse.Namespace | None = None) -> dic
     return out
 
 
-def channel_options(a: argparse.Namespace) -> PruneOptions:
-    return PruneOptions(strategy=a.strategy, global_percent=a.global_percent,
-                        threshold=a.threshold, target_flops=a.target_flops,
-                        layer_keep=a.layer_keep,
-                        round_to=a.round_to or ("auto" if getattr(a, "dead", None) else 1),
+def channel_options(a: Any) -> PruneOptions:
+    """The pruner's options from the flags (parsed, or a PruneFlags): the same names carry
+    over; --img-size, --round-to's default, --layer-ratios' file and --data need a word."""
+    same = {f.name for f in dataclasses.fields(PruneOptions)} & {f.name for f in dataclasses.fields(ChannelFlags)}
+    same -= {"round_to", "layer_ratios", "dead"}
+    return PruneOptions(**{k: getattr(a, k) for k in same},
+                        round_to=a.round_to or ("auto" if a.dead else 1),
                         img_size=(a.img_size, a.img_size) if a.img_size else None, seed=a.seed,
-                        importance=a.importance, rank_batches=a.rank_batches,
-                        rank_data=getattr(a, "data", None),
+                        rank_data=a.data, rank_batch_size=a.batch_size,
                         layer_ratios=read_layer_ratios(a.layer_ratios, a) if a.layer_ratios else None,
-                        rank_batch_size=getattr(a, "batch_size", 8),
-                        target_latency=a.target_latency, target_speedup=a.target_speedup,
-                        latency_table=a.latency_table, dead=getattr(a, "dead", None),
-                        latency_rounds=getattr(a, "latency_rounds", 3))
+                        dead=True if a.dead else None)
 
 
-def guard_run(a: argparse.Namespace) -> None:
+def guard_run(a: Any) -> None:
     """Refuse a pruning run where a file it writes (prune/outputs.output_files) would be one of
     its inputs: --cfg, --weights, --data (+ its image lists), --layer-ratios."""
     from yolo_slim.core.paths import guard_outputs
