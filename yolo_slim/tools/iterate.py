@@ -33,73 +33,23 @@ pruned again; a half-finished fine-tune continues from its last.pt via the engin
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 from yolo_slim.core.errors import TargetUnreachable, YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.analysis.graph import STRATEGIES
 from yolo_slim.analysis.importance import IMPORTANCE
-
-
-@dataclass
-class IterateOptions:
-    rounds: int = 3
-    per_round_flops: float = 0.8
-    epochs_per_round: int = 2
-    max_drop: float = 0.05
-    strategy: str = "slim"
-    importance: str = "bn"
-    layer_keep: float = 0.0
-    round_to: int = 1
-    img_size: int = 0  # 0: the cfg's width
-    batch_size: int = 16
-    eval_images: int = 0  # 0: the whole validation list
-    rank_batches: int = 2
-    kd: str = "none"
-    per_round_speedup: float = 0.0  # > 1: each round cuts to this measured speed-up instead of FLOPs
-    latency_table: str = ""  # with a speed-up or latency target (default: measured once, cached, for cfg)
-    target_speedup: float = 0.0  # > 1: the whole run this much faster (measured); rounds' speed-ups derived
-    target_latency: float = 0.0  # > 0: the whole run down to this many measured ms
-    train: dict[str, Any] = field(default_factory=dict)  # extra TrainConfig fields
+from yolo_slim.tools.iterate_options import (IterateOptions, changed_options,  # noqa: F401 (re-exported)
+                                             check_targets, parse_train_overrides, parser)
 
 
 # fine-tuning defaults that differ from training from scratch: no warm-up (the model is trained;
 # warm-up's high bias LR would undo that) and a smaller LR
 FINETUNE_DEFAULTS = {"lr0": 0.005, "warmup_epochs": 0.0}
-
-
-def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """['lr0=0.002', 'workers=0', 'ema=false'] -> typed TrainConfig fields."""
-    from yolo_slim.train.engine import TrainConfig
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    out: dict[str, Any] = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        k = k.strip().lstrip("-").replace("-", "_")
-        if not sep or k not in fields:
-            raise YoloSlimError(f"--train {it!r}: expected FIELD=VALUE with a training flag name")
-        if k in ("cfg", "weights", "data", "resume", "output_dir", "epochs", "img_size",
-                 "batch_size", "eval_subset", "progress", "transfer", "weights_cfg"):
-            raise YoloSlimError(f"--train {k}=...: set by the iterative loop itself")
-        f = fields[k]
-        d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        try:
-            if isinstance(d, bool):
-                if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(v)
-                out[k] = v.lower() in ("1", "true", "yes")
-            elif isinstance(d, list):
-                out[k] = [float(x) for x in v.split(",")]
-            else:
-                out[k] = type(d)(v)
-        except ValueError:
-            raise YoloSlimError(f"--train {it!r}: bad value for {k}") from None
-    return out
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -111,24 +61,6 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 def _write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
-
-
-def check_targets(opts: IterateOptions, given: Sequence[str] = ()) -> str | None:
-    """The whole-run latency target's flag (None: none), refused beside the per-round cut it
-    derives: with `given` (the flags of a command line), a --per-round-* flag given at all; else
-    one set off its default."""
-    from yolo_slim.core.cli import flag_name
-    whole = [k for k in ("target_speedup", "target_latency") if getattr(opts, k)]
-    per = [k for k in ("per_round_flops", "per_round_speedup")
-           if k in given or getattr(opts, k) != getattr(IterateOptions, k)]
-    if len(whole) > 1:
-        raise YoloSlimError("give --target-speedup or --target-latency, not both")
-    if whole and per:
-        raise YoloSlimError(f"{flag_name(whole[0])} derives each round's speed-up: give it without "
-                            + " / ".join(map(flag_name, per)))
-    if opts.target_speedup and not opts.target_speedup > 1 or opts.target_latency < 0:
-        raise YoloSlimError("--target-speedup must be > 1 and --target-latency > 0 ms (or 0: off)")
-    return flag_name(whole[0]) if whole else None
 
 
 def latency_gap(opts: IterateOptions, measure: Callable[..., dict], hw: tuple[int, int],
@@ -194,8 +126,9 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
         saved["options"] = {**asdict(IterateOptions()), **saved.get("options", {})}
     mine = {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)}
     if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(mine)):
+        changed = ", ".join(changed_options(saved, mine)) or "see its iterate.json"
         raise YoloSlimError(f"{out_dir} holds an iterative run with other inputs or options "
-                            "(see its iterate.json); use a new --output-dir")
+                            f"({changed}); resume it with the same ones, or use a new --output-dir")
     _write_json(os.path.join(out_dir, "iterate.json"), mine)
     model = load_model(cfg, weights)
     img = opts.img_size or net_size(model.module_defs)[1]
@@ -285,29 +218,6 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
     if stop:
         log(f"stopped early: {stop}")
     return summary
-
-
-def parser() -> argparse.ArgumentParser:
-    from yolo_slim.train.distill import KD_MODES
-    from yolo_slim.core.cli import module_parser, number
-    p = module_parser("python -m yolo_slim.tools.iterate", __doc__)
-    d = IterateOptions()
-    for f in dataclasses.fields(IterateOptions):
-        if f.name == "train":
-            continue
-        kind = type(getattr(d, f.name))  # numbers are range-checked: finite, counts >= 0
-        kw: dict[str, Any] = {"default": getattr(d, f.name),
-                              "type": number(kind, min=0) if kind in (int, float) else kind}
-        if f.name == "strategy":
-            kw["choices"] = list(STRATEGIES)
-        elif f.name == "importance":
-            kw["choices"] = list(IMPORTANCE)
-        elif f.name == "kd":
-            kw["choices"] = list(KD_MODES)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any train_sparse.py flag for the fine-tunes, e.g. lr0=0.002 (repeat)")
-    return p
 
 
 @cli_main

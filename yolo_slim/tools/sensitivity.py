@@ -37,26 +37,21 @@ from yolo_slim.nn.model import Darknet, check_img_size
 from yolo_slim.prune.compact import compact_model
 from yolo_slim.prune.fold import channel_cuts
 from yolo_slim.prune.verify import apply_cut
+from yolo_slim.prune.cli import MaskOptions, TargetOptions
 from yolo_slim.prune.masks import MaskSolver
 from yolo_slim.tools.ratio_choice import choose_ratios, layer_ratio_map, target_cost, unit_keep
 
 
 @dataclass
-class SensitivityOptions:
-    ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
-    target_flops: float | None = None
-    target_latency: float | None = None  # ms on the latency table's runtime
-    target_speedup: float | None = None  # x faster than the table predicts for the unpruned model
-    latency_table: str | None = None     # with a latency target; default: measured once, cached
-    max_drop: float = 0.02
-    strategy: str = "slim"
-    importance: str = "bn"
-    layer_keep: float = 0.0
-    round_to: int = 1
-    img_size: int | None = None
-    eval_images: int = 100
-    batch_size: int = 8
-    rank_batches: int = 2
+class SensitivityOptions(TargetOptions, MaskOptions):
+    """The mask options and targets of prune_channels.py (the same flags, checks and help), and
+    the analysis' own. A latency target's table: --latency-table, else measured once, cached."""
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7], metadata={
+        "min": 0, "max": 1, "help": "the cuts each unit is measured at"})
+    max_drop: float = field(default=0.02, metadata={"min": 0, "help": "largest mAP@0.5 drop per unit"})
+    img_size: int | None = field(default=None, metadata={"type": int, "min": 1})
+    eval_images: int = field(default=100, metadata={"min": 0, "help": "0 = all"})
+    batch_size: int = field(default=8, metadata={"min": 1})
 
 
 def pruned_copy(model: Darknet, g, keep: np.ndarray) -> Darknet:
@@ -210,29 +205,9 @@ OUTPUT_FILES = ("sensitivity.csv", "sensitivity.md", "sensitivity.png", "sensiti
 
 
 def parser() -> argparse.ArgumentParser:
-    from yolo_slim.core.cli import module_parser, number
+    from yolo_slim.core.cli import add_dataclass_args, module_parser
     p = module_parser("python -m yolo_slim.tools.sensitivity", __doc__)
-    d = SensitivityOptions()
-    p.add_argument("--ratios", type=number(float, min=0, max=1), nargs="+", default=d.ratios)
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--target-flops", type=number(float, gt=0, max=1),
-                      help="choose ratios for at most F x FLOPs")
-    what.add_argument("--target-latency", metavar="MS", type=number(float, gt=0),
-                      help="choose ratios predicted to run in MS ms on the latency table's runtime")
-    what.add_argument("--target-speedup", metavar="X", type=number(float, min=1),
-                      help="choose ratios predicted to run X times faster than the unpruned model")
-    p.add_argument("--latency-table", metavar="JSON", help="with a latency target (default: "
-                   "measure or reuse the cached one, python -m yolo_slim.tools.latency)")
-    p.add_argument("--max-drop", type=number(float, min=0), default=d.max_drop,
-                   help="largest mAP@0.5 drop per unit")
-    p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy)
-    p.add_argument("--importance", choices=list(IMPORTANCE), default=d.importance)
-    p.add_argument("--layer-keep", type=number(float, min=0, max=1), default=d.layer_keep)
-    p.add_argument("--round-to", type=number(int, min=1), default=d.round_to)
-    p.add_argument("--img-size", type=number(int, min=1))
-    p.add_argument("--eval-images", type=number(int, min=0), default=d.eval_images, help="0 = all")
-    p.add_argument("--batch-size", type=number(int, min=1), default=d.batch_size)
-    p.add_argument("--rank-batches", type=number(int, min=1), default=d.rank_batches)
+    add_dataclass_args(p, SensitivityOptions)
     return p
 
 
