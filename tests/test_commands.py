@@ -37,7 +37,7 @@ def module_entry_points() -> list[str]:
 MODULES = module_entry_points()
 # plain argparse in files another change holds now: their fix is `p = Parser(...)` from
 # yolo_slim.core.cli and `a = parse(p, argv)` (None after --help) instead of argparse's
-PENDING = {"yolo_slim.data.synthetic", "yolo_slim.data.real_assets"}
+PENDING: set[str] = set()
 PENDING_COMMANDS = {n for n, (m, _) in COMMANDS.items() if m in PENDING}
 
 

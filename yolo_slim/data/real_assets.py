@@ -276,23 +276,30 @@ def locked(cache: str) -> Iterator[None]:
         yield
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Prepare the real assets from the downloads in the cache.")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """The flags (one-line errors, exit 2: core.cli.Parser); None after --help."""
+    from yolo_slim.core.cli import Parser, number, parse
+    p = Parser(prog="python -m yolo_slim.data.real_assets",
+               description="Prepare the real assets from the downloads in the cache.")
     p.add_argument("--cache", default=None, help="cache folder (default $YOLO_SLIM_CACHE or ~/.cache/yolo-slim)")
-    p.add_argument("--tile", type=int, default=416, help="tile side in pixels (the training size)")
-    p.add_argument("--overlap", type=float, default=0.25, help="least overlap of neighbour tiles, share of a tile")
-    p.add_argument("--min-share", type=float, default=0.6, help="a clipped box is kept when this share lies inside")
+    p.add_argument("--tile", type=number(int, min=1), default=416, help="tile side in pixels (the training size)")
+    p.add_argument("--overlap", type=number(float, min=0, lt=1), default=0.25,
+                   help="least overlap of neighbour tiles, share of a tile")
+    p.add_argument("--min-share", type=number(float, min=0, max=1), default=0.6,
+                   help="a clipped box is kept when this share lies inside")
     p.add_argument("--valid-photos", default=",".join(TREES_VALID), help="tree photos (stems) for validation")
     p.add_argument("--train-frames", default="0:600:2", help="vtest.avi frames for training, start:stop:step")
     p.add_argument("--valid-frames", default="650:795:3", help="held-out frames, start:stop:step")
     p.add_argument("--debian-unavailable", default=None, metavar="WHY",
                    help="why the .deb files could not be fetched (said in the note)")
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
+    if a is None:  # --help
+        return 0
     cache = os.path.abspath(a.cache or cache_dir())
     with locked(cache):
         take_pypi(cache)

@@ -270,19 +270,24 @@ Objects per class:
 """
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Write the synthetic shapes detection set.")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """The flags (one-line errors, exit 2: core.cli.Parser); None after --help."""
+    from yolo_slim.core.cli import Parser, number, parse
+    p = Parser(prog="python -m yolo_slim.data.synthetic",
+               description="Write the synthetic shapes detection set.")
     p.add_argument("--out", default="data/shapes", help="output folder")
-    p.add_argument("--n-train", type=int, default=800)
-    p.add_argument("--n-valid", type=int, default=200)
-    p.add_argument("--img-size", type=int, nargs="+", default=[320], help="S or H W")
+    p.add_argument("--n-train", type=number(int, min=1), default=800)
+    p.add_argument("--n-valid", type=number(int, min=1), default=200)
+    p.add_argument("--img-size", type=number(int, min=32), nargs="+", default=[320], help="S or H W")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
+    if a is None:  # --help
+        return 0
     size = a.img_size[0] if len(a.img_size) == 1 else a.img_size
     data = make_shapes_dataset(a.out, a.n_train, a.n_valid, size, a.seed)
     print(f"wrote {a.n_train} train + {a.n_valid} valid images; data file: {data}")
