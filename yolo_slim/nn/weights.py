@@ -303,14 +303,6 @@ def load_model(cfg: str | None, weights: str | None) -> Darknet:
     return model
 
 
-def save_weights(model: Darknet, path: str) -> None:
-    """Save by extension: .pt checkpoint or darknet .weights."""
-    if path.endswith(".pt"):
-        save_checkpoint(model, path)
-    else:
-        save_darknet_weights(model, path)
-
-
 def export_run_model(run_dir: str, stem: str) -> tuple[str, str]:
     """Write a training run's best.pt (else last.pt) as <stem>.cfg + <stem>.weights in run_dir,
     the plain darknet pair the next stage (prune, export, darknet itself) reads."""
