@@ -58,6 +58,9 @@ class Parser(argparse.ArgumentParser):
             ns, rest = super().parse_known_args(argv, start)
         given = {k for k, v in vars(ns).items()
                  if v is not _UNSET and not (k in accumulate and v == accumulate[k])}
+        # argparse sets an optional positional (nargs * or ?) the line left out: not given
+        given -= {a.dest for a in self._actions if not a.option_strings and a.nargs in ("*", "?")
+                  and getattr(ns, a.dest) in ([], a.default)}
         for dest, v in values.items():  # the command line wins, a group member it gave too
             if dest in accumulate and dest in given:  # repeatable flags add to the recipe's
                 setattr(ns, dest, [*v, *getattr(ns, dest)[len(accumulate[dest]):]])

@@ -64,7 +64,7 @@ def _extend(top: Mapping[str, Any], obj: Any, where: str, seen: tuple[str, ...] 
             raise YoloSlimError(f"{where}: extends {name!r} extends itself ({' -> '.join(seen + (name,))})")
         out.update(_extend(top, top[name], where, seen + (name,)))
     for k, v in obj.items():
-        if k != "extends":
+        if k != "extends" and not k.startswith("#"):  # '#' keys are comments, at any depth
             out[k] = _extend(top, v, where, seen)
     return out
 
@@ -83,7 +83,7 @@ def load(ref: str) -> tuple[dict[str, Any], str]:
         obj = _extend(obj, {"extends": section}, where)
     else:
         obj = _extend(obj, obj, where)
-    return {k: v for k, v in obj.items() if not k.startswith("#")}, where
+    return obj, where
 
 
 def key_name(key: str) -> str:
