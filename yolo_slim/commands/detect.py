@@ -12,30 +12,53 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from yolo_slim.core.cli import Parser, add_dataclass_args
 from yolo_slim.core.errors import cli_main
+
+PREPROCESS = ["letterbox", "darknet", "resize"]
+
+
+@dataclass
+class ModelFlags:
+    """The model a detect or evaluate run reads, and where it runs."""
+    cfg: str | None = field(default=None, metadata={
+        "type": str, "help": "darknet cfg (optional when --weights is a yolo-slim .pt)"})
+    device: str = field(default="", metadata={"help": "cpu, cuda, cuda:N or N (default: cuda if any)"})
+    max_det: int = field(default=300, metadata={"min": 1})
+
+
+@dataclass
+class DetectFlags(ModelFlags):
+    """Every flag of detect.py."""
+    weights: str | None = field(default=None, metadata={"type": str, "help": ".weights or .pt"})
+    source: str | None = field(default=None, metadata={
+        "type": str, "help": "image, folder of images, or .txt list"})
+    names: str | None = field(default=None, metadata={
+        "type": str, "help": "class names file (one per line); default: class ids"})
+    img_size: int = field(default=416, metadata={"min": 1})
+    conf_thres: float = field(default=0.25, metadata={"min": 0, "max": 1})
+    iou_thres: float = field(default=0.45, metadata={"min": 0, "max": 1, "help": "NMS IoU threshold"})
+    preprocess: str = field(default="letterbox", metadata={
+        "choices": PREPROCESS, "help": "letterbox: as training (default); darknet: pjreddie "
+                                      "darknet's letterbox_image; resize: AlexeyAB darknet's plain "
+                                      "resize (docs/preprocessing.md)"})
+    multi_label: bool = field(default=False, metadata={
+        "switch": True, "help": "one row per class above --conf-thres for each box (darknet's rule)"})
+    output_dir: str = "runs/detect"
+
+
+def parser() -> Parser:
+    p = Parser(description=__doc__)
+    add_dataclass_args(p, DetectFlags, required=("weights", "source"))
+    return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | None:
-    from yolo_slim.core.cli import Parser, number, parse
-    p = Parser(description=__doc__)
-    p.add_argument("--cfg", help="darknet cfg (optional when --weights is a yolo-slim .pt)")
-    p.add_argument("--weights", required=True, help=".weights or .pt")
-    p.add_argument("--source", required=True, help="image, folder of images, or .txt list")
-    p.add_argument("--names", help="class names file (one per line); default: class ids")
-    p.add_argument("--img-size", type=number(int, min=1), default=416)
-    p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.25)
-    p.add_argument("--iou-thres", type=number(float, min=0, max=1), default=0.45, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=number(int, min=1), default=300)
-    p.add_argument("--preprocess", choices=["letterbox", "darknet", "resize"], default="letterbox",
-                   help="letterbox: as training (default); darknet: pjreddie darknet's "
-                        "letterbox_image; resize: AlexeyAB darknet's plain resize (docs/preprocessing.md)")
-    p.add_argument("--multi-label", action="store_true",
-                   help="one row per class above --conf-thres for each box (darknet's rule)")
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:N or N (default: cuda if any)")
-    p.add_argument("--output-dir", default="runs/detect")
-    return parse(p, argv)
+    from yolo_slim.core.cli import parse
+    return parse(parser(), argv)
 
 
 def output_files(sources: list[str], output_dir: str) -> list[str]:

@@ -14,41 +14,53 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from yolo_slim.commands.detect import PREPROCESS, ModelFlags
+from yolo_slim.core.cli import Parser, add_dataclass_args
 from yolo_slim.core.errors import atomic_write_bytes, cli_main
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | None:
-    from yolo_slim.core.cli import Parser, number, parse
+@dataclass
+class EvaluateFlags(ModelFlags):
+    """Every flag of evaluate.py."""
+    weights: str | None = field(default=None, metadata={
+        "type": str, "exclusive": "model", "help": ".weights or .pt (the torch model)"})
+    onnx: str | None = field(default=None, metadata={
+        "type": str, "exclusive": "model",
+        "help": "an exported .onnx file, run in onnxruntime (FP32 or INT8)"})
+    data: str | None = field(default=None, metadata={"type": str, "help": "darknet .data file"})
+    split: str = field(default="valid", metadata={"choices": ["valid", "train"]})
+    img_size: int | None = field(default=None, metadata={
+        "type": int, "min": 1, "help": "default 416; with --onnx the file's input size"})
+    batch_size: int = field(default=16, metadata={"min": 1})
+    conf_thres: float = field(default=0.001, metadata={"min": 0, "max": 1})
+    iou_thres: float = field(default=0.6, metadata={"min": 0, "max": 1, "help": "NMS IoU threshold"})
+    half: bool = field(default=False, metadata={"switch": True, "help": "fp16 inference (CUDA only)"})
+    rect: bool = field(default=False, metadata={"switch": True, "help": "rectangular batches (less padding)"})
+    preprocess: str = field(default="letterbox", metadata={
+        "choices": PREPROCESS, "help": "how images become inputs (as detect.py; docs/preprocessing.md)"})
+    workers: int = field(default=-1, metadata={
+        "min": -1, "help": "loader processes; -1 = auto (0 on CPUs with <= 4 cores)"})
+    reference: str = field(default="", metadata={
+        "help": "score against this model's detections instead of the labels (.weights/.pt): "
+                "*agreement*, not accuracy; needs no label files"})
+    reference_cfg: str = field(default="", metadata={"help": "cfg of --reference (optional for a .pt)"})
+    reference_conf: float = field(default=0.25, metadata={
+        "min": 0, "max": 1, "help": "--reference: its detections with this score or more are the truth"})
+    output_dir: str = "runs/evaluate"
+
+
+def parser() -> Parser:
     p = Parser(description=__doc__)
-    p.add_argument("--cfg", help="darknet cfg (optional when --weights is a yolo-slim .pt)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help=".weights or .pt (the torch model)")
-    src.add_argument("--onnx", help="an exported .onnx file, run in onnxruntime (FP32 or INT8)")
-    p.add_argument("--data", required=True, help="darknet .data file")
-    p.add_argument("--split", choices=["valid", "train"], default="valid")
-    p.add_argument("--img-size", type=number(int, min=1),
-                   help="default 416; with --onnx the file's input size")
-    p.add_argument("--batch-size", type=number(int, min=1), default=16)
-    p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.001)
-    p.add_argument("--iou-thres", type=number(float, min=0, max=1), default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=number(int, min=1), default=300)
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:N or N (default: cuda if any)")
-    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
-    p.add_argument("--rect", action="store_true", help="rectangular batches (less padding)")
-    p.add_argument("--preprocess", choices=["letterbox", "darknet", "resize"], default="letterbox",
-                   help="how images become inputs (as detect.py; docs/preprocessing.md)")
-    p.add_argument("--workers", type=number(int, min=-1), default=-1,
-                   help="loader processes; -1 = auto (0 on CPUs with <= 4 cores)")
-    p.add_argument("--reference", default="",
-                   help="score against this model's detections instead of the labels "
-                        "(.weights/.pt): *agreement*, not accuracy; needs no label files")
-    p.add_argument("--reference-cfg", default="", help="cfg of --reference (optional for a .pt)")
-    p.add_argument("--reference-conf", type=number(float, min=0, max=1), default=0.25,
-                   help="--reference: its detections with this score or more are the truth")
-    p.add_argument("--output-dir", default="runs/evaluate")
-    return parse(p, argv)
+    add_dataclass_args(p, EvaluateFlags, required=("model", "data"))
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | None:
+    from yolo_slim.core.cli import parse
+    return parse(parser(), argv)
 
 
 @cli_main

@@ -13,42 +13,63 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from yolo_slim.core.cli import Parser, add_dataclass_args
 from yolo_slim.core.errors import YoloSlimError, cli_main
+
+INT8 = "INT8 (with --format onnx)"
+
+
+@dataclass
+class ExportFlags:
+    """Every flag of export.py."""
+    cfg: str | None = field(default=None, metadata={
+        "type": str, "help": "darknet cfg (optional when --weights is a yolo-slim .pt)"})
+    weights: str | None = field(default=None, metadata={"type": str, "help": ".weights or .pt"})
+    format: str | None = field(default=None, metadata={"type": str, "choices": ["weights", "pt", "onnx"]})
+    output: str | None = field(default=None, metadata={
+        "type": str, "help": "output file (default: next to --weights, new extension); the "
+                             "resolved flags go to <output>.args.json"})
+    img_size: list[int] = field(default_factory=lambda: [416], metadata={
+        "item": int, "min": 1, "help": "S or H W (onnx): multiples of the cfg's largest stride"})
+    batch_size: int = field(default=1, metadata={
+        "min": 1, "help": "onnx: trace batch; the fixed batch with --static"})
+    opset: int = field(default=18, metadata={"min": 7})
+    static: bool = field(default=False, metadata={"switch": True, "help": "fixed batch size in the onnx graph"})
+    raw: bool = field(default=False, metadata={"switch": True, "help": "export the raw head maps, not boxes"})
+    nms: bool = field(default=False, metadata={"switch": True, "help": "put NonMaxSuppression into the graph"})
+    conf_thres: float = field(default=0.25, metadata={"min": 0, "max": 1, "help": "with --nms"})
+    iou_thres: float = field(default=0.45, metadata={"min": 0, "max": 1, "help": "with --nms"})
+    max_det: int = field(default=300, metadata={"min": 1, "help": "with --nms"})
+    tol: float = field(default=1e-3, metadata={
+        "gt": 0, "help": "max |onnxruntime - torch| / max(1, |torch|) allowed"})
+    int8: bool = field(default=False, metadata={
+        "switch": True, "group": INT8, "help": "quantize to INT8 (default output <stem>.int8.onnx)"})
+    calib_data: str | None = field(default=None, metadata={
+        "type": str, "group": INT8, "help": "darknet .data file whose images calibrate the INT8 ranges"})
+    calib_images: int = field(default=100, metadata={
+        "min": 1, "group": INT8, "help": "images taken evenly from the list"})
+    calib_split: str = field(default="train", metadata={"choices": ["train", "valid"], "group": INT8})
+    calib_method: str = field(default="minmax", metadata={
+        "choices": ["minmax", "entropy", "percentile"], "group": INT8})
+    per_tensor: bool = field(default=False, metadata={
+        "switch": True, "group": INT8, "help": "one weight scale per tensor, not per channel"})
+    min_match: float = field(default=0.5, metadata={
+        "min": 0, "max": 1, "group": INT8,
+        "help": "refuse an INT8 model that finds fewer of the FP32 detections (0: never)"})
+
+
+def parser() -> Parser:
+    p = Parser(description=__doc__)
+    add_dataclass_args(p, ExportFlags, required=("weights", "format"))
+    return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace | None:
-    from yolo_slim.core.cli import Parser, number, parse
-    p = Parser(description=__doc__)
-    p.add_argument("--cfg", help="darknet cfg (optional when --weights is a yolo-slim .pt)")
-    p.add_argument("--weights", required=True, help=".weights or .pt")
-    p.add_argument("--format", choices=["weights", "pt", "onnx"], required=True)
-    p.add_argument("--output", help="output file (default: next to --weights, new extension); "
-                                    "the resolved flags go to <output>.args.json")
-    p.add_argument("--img-size", type=number(int, min=1), nargs="+", default=[416],
-                   help="S or H W (onnx): multiples of the cfg's largest stride")
-    p.add_argument("--batch-size", type=number(int, min=1), default=1,
-                   help="onnx: trace batch; the fixed batch with --static")
-    p.add_argument("--opset", type=number(int, min=7), default=18)
-    p.add_argument("--static", action="store_true", help="fixed batch size in the onnx graph")
-    p.add_argument("--raw", action="store_true", help="export the raw head maps, not boxes")
-    p.add_argument("--nms", action="store_true", help="put NonMaxSuppression into the graph")
-    p.add_argument("--conf-thres", type=number(float, min=0, max=1), default=0.25, help="with --nms")
-    p.add_argument("--iou-thres", type=number(float, min=0, max=1), default=0.45, help="with --nms")
-    p.add_argument("--max-det", type=number(int, min=1), default=300, help="with --nms")
-    p.add_argument("--tol", type=number(float, gt=0), default=1e-3,
-                   help="max |onnxruntime - torch| / max(1, |torch|) allowed")
-    q = p.add_argument_group("INT8 (with --format onnx)")
-    q.add_argument("--int8", action="store_true", help="quantize to INT8 (default output <stem>.int8.onnx)")
-    q.add_argument("--calib-data", help="darknet .data file whose images calibrate the INT8 ranges")
-    q.add_argument("--calib-images", type=number(int, min=1), default=100,
-                   help="images taken evenly from the list")
-    q.add_argument("--calib-split", choices=["train", "valid"], default="train")
-    q.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
-    q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
-    q.add_argument("--min-match", type=number(float, min=0, max=1), default=0.5,
-                   help="refuse an INT8 model that finds fewer of the FP32 detections (0: never)")
+    from yolo_slim.core.cli import parse
+    p = parser()
     a = parse(p, argv)
     if a is not None and a.int8 and (a.format != "onnx" or not a.calib_data):
         raise YoloSlimError("--int8 needs --format onnx and --calib-data")

@@ -19,10 +19,11 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from yolo_slim.analysis.latency import LatencyTable, measure_table, plot_latency_flops, table_text
-from yolo_slim.core.cli import Parser, number, parse
+from yolo_slim.core.cli import Parser, add_dataclass_args, parse
 from yolo_slim.core.errors import cli_main
 from yolo_slim.darknet.cfg import net_size, parse_cfg
 from yolo_slim.deploy.ort_bench import cpu_isa
@@ -149,22 +150,30 @@ def _load() -> str:
     return load_average()
 
 
+@dataclass
+class LatencyFlags:
+    """Every flag of python -m yolo_slim.tools.latency."""
+    cfg: str | None = field(default=None, metadata={"type": str})
+    img_size: int | None = field(default=None, metadata={"type": int, "min": 1})
+    batch: int = field(default=1, metadata={"min": 1})
+    threads: int = field(default=2, metadata={"min": 1})
+    runtime: str = field(default="onnxruntime-cpu", metadata={"choices": list(RUNTIMES)})
+    steps: int = field(default=4, metadata={"min": 1, "help": "grid points per axis"})
+    runs: int = field(default=7, metadata={"min": 1, "help": "timed runs per point (median)"})
+    stat: str = field(default="min", metadata={
+        "choices": list(STATS), "help": "per point: the fastest of the runs (robust on a shared "
+                                        "machine) or their median"})
+    out: str | None = field(default=None, metadata={"type": str, "help": "also copy the table here"})
+    plot: str | None = field(default=None, metadata={
+        "type": str, "help": "PNG: per conv, share of FLOPs vs share of latency"})
+    refresh: bool = field(default=False, metadata={"switch": True, "help": "measure again even if cached"})
+
+
 def main(argv: list[str] | None = None) -> int:
     @cli_main
     def run(args) -> int:
         p = Parser(prog="python -m yolo_slim.tools.latency", description=__doc__)
-        p.add_argument("--cfg", required=True)
-        p.add_argument("--img-size", type=number(int, min=1))
-        p.add_argument("--batch", type=number(int, min=1), default=1)
-        p.add_argument("--threads", type=number(int, min=1), default=2)
-        p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime-cpu")
-        p.add_argument("--steps", type=number(int, min=1), default=4, help="grid points per axis")
-        p.add_argument("--runs", type=number(int, min=1), default=7, help="timed runs per point (median)")
-        p.add_argument("--stat", choices=list(STATS), default="min",
-                       help="per point: the fastest of the runs (robust on a shared machine) or their median")
-        p.add_argument("--out", help="also copy the table here")
-        p.add_argument("--plot", help="PNG: per conv, share of FLOPs vs share of latency")
-        p.add_argument("--refresh", action="store_true", help="measure again even if cached")
+        add_dataclass_args(p, LatencyFlags, required=("cfg",))
         a = parse(p, args)
         if a is None:
             return 0

@@ -16,7 +16,6 @@ whose latency does drop: removed channels are removed work.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import gzip
 import json
@@ -24,6 +23,7 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -137,19 +137,26 @@ def summary_text(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class UnstructuredFlags:
+    """The flags of python -m yolo_slim.tools.unstructured besides --cfg/--weights/--output-dir."""
+    amount: float | None = field(default=None, metadata={
+        "type": float, "min": 0, "max": 1, "help": "fraction of conv weights to zero"})
+    img_size: int | None = field(default=None, metadata={"type": int, "min": 1})
+    structured_flops: float = field(default=0.5, metadata={
+        "min": 0, "max": 1, "help": "0 = no structured model"})
+    runs: int = field(default=20, metadata={"min": 1})
+    warmup: int = field(default=3, metadata={"min": 0})
+    onnx: bool = True
+    threads: int | None = field(default=None, metadata={
+        "type": int, "min": 1, "help": "torch and onnxruntime threads"})
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from yolo_slim.core.cli import module_parser, number, parse, write_resolved
+    from yolo_slim.core.cli import add_dataclass_args, module_parser, parse, write_resolved
     p = module_parser("python -m yolo_slim.tools.unstructured", __doc__, data=False)
-    p.add_argument("--amount", type=number(float, min=0, max=1), required=True,
-                   help="fraction of conv weights to zero")
-    p.add_argument("--img-size", type=number(int, min=1))
-    p.add_argument("--structured-flops", type=number(float, min=0, max=1), default=0.5,
-                   help="0 = no structured model")
-    p.add_argument("--runs", type=number(int, min=1), default=20)
-    p.add_argument("--warmup", type=number(int, min=0), default=3)
-    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--threads", type=number(int, min=1), help="torch and onnxruntime threads")
+    add_dataclass_args(p, UnstructuredFlags, required=("amount",))
     a = parse(p, argv)
     if a is None:
         return 0
