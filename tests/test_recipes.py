@@ -164,8 +164,16 @@ def test_a_flag_overrides_the_recipes_choice_in_a_group(parse_of, tmp_path):
     --global-percent; the recipe's --weights and --output-dir satisfy the required flags."""
     path = write(tmp_path, {"weights": "w.pt", "output_dir": "o", "global_percent": 0.5,
                             "layer_keep": 0.1})
-    ns, _ = parse_of("prune", ["--config", path, "--target-flops", "0.4"])
+    ns, given = parse_of("prune", ["--config", path, "--target-flops", "0.4"])
     assert (ns.target_flops, ns.global_percent, ns.layer_keep, ns.weights) == (0.4, None, 0.1, "w.pt")
+    assert "global_percent" not in given
+
+
+def test_a_recipe_with_two_exclusive_flags_is_one_line(tmp_path, capsys):
+    path = write(tmp_path, {"weights": "w.pt", "output_dir": "o", "global_percent": 0.5,
+                            "target_flops": 0.4, "dead": False})
+    assert one_line_error("prune", ["--config", path], capsys) == \
+        f"error: --config {path}: --global-percent and --target-flops exclude each other"
 
 
 def test_iterates_train_items_add_to_the_recipes(parse_of, tmp_path):

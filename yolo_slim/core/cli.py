@@ -49,7 +49,8 @@ class Parser(argparse.ArgumentParser):
         raise YoloSlimError(message)
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None):
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
         argv = list(sys.argv[1:] if args is None else args)
         refs = _Configs().parse_known_args(argv)[0].config  # the recipes first: they set defaults
         values = recipe.read(refs, self._actions) if refs else {}
@@ -61,13 +62,21 @@ class Parser(argparse.ArgumentParser):
         # argparse sets an optional positional (nargs * or ?) the line left out: not given
         given -= {a.dest for a in self._actions if not a.option_strings and a.nargs in ("*", "?")
                   and getattr(ns, a.dest) in ([], a.default)}
+        on_line = set(given)
         for dest, v in values.items():  # the command line wins, a group member it gave too
-            if dest in accumulate and dest in given:  # repeatable flags add to the recipe's
+            if dest in accumulate and dest in on_line:  # repeatable flags add to the recipe's
                 setattr(ns, dest, [*v, *getattr(ns, dest)[len(accumulate[dest]):]])
-            elif dest not in given and not _group_taken(self, dest, given):
+            elif dest in on_line or _group_taken(self, dest, on_line):
+                continue
+            else:
                 setattr(ns, dest, v)
             given.add(dest)
         _fill_defaults(self, ns)
+        for g in self._mutually_exclusive_groups:  # what the recipes set must exclude too
+            both = [a.option_strings[0] for a in g._group_actions
+                    if a.dest in given and getattr(ns, a.dest) != a.default]
+            if len(both) > 1:
+                raise YoloSlimError(f"--config {' '.join(refs)}: {' and '.join(both)} exclude each other")
         if ns.config != refs:  # never a recipe named but not read
             raise YoloSlimError(f"--config: give it as --config FILE (read {refs}, parsed {ns.config})")
         self.given = given - {"config"}
@@ -78,7 +87,7 @@ class _Configs(argparse.ArgumentParser):
     """Only --config, read before the command's own parse (whose defaults the recipes set)."""
 
     def __init__(self) -> None:
-        super().__init__(add_help=False)
+        super().__init__(add_help=False, allow_abbrev=False)  # an abbreviation: the check above
         self.add_argument("--config", action="append", default=[])
 
     def error(self, message: str):  # type: ignore[override]
