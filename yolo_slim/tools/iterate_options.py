@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from yolo_slim.core.cli import field_default, flag_name
+from yolo_slim.core.cli import Parser, add_dataclass_args, field_default, flag_name, module_parser, parse
 from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.core.recipe import key_name
 from yolo_slim.prune.cli import MaskOptions
-from yolo_slim.train.config import KD_MODES
+from yolo_slim.train.config import KD_MODES, TrainConfig
 
 
 @dataclass
@@ -52,9 +53,6 @@ LOOP_FIELDS = ("cfg", "weights", "data", "resume", "output_dir", "epochs", "img_
 def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
     """['lr0=0.002', 'workers=0', 'ema=false'] -> TrainConfig fields, each value checked by its
     training flag (type, range, choices: train_sparse.py's parser)."""
-    from yolo_slim.core.cli import Parser, parse
-    from yolo_slim.core.recipe import key_name
-    from yolo_slim.train.engine import TrainConfig
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     p = Parser()
     TrainConfig.add_args(p)
@@ -71,7 +69,7 @@ def parse_train_overrides(items: Sequence[str]) -> dict[str, Any]:
                 raise YoloSlimError(f"--train {it!r}: bad value for {k}")
             out[k] = v.lower() in ("1", "true", "yes")
             continue
-        flag = "--" + k.replace("_", "-")
+        flag = flag_name(k)
         try:
             ns = parse(p, [flag, *v.split(",")] if isinstance(field_default(fields[k]), list)
                        else [f"{flag}={v}"])
@@ -110,7 +108,6 @@ def check_targets(opts: IterateOptions, given: Sequence[str] = ()) -> str | None
 
 
 def parser() -> argparse.ArgumentParser:
-    from yolo_slim.core.cli import add_dataclass_args, module_parser
     p = module_parser("python -m yolo_slim.tools.iterate", __doc__)
     add_dataclass_args(p, IterateOptions)
     a = p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
