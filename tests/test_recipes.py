@@ -284,3 +284,11 @@ def test_the_demo_recipe_is_what_the_scripts_say(parse_of):
     un, _ = parse_of("unstructured", ["--config", f"{demo}:unstructured", "--weights", "w",
                                       "--output-dir", "o"])
     assert un.amount == float(sh["AMOUNT"]) and un.structured_flops == 1 - float(sh["AMOUNT"])
+
+
+def test_the_prune_targets_are_one_list():
+    """The pruner's TARGETS are the flags of prune's exclusive group "target"."""
+    from yolo_slim.commands.prune import parser
+    from yolo_slim.prune.channels import TARGETS
+    group, = parser()._mutually_exclusive_groups
+    assert sorted(a.dest for a in group._group_actions) == sorted(TARGETS)

@@ -16,7 +16,7 @@ from yolo_slim.core.cli import number
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.analysis.graph import STRATEGIES
 from yolo_slim.analysis.importance import IMPORTANCE
-from yolo_slim.prune.channels import PruneOptions
+from yolo_slim.prune.channels import TARGETS, PruneOptions
 
 
 @dataclass
@@ -109,12 +109,9 @@ class PruneFlags(ChannelFlags, PruneRunFlags):
     """Every flag of prune_channels.py."""
 
 
-CHANNEL_TARGETS = ("global_percent", "threshold", "target_flops", "layer_ratios",
-                   "target_latency", "target_speedup", "dead")
-
-
 def wants_channels(a: Any) -> bool:
-    return any(getattr(a, k, None) not in (None, False) for k in CHANNEL_TARGETS)
+    """Whether the flags name a channel cut (one of the pruner's TARGETS, the group "target")."""
+    return any(getattr(a, k, None) not in (None, False) for k in TARGETS)
 
 
 # what a sensitivity ratios.json records about the masks it measured, and the flag each is
