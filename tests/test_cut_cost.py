@@ -51,8 +51,8 @@ def fake_measure(table: LatencyTable):
         full = table.predict(models["uncut"].module_defs)["total_ms"]
         cut = table.predict(models["cut"].module_defs)["total_ms"]
         r = min(1.0, cut / full * SLOWER)
-        return {"models": {"uncut": {"median_ms": full, "ratio_median": 1.0},
-                           "cut": {"median_ms": r * full, "ratio_median": r}}}
+        return {"models": {"uncut": {"min_ms": full, "median_ms": 2 * full, "ratio_median": 1.0},
+                           "cut": {"min_ms": r * full, "median_ms": 2 * full, "ratio_median": 1.0}}}
     return measure
 
 
@@ -191,12 +191,12 @@ def test_latency_target_flag_errors(table, tmp_path):
 def test_correction_is_the_median_of_recent_estimates_and_ignores_tiny_cuts():
     """One noisy timing does not move the aim: k is the median of the last three estimates of
     cuts that save >= 5% by the table; a cut predicted at 0.97 (ratio mostly noise) is ignored."""
-    ratios = iter([0.99, 0.75, 0.62, 0.40, 0.63])  # measured share per call
+    ratios = iter([0.99, 0.75, 0.62, 0.40, 0.63, 0.05])  # measured share per call (fastest rounds)
 
-    def measure(models, hw):
+    def measure(models, hw):  # the medians carry load: only the fastest rounds count
         r = next(ratios)
-        return {"models": {"uncut": {"median_ms": 10.0, "ratio_median": 1.0},
-                           "cut": {"median_ms": 10 * r, "ratio_median": r}}}
+        return {"models": {"uncut": {"min_ms": 10.0, "median_ms": 30.0, "ratio_median": 1.0},
+                           "cut": {"min_ms": 10 * r, "median_ms": 30.0, "ratio_median": 1.0}}}
     loop = MeasuredTarget(10.0, speedup=2.0, measure=measure, img_hw=(64, 64))
     loop.compact = lambda m: m  # the timing is what is tested here
     m = model()
@@ -207,6 +207,9 @@ def test_correction_is_the_median_of_recent_estimates_and_ignores_tiny_cuts():
     assert ks[3] == pytest.approx(1.24)  # estimates 1.25, 1.24, 0.8 (an outlier): median 1.24
     assert ks[4] == pytest.approx(1.24)  # 1.24, 0.8, 1.26
     assert loop.controller_target() == pytest.approx(0.5 / 1.24)
+    # a timing 10x off the table (0.05 for a predicted 0.5) is clipped to 1/1.5 before the median
+    assert loop.update(m, 0.5)["correction"] == pytest.approx(0.8)  # 0.8, 1.26, 0.667: median
+    assert loop.estimates[-1] == pytest.approx(1 / 1.5)
     st = loop.state_dict()
     other = MeasuredTarget(10.0, speedup=2.0)
     other.load_state_dict(st)
