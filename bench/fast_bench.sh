@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Issue 27: the demo's recipe (sparse training to a measured 3x speed-up) against its controls,
 # per seed, from one shared baseline (BASE, a finished `make demo` run folder):
-#   ours    the demo recipe (SPARSE_SPEEDUP=3: latency target, latency weights, --round-to auto)
-#   flops   today's FLOPs recipe (SPARSE_TARGET=0.25, uniform weights), same stages
+#   ours    the demo recipe (SPARSE_SPEEDUP=3: latency target, latency weights, channels fading
+#           along the path in Taylor order, --round-to auto)
+#   flops   the demo's FLOPs recipe before (SPARSE_TARGET=0.25, uniform weights, every needed
+#           class shrunk from the start, norm order), same stages; only for FLOPS_SEEDS
 #   older   the older tools: the L1 subgradient on gamma, then a |gamma| cut to ours' measured
 #           speed-up (prune_channels.py --target-speedup, closed loop), the same fine-tuning
 #   scratch ours' slim cfg trained from fresh weights for the whole budget (baseline + sparse +
 #           fine-tuning epochs)
 # then bench/fast_table.py times every final model interleaved and writes bench/results/fast.md.
-#   bash bench/fast_bench.sh [BASE=runs/demo27] [SEEDS="0 1 2"] [OUT=runs/fast]
+#   bash bench/fast_bench.sh [BASE=runs/demo27] [SEEDS="0 1 2"] [FLOPS_SEEDS=0] [OUT=runs/fast]
 source "$(dirname "$0")/../scripts/common.sh"
 BASE=${BASE:-runs/demo27}
 SEEDS=${SEEDS:-0 1 2}
+FLOPS_SEEDS=${FLOPS_SEEDS:-0}
 OUT=${OUT:-runs/fast}
 BUDGET=$((EPOCHS + SPARSE_EPOCHS + FT_EPOCHS))
 ARGS0=$TRAIN_ARGS
@@ -28,8 +31,10 @@ arm() {  # arm NAME SEED [VAR=value ...]: sparse -> prune -> finetune -> export 
 for s in $SEEDS; do
     echo "=== seed $s: ours $(date +%T)"
     arm ours "$s"
-    echo "=== seed $s: flops $(date +%T)"
-    arm flops "$s" SPARSE_SPEEDUP=0 SPARSE_TARGET=0.25 SPARSE_WEIGHT=uniform
+    if [[ " $FLOPS_SEEDS " == *" $s "* ]]; then
+        echo "=== seed $s: flops $(date +%T)"
+        arm flops "$s" SPARSE_SPEEDUP=0 SPARSE_TARGET=0.25 SPARSE_WEIGHT=uniform SPARSE_KILL=all SPARSE_ORDER=norm
+    fi
     echo "=== seed $s: older $(date +%T)"
     r=$OUT/older-s$s
     x=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['latency']['speedup'])" \

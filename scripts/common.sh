@@ -29,6 +29,9 @@ SPARSE_TARGET=${SPARSE_TARGET:-0.25}        # with SPARSE_SPEEDUP=0: the dead ch
                                             # FLOPs (0 too = fixed S, then PERCENT/SHORTCUTS decide the cut)
 # the subgradient never makes a channel exactly dead: no target, PERCENT/SHORTCUTS cut
 if [[ $SPARSE_UPDATE == subgradient ]]; then SPARSE_TARGET=0 SPARSE_SPEEDUP=0; fi
+SPARSE_KILL=${SPARSE_KILL:-path}            # prox with a target: fade out only what the path needs by now (path)
+                                            # or shrink every class the target needs from the start (all)
+SPARSE_ORDER=${SPARSE_ORDER:-taylor}        # which classes go first: taylor (loss change of zeroing) | norm
 SPARSE_RECOVER=${SPARSE_RECOVER:-0.3}       # with SPARSE_TARGET: last share of the run, dead set frozen, s = 0
 PRUNE=${PRUNE:-1}                           # 0: no conv that meets a shortcut, 1: all (slim)
 STRATEGY=${STRATEGY:-slim}                  # normal | shortcut | slim

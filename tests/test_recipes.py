@@ -253,10 +253,10 @@ def test_the_demo_recipe_is_what_the_scripts_say(parse_of):
     sparse, _ = parse_of("train", ["--config", f"{demo}:sparse"])
     assert (sparse.sr, sparse.s, sparse.prune, sparse.sparsity, sparse.sparsity_update,
             sparse.sparsity_weight, sparse.target_speedup, sparse.target_flops,
-            sparse.target_recover, sparse.epochs) == \
+            sparse.target_recover, sparse.epochs, sparse.target_kill, sparse.target_importance) == \
         (True, float(sh["S"]), int(sh["PRUNE"]), sh["SPARSITY"], sh["SPARSE_UPDATE"],
          sh["SPARSE_WEIGHT"], float(sh["SPARSE_SPEEDUP"]), 0.0,  # sparse.sh: one target
-         float(sh["SPARSE_RECOVER"]), int(sh["SPARSE_EPOCHS"]))
+         float(sh["SPARSE_RECOVER"]), int(sh["SPARSE_EPOCHS"]), sh["SPARSE_KILL"], sh["SPARSE_ORDER"])
     ft, _ = parse_of("distill", ["--config", f"{demo}:finetune"])
     assert (ft.kd, ft.epochs, ft.lr0) == (sh["KD"], int(sh["FT_EPOCHS"]), base.lr0)
     pr, _ = parse_of("prune", ["--config", f"{demo}:prune", "--weights", "w", "--output-dir", "o"])
