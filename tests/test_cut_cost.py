@@ -8,7 +8,6 @@ import copy
 import csv
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -185,7 +184,6 @@ def test_latency_target_flag_errors(table, tmp_path):
     with pytest.raises(YoloSlimError, match="needs --sparsity-update prox"):
         make_train_hooks(config("x.data", tmp_path, target_latency=3.0, latency_table=path,
                                 sparsity_update="subgradient"), model())
-    assert np.isfinite(LatencyTable.load(path).full_ms) or True
 
 
 def test_correction_is_the_median_of_recent_estimates_and_ignores_tiny_cuts():

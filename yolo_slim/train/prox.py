@@ -120,6 +120,9 @@ class ChannelClasses:
         if metric == "flops":
             self.cut.table, self.cut.metric = None, "flops"  # counts rounded by the table, FLOPs
             self.cut.full = self.cut.cost(np.ones(len(g.root), bool))
+        # the greedy's estimate of the uncut model (cut_to_target runs every step: computed once)
+        self._estimate_full = sum(self._conv_cost(j, len(c[1]), len(c[2]))
+                                  for j, c in enumerate(self.convs))
         # the penalised conv channels of each node (others are never dead to the pruner)
         self.node_cls = np.full(len(g.root), -1, np.int64)
         for i in self.layers:
@@ -234,7 +237,7 @@ class ChannelClasses:
         kin = [int(keep[cin].sum()) for _, cin, _ in self.convs]
         kout = [int(keep[cout].sum()) for _, _, cout in self.convs]
         cost = [self._conv_cost(j, a, b) for j, (a, b) in enumerate(zip(kin, kout))]
-        full = sum(self._conv_cost(j, len(c[1]), len(c[2])) for j, c in enumerate(self.convs))
+        full = self._estimate_full
         total = sum(cost)
         if self.cost_if_cut(dead) <= target:
             return dead
