@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from netgen import randomize_bn  # noqa: E402
+
+from yolo_slim.deploy.runtime import median_ms  # noqa: E402
 
 from yolo_slim.nn.model import build_model  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
@@ -38,10 +39,9 @@ def latencies_ms(models: list, hw: tuple[int, int], runs: int) -> list[list[floa
     times: list[list[float]] = [[] for _ in models]
     for r in range(runs + 1):
         for k, m in enumerate(models):
-            t = time.perf_counter()
-            m.eval()(x)
+            ms = median_ms(lambda: m.eval()(x), 1, 0)  # one call: the rounds are the repeats
             if r:
-                times[k].append(1e3 * (time.perf_counter() - t))
+                times[k].append(ms)
     return times
 
 

@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from netgen import randomize_bn  # noqa: E402
+
+from bench.harness import timed  # noqa: E402
 
 from yolo_slim.nn.model import build_model  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions, prune_model  # noqa: E402
@@ -52,10 +53,8 @@ def main() -> None:
         wts = os.path.join(tmp, "in.weights")
         save_darknet_weights(model, wts)
         for s in STRATEGIES:
-            t = time.perf_counter()
-            rep = run(a.cfg, wts, os.path.join(tmp, s), PruneOptions(
-                strategy=s, global_percent=0.5, img_size=hw), log=lambda *x: None)
-            dt = time.perf_counter() - t
+            rep, dt, _ = timed(lambda: run(a.cfg, wts, os.path.join(tmp, s), PruneOptions(
+                strategy=s, global_percent=0.5, img_size=hw), log=lambda *x: None))
             v = rep["verification"]
             print(f"| {s} | {dt:.1f} | {v['max_abs_vs_folded']:.2g} | "
                   f"{v['max_abs_vs_masked_unfolded']:.2g} | {v['max_abs_reloaded']:.2g} |")
@@ -64,10 +63,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for s in STRATEGIES:
         for pc in (float(x) for x in a.percents.split(",")):
-            t = time.perf_counter()
-            r = prune_model(model, PruneOptions(strategy=s, global_percent=pc, img_size=hw),
-                            check=False)
-            dt = time.perf_counter() - t
+            r, dt, _ = timed(lambda: prune_model(
+                model, PruneOptions(strategy=s, global_percent=pc, img_size=hw), check=False))
             pr, fl = r.report["params"], r.report["flops"]
             print(f"| {s} | {pc} | {r.threshold:.4f} | {pr['after'] / pr['before']:.3f} "
                   f"({pr['after'] / 1e6:.1f}M) | {fl['after'] / fl['before']:.3f} "

@@ -1,7 +1,7 @@
 """CPU cost of one verified channel prune: yolov3-spp at its cfg size (608), random weights with
 half the |γ| exactly zero, --global-percent 0.5 (issue 11's case).
 
-Measures CPU seconds (time.process_time: every thread of this process) and wall seconds of the
+Measures CPU seconds (every thread of this process) and wall seconds (bench.harness.timed) of the
 whole `prune_channels` job in process — load .weights, graph, masks, fold, compact, verification
 (three forwards at the small verification size), write cfg/weights/pt/report/PNGs, reload check —
 and the same steps one by one. The reference the issue measured on this machine type:
@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,34 +32,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from netgen import randomize_bn  # noqa: E402
 
+from bench.harness import timed  # noqa: E402
+
 from yolo_slim.nn.weights import load_model, save_darknet_weights  # noqa: E402
 from yolo_slim.nn.model import build_model  # noqa: E402
 from yolo_slim.prune.channels import PruneOptions  # noqa: E402
 from yolo_slim.prune.pipeline import PrunePlan, prune, run  # noqa: E402
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, float, float]] = []
-
-    def __call__(self, name: str, fn):
-        c, w = time.process_time(), time.perf_counter()
-        out = fn()
-        self.rows.append((name, time.process_time() - c, time.perf_counter() - w))
-        return out
-
-
 def script_cpu(src: Path, cfg: str, wts: str, out: str, threads: int) -> tuple[float, float]:
     """(CPU s, wall s) of one `prune_channels.py` process of the checkout `src`."""
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    w = time.perf_counter()
-    subprocess.run([sys.executable, str(src / "prune_channels.py"), "--cfg", cfg, "--weights", wts,
-                    "--output-dir", out, "--global-percent", "0.5"], env=env, check=True,
-                   capture_output=True, cwd=str(src))
+    _, wall, _ = timed(lambda: subprocess.run(
+        [sys.executable, str(src / "prune_channels.py"), "--cfg", cfg, "--weights", wts,
+         "--output-dir", out, "--global-percent", "0.5"], env=env, check=True,
+        capture_output=True, cwd=str(src)))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-            time.perf_counter() - w)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, wall
 
 
 def main() -> None:
@@ -83,10 +72,9 @@ def main() -> None:
         save_darknet_weights(model, wts)
         print("| run | CPU s | wall s |\n|---|---|---|")
         for k in range(a.repeats):
-            c, w = time.process_time(), time.perf_counter()
-            rep = run(a.cfg, wts, os.path.join(tmp, f"o{k}"), PrunePlan(channels=opts), log=lambda *x: None)
-            print(f"| whole prune_channels job {k + 1} | {time.process_time() - c:.2f} | "
-                  f"{time.perf_counter() - w:.2f} |", flush=True)
+            rep, w, c = timed(lambda: run(a.cfg, wts, os.path.join(tmp, f"o{k}"), PrunePlan(channels=opts),
+                                          log=lambda *x: None))
+            print(f"| whole prune_channels job {k + 1} | {c:.2f} | {w:.2f} |", flush=True)
         v = rep["verification"]
         print(f"\nverified at {v['img_size'][0]}x{v['img_size'][1]}: max |Δ| compact vs folded "
               f"{v['max_abs_vs_folded']:.2g}, vs masked (border gap) {v['max_abs_vs_masked_unfolded']:.2g}, "
@@ -105,11 +93,10 @@ def main() -> None:
                 print(f"| {label} | {statistics.median(c for c, _ in r):.2f} | "
                       f"{statistics.median(w for _, w in r):.2f} |")
             print()
-        clock = Clock()
-        m = clock("load cfg + .weights", lambda: load_model(a.cfg, wts))
-        clock("graph, masks, fold, compact, verify", lambda: prune(m, PrunePlan(channels=opts), log=lambda *x: None))
+        m, w0, c0 = timed(lambda: load_model(a.cfg, wts))
+        _, w1, c1 = timed(lambda: prune(m, PrunePlan(channels=opts), log=lambda *x: None))
         print("| step (one more run) | CPU s | wall s |\n|---|---|---|")
-        for name, c, w in clock.rows:
+        for name, c, w in (("load cfg + .weights", c0, w0), ("graph, masks, fold, compact, verify", c1, w1)):
             print(f"| {name} | {c:.2f} | {w:.2f} |")
 
 

@@ -20,16 +20,16 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.harness import timed  # noqa: E402
 
 
 def run(cmd: list[str]) -> float:
-    t = time.time()
+    """Wall seconds of one training run."""
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.time() - t
+    return timed(lambda: subprocess.run(cmd, cwd=ROOT, check=True))[1]
 
 
 def last_row(out: str) -> dict[str, str]:
@@ -39,7 +39,6 @@ def last_row(out: str) -> dict[str, str]:
 
 def gamma_share(weights: str) -> float:
     """Share of |γ| < 0.01 over the convs `slim` may prune, measured on a checkpoint."""
-    sys.path.insert(0, ROOT)
     import torch
 
     from yolo_slim.analysis.graph import prunable_convs

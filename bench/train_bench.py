@@ -16,11 +16,12 @@ import csv
 import os
 import resource
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+
+from bench.harness import timed  # noqa: E402
 
 
 def throughput(a: argparse.Namespace) -> None:
@@ -34,17 +35,21 @@ def throughput(a: argparse.Namespace) -> None:
     data = parse_data_file(a.data)
     loader, _ = create_dataloader(data.train, a.img_size, a.batch_size, True, workers=a.workers,
                                   nc=data.classes, aug=Augment(mosaic=a.mosaic))
-    it, n, t0 = iter(loader), 0, None
-    for step in range(a.warmup + a.steps):
-        if step == a.warmup:
-            t0, c0, n = time.perf_counter(), time.process_time(), 0
-        imgs, targets, _, _ = next(it)
-        loss, _ = yolo_loss(model(imgs), targets, model, tuple(imgs.shape[-2:]), LossHyp())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        n += imgs.shape[0]
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    it = iter(loader)
+
+    def steps(k: int) -> int:
+        """k training steps; the number of images they took."""
+        n = 0
+        for _ in range(k):
+            imgs, targets, _, _ = next(it)
+            loss, _ = yolo_loss(model(imgs), targets, model, tuple(imgs.shape[-2:]), LossHyp())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            n += imgs.shape[0]
+        return n
+    steps(a.warmup)
+    n, dt, cpu = timed(lambda: steps(a.steps))
     # CPU seconds of this process (all its threads, not the loader workers): on a shared
     # machine images per CPU-second is the number that does not depend on the other jobs
     print(f"{a.cfg} {a.img_size}px batch {a.batch_size} workers {a.workers} threads "
@@ -59,9 +64,7 @@ def train(rest: list[str]) -> None:
     TrainConfig.add_args(p)
     cfg = TrainConfig.from_args(p.parse_args(rest))
     torch.manual_seed(cfg.seed)
-    t0 = time.time()
-    run(cfg, build_model(cfg.cfg))
-    wall = time.time() - t0
+    _, wall, _ = timed(lambda: run(cfg, build_model(cfg.cfg)))
     ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(r.ru_utime + r.ru_stime for r in ru)  # trainer + (finished) loader workers
     with open(os.path.join(cfg.output_dir, "results.csv")) as f:

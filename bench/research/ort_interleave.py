@@ -4,16 +4,20 @@ timed alone and interleaved, with onnxruntime's default thread spinning, with sp
 with `session.force_spinning_stop` (spin during a run, stop when it returns) — each with and
 without an untimed warm run of the same file before every timed run.
 
-  python bench/ort_interleave.py A.onnx B.onnx [--threads 2] [--rounds 40]
+  python bench/research/ort_interleave.py A.onnx B.onnx [--threads 2] [--rounds 40]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from yolo_slim.deploy.runtime import median_ms  # noqa: E402
 
 
 def session(path: str, threads: int, mode: str) -> ort.InferenceSession:
@@ -36,12 +40,8 @@ def bench(sessions: dict, rounds: int, warm: bool) -> dict[str, float]:
             s.run(None, feeds[k])
     t: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
-        for k, s in sessions.items():
-            if warm:
-                s.run(None, feeds[k])
-            a = time.perf_counter()
-            s.run(None, feeds[k])
-            t[k].append((time.perf_counter() - a) * 1e3)
+        for k, s in sessions.items():  # warm: one untimed run of the same file first
+            t[k].append(median_ms(lambda: s.run(None, feeds[k]), 1, int(warm)))
     return {k: round(statistics.median(v), 2) for k, v in t.items()}
 
 

@@ -3,7 +3,7 @@
 channels by two criteria, no training, and score agreement with the untouched model on the
 held-out video frames (the original's detections with score >= 0.25 as the truth).
 
-  .venv/bin/python bench/importance_probe.py [--shares 0.06 0.12 0.2 0.3] [--batches 10]
+  .venv/bin/python bench/research/importance_probe.py [--shares 0.06 0.12 0.2 0.3] [--batches 10]
 
 Criteria: |γ| (network slimming; the older tools' ranking and the prox norm), β kept (the
 channel then outputs act(β)) or zeroed; and the summed squared first-order Taylor term
@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from yolo_slim.data.dataset import create_dataloader  # noqa: E402
 from yolo_slim.data.real_assets import real_asset  # noqa: E402

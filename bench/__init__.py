@@ -1,0 +1,1 @@
+"""The benchmark suite: `python -m bench list | assemble [--check] | NAME [args]` (bench/README.md)."""
