@@ -13,11 +13,12 @@
 #   make quantize      redo the INT8 ONNX (export writes it) with CALIB_IMAGES, CALIB_METHOD; REPORT
 # Override any variable on the command line, e.g.
 #   make sparse CFG=cfg/yolov3.cfg DATA=my.data WEIGHTS=yolov3.weights S=0.001 SPARSE_EPOCHS=100
-# Defaults live in one place, scripts/common.sh (`make help` prints them).
+# Defaults live in one place, the recipe RECIPE=recipes/demo.json (`make help` prints them); the
+# stages are `yolo-slim pipeline` (make demo = yolo-slim pipeline; make sparse = --stages sparse).
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
-export CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
+export RECIPE CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS SPARSE_EPOCHS FT_EPOCHS S SPARSITY \
        PRUNE STRATEGY PERCENT KEEP SHORTCUTS IMPORTANCE KD TEACHER T_CFG TRAIN_ARGS \
        TARGET_FLOPS TARGET_SPEEDUP MAX_DROP ROUNDS ROUND_FLOPS ROUND_SPEEDUP ROUND_EPOCHS AMOUNT CALIB_IMAGES CALIB_METHOD \
        SPARSE_UPDATE SPARSE_WEIGHT SPARSE_TARGET SPARSE_SPEEDUP SPARSE_KILL SPARSE_ORDER SPARSE_RECOVER LATENCY_REPORT LABELS SLIM_ARGS SEED
@@ -26,9 +27,9 @@ export CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS EPOCHS
         bench demo clean clean-run sensitivity iterate unstructured quantize
 
 help:
-	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "variables (scripts/common.sh):"
-	@grep -E '^[A-Z_]+=\$$\{' scripts/common.sh | sed -E 's/^([A-Z_]+)=\$$\{[A-Z_]+:-([^}]*)\}(.*)$$/  \1=\2\3/'
+	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
+	@echo "variables (each overrides its recipe key; the value now):"
+	@test -x $(PY) && $(PY) -m yolo_slim.commands pipeline --variables | sed 's/^/  /' || echo "  (make install first)"
 
 install: $(STAMP)
 

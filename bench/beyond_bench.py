@@ -45,16 +45,16 @@ from yolo_slim.train.distill import KD_MODES  # noqa: E402
 
 
 def demo_recipe() -> dict:
-    """The TrainConfig fields that scripts/common.sh's TRAIN_ARGS sets: the demo's recipe, read
-    from the one place it is defined so the benchmark trains and fine-tunes like `make demo`."""
-    import re
+    """The TrainConfig fields the demo's recipe sets off their defaults (recipes/demo.json's
+    section "train": the short schedule of every training stage), read by the recipe reader
+    every command uses, so the benchmark trains and fine-tunes like `make demo`."""
+    from yolo_slim.core.cli import Parser, parse
     from yolo_slim.train.engine import TrainConfig
-    text = open(os.path.join(ROOT, "scripts", "common.sh")).read()
-    flags = shlex.split(re.search(r"^TRAIN_ARGS=\$\{TRAIN_ARGS:-(.*)\}$", text, re.M).group(1))
-    p = argparse.ArgumentParser()
+    p = Parser()
     TrainConfig.add_args(p)
-    given, default = vars(p.parse_args(flags)), vars(p.parse_args([]))
-    return {k: v for k, v in given.items() if v != default[k]}
+    recipe = os.path.join(ROOT, "recipes", "demo.json") + ":train"
+    given, default = vars(parse(p, ["--config", recipe])), vars(parse(p, []))
+    return {k: v for k, v in given.items() if v != default[k] and k != "config"}
 
 
 def metrics_fn(data: str, img: int):

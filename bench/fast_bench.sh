@@ -12,12 +12,14 @@
 # then bench/fast_table.py times every final model interleaved and writes bench/results/fast.md.
 #   bash bench/fast_bench.sh [BASE=runs/demo27] [SEEDS="0 1 2"] [FLOPS_SEEDS=0] [OUT=runs/fast]
 source "$(dirname "$0")/../scripts/common.sh"
+vars=$(pipeline --variables)  # EPOCHS, IMG, BATCH, ...: as set, else the demo recipe's
+eval "$vars"
 BASE=${BASE:-runs/demo27}
 SEEDS=${SEEDS:-0 1 2}
 FLOPS_SEEDS=${FLOPS_SEEDS:-0}
 OUT=${OUT:-runs/fast}
 BUDGET=$((EPOCHS + SPARSE_EPOCHS + FT_EPOCHS))
-ARGS0=$TRAIN_ARGS
+ARGS0=$TRAIN_ARGS  # extra flags on top of the recipe (none by default)
 
 arm() {  # arm NAME SEED [VAR=value ...]: sparse -> prune -> finetune -> export into OUT/NAME-sSEED
     local name=$1 seed=$2; shift 2
@@ -52,7 +54,7 @@ for s in $SEEDS; do
     if [[ ! -f $r/.done ]]; then
         "$PY" train_sparse.py --cfg "$OUT/ours-s$s/pruned/$(basename "${CFG%.cfg}").cfg" --data "$DATA" \
             --epochs "$BUDGET" --img-size "$IMG" --batch-size "$BATCH" --workers "$WORKERS" \
-            --output-dir "$r" $ARGS0 --seed "$s" && touch "$r/.done"
+            --output-dir "$r" --config "$RECIPE:train" $ARGS0 --seed "$s" && touch "$r/.done"
     fi
 done
 echo "=== table $(date +%T)"

@@ -32,8 +32,9 @@ TARGET=${TARGET:-0.25}
 OUT=${OUT:-runs/prox}
 TEACHER=${TEACHER:-$BASE}
 [[ $SEED != 0 ]] && OUT=$OUT/seed$SEED
-TRAIN=(--img-size 256 --batch-size 16 --workers ${WORKERS:--1} --nominal-batch 16 --lr0 0.02 --cls 128 --scale 0.25
-       --warmup-epochs 1 --mosaic 1.0 --ema-tau 100 --eval-interval 5 --no-progress --seed "$SEED")
+# the demo's training (recipes/demo.json: 256 px, batch 16, the short schedule), as every stage trains
+TRAIN=(--config "${RECIPE:-recipes/demo.json}:run" --config "${RECIPE:-recipes/demo.json}:train"
+       ${WORKERS:+--workers "$WORKERS"} --no-progress --seed "$SEED")
 sparse() {  # name, extra flags (SPARSE_SCRIPT=distill.py with --kd ... : sparse training with KD)
     local d=$OUT/$1/sparse; shift
     [[ -f $d/.done ]] || { "$PY" "${SPARSE_SCRIPT:-train_sparse.py}" --data "$DATA" --weights "$BASE" -sr --prune 1 \

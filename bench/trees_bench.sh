@@ -60,11 +60,11 @@ echo "=== 1-class cfg, baseline"
 save_cfg(set_classes(parse_cfg(sys.argv[1]), 1), sys.argv[2])" "$COCO/yolov3-tiny.cfg" "$CFG"
 stage_done "$ROOT/baseline" || train_stage "$ROOT/baseline" "$PY" train_sparse.py --cfg "$CFG" \
     --weights "$COCO/yolov3-tiny.weights" --transfer --weights-cfg "$COCO/yolov3-tiny.cfg" \
-    --data "$DATA" --epochs "$BASE_EPOCHS" --img-size "$IMG" --workers "$WORKERS" \
+    --data "$DATA" --epochs "$BASE_EPOCHS" --img-size "$IMG" ${WORKERS:+--workers "$WORKERS"} \
     ${DEVICE:+--device "$DEVICE"} --no-progress --output-dir "$ROOT/baseline" $BASE_ARGS
 
 stem=$(basename "${CFG%.cfg}")
-COMMON=(--data "$DATA" --img-size "$IMG" --workers "$WORKERS" ${DEVICE:+--device "$DEVICE"} --no-progress)
+COMMON=(--data "$DATA" --img-size "$IMG" ${WORKERS:+--workers "$WORKERS"} ${DEVICE:+--device "$DEVICE"} --no-progress)
 TEACHER_ARGS=(--t-cfg "$CFG" --t-weights "$BASE" --kd "$KD" --labels files)
 for T in $TARGETS; do
     for SEED in $SEEDS; do

@@ -22,6 +22,8 @@ if [[ -z ${CFG:-} || ! -f $CFG ]]; then echo "error: make slim needs CFG=<the mo
 : "${IMG:=$(awk -F= '/^width/{gsub(/[ \t\r]/,"",$2); print $2; exit}' "$CFG")}"  # the cfg's own size
 export RUN SPARSE_EPOCHS FT_EPOCHS KD SPARSE_TARGET SPARSE_SPEEDUP SPARSE_RECOVER SPARSE_WEIGHT LABELS SLIM_ARGS IMG
 source "$(dirname "$0")/common.sh"
+vars=$(pipeline --variables)  # the rest (DATA, WORKERS, DEVICE, ...): as set, else the recipe's
+eval "$vars"
 if [[ -z ${WEIGHTS:-} || ! -f $WEIGHTS ]]; then
     echo "error: make slim needs WEIGHTS=<the pretrained .weights or .pt> (got '${WEIGHTS:-}')" >&2; exit 2
 fi

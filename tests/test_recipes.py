@@ -1,8 +1,8 @@
 """Recipes (--config, core/recipe.py) for every command: a recipe file and the same flags give
 the same resolved config; a flag given on the command line overrides the file; an unknown key
-or a bad value is one line naming file and key (exit 2); the demo's recipe is what
-scripts/common.sh says; and a changed option is refused on --resume wherever it would change
-the run (train, distill with its --kd/--temperature, iterate)."""
+or a bad value is one line naming file and key (exit 2); the demo's recipe holds every stage's
+defaults (and the scripts none); and a changed option is refused on --resume wherever it would
+change the run (train, distill with its --kd/--temperature, iterate)."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,6 +50,7 @@ SAMPLES: dict[str, dict] = {
     "synthetic": {"out": "x", "n_train": 10, "img_size": [64, 96], "seed": 3},
     "real-assets": {"tile": 320, "overlap": 0.3, "valid_photos": "a,b"},
     "darknet-parity": {"modes": ["darknet", "resize"], "json": "rows.json"},
+    "pipeline": {"recipe": "r.json", "run": "runs/x", "stages": "baseline,sparse", "dry_run": True},
 }
 POSITIONAL = {"table", "names"} | {"cfg"}  # graph/blocks' cfg is positional too
 
@@ -230,60 +231,64 @@ def test_bad_files_and_sections_are_one_line(tmp_path, capsys):
         f"error: {path}: train: --train 'lr=1': expected FIELD=VALUE with a training flag name"
 
 
-def common_sh() -> dict[str, str]:
-    """NAME -> default of scripts/common.sh's NAME=${NAME:-default} lines."""
-    import re
-    text = (ROOT / "scripts" / "common.sh").read_text()
-    return dict(re.findall(r"^([A-Z_]+)=\$\{[A-Z_]+:-([^}]*)\}", text, re.M))
+# each section of recipes/demo.json, the command that reads it, and the files the pipeline adds
+DEMO_SECTIONS = {
+    "baseline": ("train", []), "sparse": ("train", []), "sparse-flops": ("train", []),
+    "prune": ("prune", ["--weights", "w", "--output-dir", "o"]),
+    "prune-percent": ("prune", ["--weights", "w", "--output-dir", "o"]),
+    "prune-sensitivity": ("prune", ["--weights", "w", "--output-dir", "o", "--layer-ratios", "r"]),
+    "prune-layers": ("prune-layers", ["--weights", "w", "--output-dir", "o"]),
+    "layers-only": ("prune-layers", ["--weights", "w", "--output-dir", "o"]),
+    "finetune": ("distill", []), "export": ("export", ["--weights", "w"]),
+    "export-int8": ("export", ["--weights", "w"]), "report": ("report", ["--run", "r", "--data", "d"]),
+    "sensitivity": ("sensitivity", ["--weights", "w", "--data", "d", "--output-dir", "o"]),
+    "iterate": ("iterate", ["--weights", "w", "--data", "d", "--output-dir", "o"]),
+    "unstructured": ("unstructured", ["--weights", "w", "--output-dir", "o"]),
+}
 
 
-def test_the_demo_recipe_is_what_the_scripts_say(parse_of):
-    """recipes/demo.json holds scripts/common.sh's TRAIN_ARGS and stage defaults: each stage's
-    section parses with its command to what the stage's flags say."""
-    from yolo_slim.commands.train import parser as train_parser
-    sh = common_sh()
+def test_every_demo_section_is_its_commands_recipe(parse_of):
+    """recipes/demo.json holds the demo's defaults: each stage's section parses with the
+    command the pipeline runs it with (tests/test_pipeline_command.py: to the options the
+    stage scripts gave before), every section at the demo's 256 px, every training stage
+    with the short-schedule training."""
     demo = str(ROOT / "recipes" / "demo.json")
-    train_args = train_parser().parse_args(sh["TRAIN_ARGS"].split() + ["--epochs", sh["EPOCHS"]])
-    base, _ = parse_of("train", ["--config", f"{demo}:baseline"])
-    for k in ("nominal_batch", "lr0", "cls", "scale", "warmup_epochs", "mosaic", "ema_tau",
-              "eval_interval", "epochs"):
-        assert getattr(base, k) == getattr(train_args, k), k
-    assert (base.img_size, base.batch_size, base.workers) == \
-        (int(sh["IMG"]), int(sh["BATCH"]), int(sh["WORKERS"]))
-    sparse, _ = parse_of("train", ["--config", f"{demo}:sparse"])
-    assert (sparse.sr, sparse.s, sparse.prune, sparse.sparsity, sparse.sparsity_update,
-            sparse.sparsity_weight, sparse.target_speedup, sparse.target_flops,
-            sparse.target_recover, sparse.epochs, sparse.target_kill, sparse.target_importance) == \
-        (True, float(sh["S"]), int(sh["PRUNE"]), sh["SPARSITY"], sh["SPARSE_UPDATE"],
-         sh["SPARSE_WEIGHT"], float(sh["SPARSE_SPEEDUP"]), 0.0,  # sparse.sh: one target
-         float(sh["SPARSE_RECOVER"]), int(sh["SPARSE_EPOCHS"]), sh["SPARSE_KILL"], sh["SPARSE_ORDER"])
-    ft, _ = parse_of("distill", ["--config", f"{demo}:finetune"])
-    assert (ft.kd, ft.epochs, ft.lr0) == (sh["KD"], int(sh["FT_EPOCHS"]), base.lr0)
-    pr, _ = parse_of("prune", ["--config", f"{demo}:prune", "--weights", "w", "--output-dir", "o"])
-    assert (pr.dead, pr.strategy, pr.importance, pr.latency_report, pr.img_size) == \
-        (True, sh["STRATEGY"], sh["IMPORTANCE"], sh["LATENCY_REPORT"] == "1", int(sh["IMG"]))
-    pl, _ = parse_of("prune-layers", ["--config", f"{demo}:prune-layers", "--weights", "w",
-                                      "--output-dir", "o"])
-    assert (pl.shortcuts, pl.global_percent, pl.layer_keep) == \
-        (int(sh["SHORTCUTS"]), float(sh["PERCENT"]), float(sh["KEEP"]))
-    se, _ = parse_of("sensitivity", ["--config", f"{demo}:sensitivity", "--weights", "w",
-                                     "--data", "d", "--output-dir", "o"])
-    assert (se.target_flops, se.max_drop, se.layer_keep) == \
-        (float(sh["TARGET_FLOPS"]), float(sh["MAX_DROP"]), float(sh["KEEP"]))
-    it, _ = parse_of("iterate", ["--config", f"{demo}:iterate", "--weights", "w", "--data", "d",
-                                 "--output-dir", "o"])
-    assert (it.rounds, it.per_round_flops, it.epochs_per_round, it.max_drop, it.kd, it.layer_keep,
-            it.batch_size) == (int(sh["ROUNDS"]), float(sh["ROUND_FLOPS"]), int(sh["ROUND_EPOCHS"]),
-                               float(sh["MAX_DROP"]), sh["KD"], float(sh["KEEP"]), int(sh["BATCH"]))
-    train = parse_train_overrides(it.train)  # iterate's fine-tunes train as every stage does
-    assert {k: train[k] for k in train if k != "workers"} == \
-        {k: getattr(train_args, k) for k in train if k != "workers"}
-    ex, _ = parse_of("export", ["--config", f"{demo}:export-int8", "--weights", "w"])
-    assert (ex.format, ex.img_size, ex.int8, ex.calib_images, ex.calib_method) == \
-        ("onnx", [int(sh["IMG"])], True, int(sh["CALIB_IMAGES"]), sh["CALIB_METHOD"])
-    un, _ = parse_of("unstructured", ["--config", f"{demo}:unstructured", "--weights", "w",
-                                      "--output-dir", "o"])
-    assert un.amount == float(sh["AMOUNT"]) and un.structured_flops == 1 - float(sh["AMOUNT"])
+    top = json.loads((ROOT / "recipes" / "demo.json").read_text())
+    assert set(DEMO_SECTIONS) == {k for k, v in top.items() if isinstance(v, dict)} - {"img", "run", "train"}
+    got = {}
+    for section, (name, files) in DEMO_SECTIONS.items():
+        ns, given = parse_of(name, ["--config", f"{demo}:{section}", *files])
+        got[section] = ns
+        assert getattr(ns, "img_size") in (256, [256]), section
+    for s in ("baseline", "sparse", "finetune"):
+        ns = got[s]
+        assert (ns.nominal_batch, ns.lr0, ns.cls, ns.scale, ns.warmup_epochs, ns.mosaic, ns.ema_tau,
+                ns.eval_interval, ns.batch_size, ns.workers) == (16, 0.02, 128, 0.25, 1, 1.0, 100, 5, 16, -1)
+    assert [got[s].epochs for s in ("baseline", "sparse", "finetune")] == [20, 5, 6]
+    # one target each: the sparse stage's speed-up, or with it off sparse-flops' FLOPs share
+    assert (got["sparse"].target_speedup, got["sparse"].target_flops) == (3.0, 0.0)
+    assert (got["sparse-flops"].target_speedup, got["sparse-flops"].target_flops) == (0.0, 0.25)
+    assert (got["prune"].dead, got["prune-percent"].global_percent, got["prune-layers"].shortcuts) == \
+        (True, 0.6, 1)
+    train = parse_train_overrides(got["iterate"].train)  # iterate's fine-tunes train alike
+    assert {k: getattr(got["baseline"], k) for k in train} == train
+    assert (got["iterate"].per_round_flops, got["iterate"].target_speedup) == (0.8, 0.0)
+    assert got["unstructured"].structured_flops == 1 - got["unstructured"].amount
+
+
+def test_the_scripts_hold_no_default_of_the_recipe():
+    """Defaults live once: no stage script (nor common.sh) gives a variable of the pipeline a
+    value; a set one overrides the recipe (make slim keeps its own recipe in slim.sh)."""
+    import re
+    from yolo_slim.commands.pipeline_plan import VARS
+    names = {v.name for v in VARS}
+    for path in sorted((ROOT / "scripts").glob("*.sh")):
+        if path.name == "slim.sh":
+            continue
+        text = path.read_text()
+        assigned = set(re.findall(r"^\s*([A-Z_]+)=", text, re.M)) | \
+            set(re.findall(r"\$\{([A-Z_]+):?[-=]", text))
+        assert not assigned & names, (path.name, sorted(assigned & names))
 
 
 def test_the_prune_targets_are_one_list():

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unstructured": ("yolo_slim.tools.unstructured", "unstructured magnitude pruning, beside "
                      "channel pruning"),
     "report": ("yolo_slim.report.pipeline_report", "REPORT.md of a pipeline run folder"),
+    "pipeline": ("yolo_slim.commands.pipeline", "the demo's stages from a recipe into a run folder: "
+                 "finished ones skipped, an interrupted one resumed, commands.txt (make demo)"),
     "zoo": ("yolo_slim.darknet.zoo", "write the standard darknet cfgs"),
     "synthetic": ("yolo_slim.data.synthetic", "write the synthetic shapes data set"),
     "real-assets": ("yolo_slim.data.real_assets", "prepare the real assets from the download cache"),

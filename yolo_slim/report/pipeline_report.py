@@ -8,8 +8,9 @@ FLOPs (report.model_flops), size of the darknet .weights on disk, and onnxruntim
 <run>/export (FP32 and INT8) as they ship: mAP through onnxruntime, size, interleaved latency.
 It opens with those files' speed-up over the baseline FP32 (timed in the same run as them)
 beside the FLOPs reduction.
-Pictures and the commands that made the run (<run>/commands.txt, appended by the Makefile /
-scripts) are linked in.
+Pictures and the commands that made the run (<run>/commands.txt, appended by `yolo-slim
+pipeline`: make demo and the stage scripts) are linked in. The run folder's layout:
+report/run_layout.py.
 """
 from __future__ import annotations
 
@@ -25,29 +26,30 @@ from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import count_params, model_flops
 from yolo_slim.nn.weights import darknet_weights_bytes, load_model
+from yolo_slim.report.run_layout import (BASELINE, BEST, COMMANDS, EXPORT, FINETUNE, LAST,
+                                         MODEL_STAGES, PRUNED, REPORT, SPARSE)
 
-# stage name, folder, how its model is stored (a run's best.pt, or a prune dir's cfg+weights)
-STAGES = [("baseline", "baseline", "run"), ("sparse", "sparse", "run"),
-          ("pruned", "pruned", "files"), ("fine-tuned", "finetune", "files")]
-PICTURES = [("sparse/gamma_hist.png", "|γ| of the prunable BN layers during sparse training"),
-            ("pruned/channels.png", "channels kept per layer"),
-            ("pruned/layers.png", "residual blocks removed (layer pruning)"),
-            ("pruned/latency.png", "per conv: share of FLOPs vs share of predicted latency, before "
-             "and after (latency table)"),
-            ("baseline/results.png", "baseline training curves"),
-            ("finetune/results.png", "fine-tuning curves")]
+# the stages' folders and files: report/run_layout.py (STAGES: the name bench/trees_table.py reads)
+STAGES = MODEL_STAGES
+PICTURES = [(f"{SPARSE}/gamma_hist.png", "|γ| of the prunable BN layers during sparse training"),
+            (f"{PRUNED}/channels.png", "channels kept per layer"),
+            (f"{PRUNED}/layers.png", "residual blocks removed (layer pruning)"),
+            (f"{PRUNED}/latency.png", "per conv: share of FLOPs vs share of predicted latency, "
+             "before and after (latency table)"),
+            (f"{BASELINE}/results.png", "baseline training curves"),
+            (f"{FINETUNE}/results.png", "fine-tuning curves")]
 
 
 def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str] | None:
     """(cfg, weights) of a stage, or None when the stage has not run yet."""
     d = os.path.join(run, folder)
-    pt = os.path.join(d, "best.pt")
+    pt = os.path.join(d, BEST)
     if kind == "run" and os.path.isfile(pt):
         return None, pt
     # a prune dir's files, or a baseline given as files (make slim: the user's own model)
     cfgs = glob.glob(os.path.join(d, "*.cfg"))
     weights = glob.glob(os.path.join(d, "*.weights")) or \
-        [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) not in ("best.pt", "last.pt")]
+        [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) not in (BEST, LAST)]
     if len(cfgs) == 1 and len(weights) == 1:
         return cfgs[0], weights[0]
     return None
@@ -109,10 +111,10 @@ def shipped_files(run: str, data: str, rounds: int = 50, reference: Darknet | No
     from yolo_slim.deploy.ort_bench import latency_stats, median_ratio, time_rounds
     from yolo_slim.deploy.ort_latency import exported_onnx
     from yolo_slim.deploy.onnx_eval import OnnxDetector, evaluate_onnx
-    paths = sorted(((is_int8(p), p) for p in glob.glob(os.path.join(run, "export", "*.onnx"))))
+    paths = sorted(((is_int8(p), p) for p in glob.glob(os.path.join(run, EXPORT, "*.onnx"))))
     if not paths:
         return []
-    names = {f"export/{os.path.basename(p)}": p for _, p in paths}
+    names = {f"{EXPORT}/{os.path.basename(p)}": p for _, p in paths}
     hw = OnnxDetector(paths[0][1]).img_hw
     with exported_onnx({} if baseline is None else {BASE_FP32: baseline}, hw) as base:
         times = time_rounds({**names, **base}, hw, 1, rounds, 5, os.cpu_count())
@@ -177,7 +179,7 @@ def cut_note(run: str) -> list[str]:
     it was cut from with the cut channels masked (raw head maps, one random input, zero-padded
     borders included) — with prox sparse training and --dead, the masked model is the sparse
     model itself and the gap is float rounding."""
-    path = os.path.join(run, "pruned", "prune_report.json")
+    path = os.path.join(run, PRUNED, "prune_report.json")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
@@ -204,7 +206,7 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
     loader, dc = validation_loader(data, img_size, batch_size)
     ref = load_model(*reference).eval() if reference else None
     rows, models = [], {}
-    for name, folder, kind in STAGES:
+    for name, folder, kind in MODEL_STAGES:
         found = find_stage_model(run, folder, kind)
         if found is None:
             continue
@@ -245,7 +247,7 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
     for rel, caption in PICTURES:
         if os.path.isfile(os.path.join(run, rel)):
             parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
-    cmds = os.path.join(run, "commands.txt")
+    cmds = os.path.join(run, COMMANDS)
     if os.path.isfile(cmds):
         with open(cmds) as f:
             parts += ["## Commands that produced this run", "", "```bash", f.read().strip(), "```", ""]
@@ -258,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="the pipeline's run folder")
     p.add_argument("--data", required=True)
     p.add_argument("--img-size", type=number(int, min=1), default=320)
-    p.add_argument("--output", help="default: <run>/REPORT.md")
+    p.add_argument("--output", help=f"default: <run>/{REPORT}")
     p.add_argument("--reference", help="score agreement with this model's detections (label-free)")
     p.add_argument("--reference-cfg", help="cfg of --reference (optional for a .pt)")
     a = parse(p, argv)
@@ -266,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     text = build_report(a.run, a.data, a.img_size,
                         reference=(a.reference_cfg, a.reference) if a.reference else None)
-    out = a.output or os.path.join(a.run, "REPORT.md")
+    out = a.output or os.path.join(a.run, REPORT)
     atomic_write_bytes(out, text.encode())
     print(text)
     print(f"wrote {out}")
