@@ -148,25 +148,36 @@ def test_cli_errors_and_script(setup, repo_root):
 
 
 def test_script_defaults_pass_train_args(tmp_path, repo_root):
-    """Without arguments the script builds the command from scripts/common.sh's defaults; the
-    training flags become --train FIELD=VALUE pairs (PY=echo prints the command it would run)."""
+    """Without arguments the script runs `yolo-slim pipeline --stages iterate`: the recipe's
+    section iterate (recipes/demo.json) with the variables set; TRAIN_ARGS become --train
+    FIELD=VALUE pairs after the recipe's (PY=echo prints the command it would run)."""
     import os
     import subprocess
+    from yolo_slim.tools.iterate_options import parser
     env = {**os.environ, "PY": "echo", "RUN": str(tmp_path / "run"), "ROUNDS": "2",
            "TRAIN_ARGS": "--lr0 0.02 --multi-scale --no-ema --lr-steps 0.5 0.8 --mosaic 1.0"}
+    env.pop("TARGET_SPEEDUP", None)
     p = subprocess.run(["bash", str(repo_root / "scripts" / "iterate.sh")], capture_output=True,
                        text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     args = p.stdout.split()
     assert args[:2] == ["-m", "yolo_slim.tools.iterate"] and args[args.index("--rounds") + 1] == "2"
+    assert args[args.index("--config") + 1] == "recipes/demo.json:iterate"
     pairs = [args[i + 1] for i, a in enumerate(args) if a == "--train"]
-    assert pairs == ["workers=-1", "lr0=0.02", "multi-scale=true", "ema=false",
-                     "lr-steps=0.5,0.8", "mosaic=1.0"]
-    assert parse_train_overrides(pairs) == {"workers": -1, "lr0": 0.02, "multi_scale": True,
-                                            "ema": False, "lr_steps": [0.5, 0.8], "mosaic": 1.0}
+    assert pairs == ["lr0=0.02", "multi-scale=true", "ema=false", "lr-steps=0.5,0.8", "mosaic=1.0"]
+    assert parse_train_overrides(pairs) == {"lr0": 0.02, "multi_scale": True, "ema": False,
+                                            "lr_steps": [0.5, 0.8], "mosaic": 1.0}
     assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
     assert (tmp_path / "run" / "iterate" / ".done").is_file()
-    assert args[args.index("--per-round-flops") + 1] == "0.8" and "--target-speedup" not in args
+    cwd = os.getcwd()
+    os.chdir(repo_root)  # the recipe's path is the repo's
+    try:
+        ns = parser().parse_args(args[2:])
+    finally:
+        os.chdir(cwd)
+    train = parse_train_overrides(ns.train)  # the recipe's training, then TRAIN_ARGS
+    assert (train["workers"], train["cls"], train["multi_scale"], train["ema"]) == (-1, 128.0, True, False)
+    assert (ns.rounds, ns.per_round_flops, ns.target_speedup) == (2, 0.8, 0.0)
     # TARGET_SPEEDUP: the whole run's target instead of the per-round cut (never both)
     p = subprocess.run(["bash", str(repo_root / "scripts" / "iterate.sh")], capture_output=True, text=True,
                        env={**env, "RUN": str(tmp_path / "run2"), "TARGET_SPEEDUP": "2.5"}, timeout=60)

@@ -233,17 +233,25 @@ def test_end_to_end_files_and_prune_channels(tmp_path, capsys):
 
 
 def test_script_passes_target_speedup(tmp_path, repo_root):
-    """scripts/sensitivity.sh: TARGET_FLOPS by default, TARGET_SPEEDUP instead when set (PY=echo
-    prints the commands it would run)."""
+    """scripts/sensitivity.sh: the recipe's TARGET_FLOPS (recipes/demo.json: 0.5) by default,
+    TARGET_SPEEDUP instead when set (PY=echo prints the commands it would run)."""
     import os
     import subprocess
-    for extra, flag, value in (({}, "--target-flops", "0.5"), ({"TARGET_SPEEDUP": "1.8"}, "--target-speedup", "1.8")):
-        run_dir = tmp_path / flag.strip("-")
+    from yolo_slim.tools.sensitivity import parser
+    for extra, flops, speedup in (({}, 0.5, None), ({"TARGET_SPEEDUP": "1.8"}, None, 1.8)):
+        run_dir = tmp_path / str(speedup)
         (run_dir / "sensitivity").mkdir(parents=True)  # echo does not make it; .done goes there
-        env = {**os.environ, "PY": "echo", "RUN": str(run_dir), **extra}
+        env = {**{k: v for k, v in os.environ.items() if k not in ("TARGET_FLOPS", "TARGET_SPEEDUP")},
+               "PY": "echo", "RUN": str(run_dir), **extra}
         p = subprocess.run(["bash", str(repo_root / "scripts" / "sensitivity.sh")], capture_output=True,
                            text=True, env=env, timeout=60)
         args = p.stdout.split("\n")[0].split()
         assert p.returncode == 0 and args[:2] == ["-m", "yolo_slim.tools.sensitivity"]
-        assert args[args.index(flag) + 1] == value
-        assert sum(a.startswith("--target-") for a in args) == 1
+        assert sum(a.startswith("--target-") for a in args) == len(extra)
+        cwd = os.getcwd()
+        os.chdir(repo_root)  # the recipe's path is the repo's
+        try:
+            ns = parser().parse_args(args[2:])
+        finally:
+            os.chdir(cwd)
+        assert (ns.target_flops, ns.target_speedup) == (flops, speedup)
