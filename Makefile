@@ -24,7 +24,7 @@ export RECIPE CFG DATA WEIGHTS TRANSFER WEIGHTS_CFG RUN IMG BATCH DEVICE WORKERS
        SPARSE_UPDATE SPARSE_WEIGHT SPARSE_TARGET SPARSE_SPEEDUP SPARSE_KILL SPARSE_ORDER SPARSE_RECOVER LATENCY_REPORT LABELS SLIM_ARGS SEED
 
 .PHONY: help install test real-assets slim real data baseline sparse prune prune-layers finetune export report \
-        bench demo clean clean-run sensitivity iterate unstructured quantize
+        bench benchmarks demo clean clean-run sensitivity iterate unstructured quantize
 
 help:
 	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
@@ -77,11 +77,13 @@ quantize: finetune
 demo: install
 	bash scripts/pipeline.sh
 
+# the benchmark suite (bench/README.md): `make bench` lists them, `make bench NAME=prune ARGS='--threads 1'`
+# runs one into bench/results/NAME.md; `make benchmarks` regenerates BENCHMARKS.md from bench/results/
 bench: install
-	$(PY) bench/latency.py --cfg $${CFG:-cfg/demo.cfg} \
-	    --pruned-cfg $$(ls $${RUN:-runs/demo}/finetune/*.cfg) \
-	    --pruned-weights $$(ls $${RUN:-runs/demo}/finetune/*.weights) \
-	    --out $${RUN:-runs/demo}/latency.md
+	$(PY) -m bench $(if $(NAME),$(NAME) $(ARGS),list)
+
+benchmarks: install
+	$(PY) -m bench assemble
 
 clean-run:
 	rm -rf $${RUN:-runs/demo}
