@@ -2,10 +2,12 @@
 
   python evaluate.py --cfg cfg/tiny.cfg --weights runs/x/best.pt --data data/shapes/shapes.data
   python evaluate.py --onnx runs/x/model.int8.onnx --data data/shapes/shapes.data
+  python evaluate.py --model-file runs/x/model.xml --data data/shapes/shapes.data  # OpenVINO
   python evaluate.py --weights slim.weights --cfg slim.cfg --data frames.data \
       --reference yolov3-tiny.weights --reference-cfg yolov3-tiny.cfg   # agreement, no labels
---onnx scores an exported file (FP32 or INT8) in onnxruntime through the same letterbox, NMS and
-mAP as the torch path (the input size comes from the file; a --raw export needs --cfg).
+--onnx (or its other name --model-file) scores an exported file (FP32 or INT8) in the runtime
+its suffix names (.onnx onnxruntime, .xml OpenVINO, .param ncnn) through the same letterbox, NMS
+and mAP as the torch path (the input size comes from the file; a --raw export needs --cfg).
 Writes <output-dir>/metrics.json and prints the per-class table.
 `yolo-slim evaluate` and `python evaluate.py` are this command.
 """
@@ -28,8 +30,9 @@ class EvaluateFlags(ModelFlags):
     weights: str | None = field(default=None, metadata={
         "type": str, "exclusive": "model", "help": ".weights or .pt (the torch model)"})
     onnx: str | None = field(default=None, metadata={
-        "type": str, "exclusive": "model",
-        "help": "an exported .onnx file, run in onnxruntime (FP32 or INT8)"})
+        "type": str, "exclusive": "model", "aliases": ("--model-file",), "metavar": "FILE",
+        "help": "an exported file, FP32 or INT8, run in its runtime: .onnx (onnxruntime), "
+                ".xml (OpenVINO IR), .param (ncnn)"})
     data: str | None = field(default=None, metadata={"type": str, "help": "darknet .data file"})
     split: str = field(default="valid", metadata={"choices": ["valid", "train"]})
     img_size: int | None = field(default=None, metadata={
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"AGREEMENT with {args.reference} (its detections with score >= "
               f"{args.reference_conf} as the truth; not accuracy):")
     m["preprocess"] = args.preprocess  # which input preprocessing scored the model
+    if "runtime" in m:
+        print(f"{args.onnx}: run in {m['runtime']}, {m['inference_precision']}")
     print(format_metrics(m, agreement=bool(args.reference)))
     ensure_dir(args.output_dir)
     # metrics.json carries the resolved flags itself ("args"), as it always has

@@ -204,14 +204,15 @@ def _torch_export(deploy: DeployModel, x: torch.Tensor, path: str, names: list[s
 
 
 def compare_outputs(ref: Sequence[Any], got: Sequence[np.ndarray], tol: float,
-                    what: str = "torch") -> dict[str, float]:
-    """max |delta| and max |delta|/max(1,|ref|) over all outputs; raise if the latter > tol."""
+                    what: str = "torch", runtime: str = "onnxruntime") -> dict[str, float]:
+    """max |delta| and max |delta|/max(1,|ref|) over all outputs of `runtime` (`got`) against
+    `what` (`ref`); raise if the latter > tol."""
     worst, worst_rel = 0.0, 0.0
     for k, (r, g) in enumerate(zip(ref, got)):
         r = r.numpy() if isinstance(r, torch.Tensor) else np.asarray(r)
         if r.shape != g.shape:
-            raise YoloSlimError(f"onnxruntime output shape {g.shape} != {what} {r.shape}")
-        for who, v in ((what, r), ("onnxruntime", g)):  # a NaN would drop out of max() below
+            raise YoloSlimError(f"{runtime} output shape {g.shape} != {what} {r.shape}")
+        for who, v in ((what, r), (runtime, g)):  # a NaN would drop out of max() below
             if v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise YoloSlimError(f"output {k} of {who} holds {int((~np.isfinite(v)).sum())} "
                                     "non-finite values: the model overflows on the check input")
@@ -220,7 +221,7 @@ def compare_outputs(ref: Sequence[Any], got: Sequence[np.ndarray], tol: float,
             worst = max(worst, float(d.max()))
             worst_rel = max(worst_rel, float((d / np.maximum(1.0, np.abs(r))).max()))
     if worst_rel > tol:
-        raise YoloSlimError(f"onnxruntime differs from {what}: max |delta| = {worst:.3g} "
+        raise YoloSlimError(f"{runtime} differs from {what}: max |delta| = {worst:.3g} "
                             f"(relative {worst_rel:.3g} > tol {tol:g})")
     return {"max_abs_delta": worst, "max_rel_delta": worst_rel}
 
@@ -271,6 +272,17 @@ def _export_checked(model: Darknet, opts: ExportOptions, tmp: str,
     return report
 
 
+def check_inputs(model: Darknet, opts: ExportOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(trace batch, check batch): seeded uniform 0..1 inputs at the export size; every runtime's
+    export check feeds the same check batch."""
+    h, w = check_img_size(model.module_defs, opts.img_hw)
+    gen = torch.Generator().manual_seed(opts.seed)
+    c = net_channels(model.module_defs)
+    x_trace = torch.rand(opts.batch_size, c, h, w, generator=gen)
+    return x_trace, torch.rand(opts.batch_size if opts.static else opts.check_batch, c, h, w,
+                               generator=gen)
+
+
 def export_onnx(model: Darknet, out_path: str,
                 args: ExportOptions | argparse.Namespace | dict | None = None,
                 **overrides: Any) -> dict[str, Any]:
@@ -278,12 +290,8 @@ def export_onnx(model: Darknet, out_path: str,
     outputs, opset, max_abs_delta/max_rel_delta of the onnxruntime check."""
     opts = resolve_options(args, **overrides)
     model = getattr(model, "module", model)  # unwrap DDP
-    h, w = check_img_size(model.module_defs, opts.img_hw)
-    gen = torch.Generator().manual_seed(opts.seed)
-    c = net_channels(model.module_defs)
-    x_trace = torch.rand(opts.batch_size, c, h, w, generator=gen)
-    x_check = torch.rand(opts.batch_size if opts.static else opts.check_batch, c, h, w,
-                         generator=gen)
+    x_trace, x_check = check_inputs(model, opts)
+    h, w = x_check.shape[2:]
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise YoloSlimError(f"output folder does not exist: {out_dir}")

@@ -189,36 +189,50 @@ def quantize_onnx(fp32_path: str, out_path: str, images: CalibrationImages, opts
                   "head_convs": heads, "float_head_outputs": n_float_heads,
                   "edge_padded_maxpools": n_pads, "parity": parity,
                   "fp32_bytes": os.path.getsize(fp32_path), "int8_bytes": os.path.getsize(q)}
-        rate = parity["match_rate"]
-        if opts.min_match > 0 and rate is not None and rate < opts.min_match:
-            raise YoloSlimError(
-                f"INT8 model finds only {rate:.0%} of the FP32 model's detections on the "
-                f"calibration images (< {opts.min_match:.0%}); try another --calib-method or more "
-                f"--calib-images; not written")
+        refuse_low_match(parity, opts)
         os.replace(q, out_path)
     report["path"] = out_path
     return report
+
+
+def refuse_low_match(parity: dict[str, Any], opts: QuantOptions) -> None:
+    rate = parity["match_rate"]
+    if opts.min_match > 0 and rate is not None and rate < opts.min_match:
+        raise YoloSlimError(
+            f"INT8 model finds only {rate:.0%} of the FP32 model's detections on the "
+            f"calibration images (< {opts.min_match:.0%}); try another --calib-method or more "
+            f"--calib-images; not written")
+
+
+Run = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+def parity_runs(f32: Run, i8: Run, images: CalibrationImages,
+                decode: Callable[[list[np.ndarray]], np.ndarray], opts: QuantOptions) -> dict:
+    """compare_detections of two runners (FP32, INT8) on the calibration images."""
+    ref, got = [], []
+    for x in images:
+        ref.append(np.asarray(decode(list(f32(x)))))
+        got.append(np.asarray(decode(list(i8(x)))))
+    return compare_detections(ref, got, opts.parity_conf, opts.parity_iou)
 
 
 def parity_check(fp32_path: str, int8_path: str, images: CalibrationImages,
                  decode: Callable[[list[np.ndarray]], np.ndarray], opts: QuantOptions) -> dict:
     f32, i8 = ort_session(fp32_path), ort_session(int8_path)
     name = f32.get_inputs()[0].name
-    ref, got = [], []
-    for x in images:
-        ref.append(np.asarray(decode(f32.run(None, {name: x}))))
-        got.append(np.asarray(decode(i8.run(None, {name: x}))))
-    return compare_detections(ref, got, opts.parity_conf, opts.parity_iou)
+    return parity_runs(lambda x: f32.run(None, {name: x}), lambda x: i8.run(None, {name: x}),
+                       images, decode, opts)
 
 
 def report_path(out_path: str) -> str:
     return out_path + ".quant.json"
 
 
-def export_int8(model, out_path: str, export_opts: ExportOptions | Any, calib_data: str,
-                qopts: QuantOptions) -> dict[str, Any]:
-    """Export `model` to FP32 ONNX (checked against torch), quantize it with calibration
-    images from `calib_data`, write INT8 to `out_path` and `<out>.quant.json` (the report)."""
+def int8_setup(model, export_opts: ExportOptions | Any, calib_data: str, qopts: QuantOptions
+               ) -> tuple[ExportOptions, CalibrationImages, Callable[[list[np.ndarray]], np.ndarray]]:
+    """What every INT8 export checks and builds first: (export options, calibration images,
+    decode of the graph outputs into [B, N, 5+nc] detections: the raw maps by the model's heads)."""
     eo = resolve_options(export_opts)
     if eo.nms:
         raise YoloSlimError("--int8 with --nms is not supported: quantize the detections export "
@@ -228,27 +242,42 @@ def export_int8(model, out_path: str, export_opts: ExportOptions | Any, calib_da
         raise YoloSlimError(f"--int8 calibrates on letterboxed square images: --img-size {h} {w} "
                             "must be square")
     qopts.validate()
+    images = CalibrationImages(calib_data, h, qopts.calib_images, qopts.calib_split)
+
+    def decode(outs: list[np.ndarray]) -> np.ndarray:
+        if not eo.raw:
+            return outs[0]
+        with torch.no_grad():
+            return model.decode([torch.from_numpy(o) for o in outs], (h, w)).numpy()
+    return eo, images, decode
+
+
+def write_report(out_path: str, report: dict[str, Any]) -> None:
+    atomic_write_bytes(report_path(out_path), json.dumps(report, indent=1, default=str).encode())
+
+
+def export_int8(model, out_path: str, export_opts: ExportOptions | Any, calib_data: str,
+                qopts: QuantOptions) -> dict[str, Any]:
+    """Export `model` to FP32 ONNX (checked against torch), quantize it with calibration
+    images from `calib_data`, write INT8 to `out_path` and `<out>.quant.json` (the report)."""
+    model = getattr(model, "module", model)
+    eo = resolve_options(export_opts)
     if qopts.per_channel and eo.opset < 13:  # DequantizeLinear's axis attribute is opset 13
         raise YoloSlimError(f"--int8 with per-channel weights needs --opset 13 or newer (got "
                             f"{eo.opset}); or add --per-tensor")
-    images = CalibrationImages(calib_data, h, qopts.calib_images, qopts.calib_split)
-    model = getattr(model, "module", model)
-    def decode_raw(outs: list[np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            return model.decode([torch.from_numpy(o) for o in outs], (h, w)).numpy()
-    decode = decode_raw if eo.raw else None
+    eo, images, decode = int8_setup(model, eo, calib_data, qopts)
+    h, w = eo.img_hw
     out_dir = os.path.dirname(os.path.abspath(out_path))
     try:
         with tempfile.TemporaryDirectory(dir=out_dir if os.path.isdir(out_dir) else None) as tmp:
             fp32 = os.path.join(tmp, "fp32.onnx")
             fp32_report = export_onnx(model, fp32, eo)
-            report = quantize_onnx(fp32, out_path, images, qopts, decode)
+            report = quantize_onnx(fp32, out_path, images, qopts, decode if eo.raw else None)
     except (OSError, WriteError) as e:  # a full disk in the temp folder: name the user's file
         raise write_error(out_path, e) from None
     report["fp32_check"] = {k: fp32_report[k] for k in ("max_abs_delta", "max_rel_delta")}
     report.update(outputs=fp32_report["outputs"], img_hw=[h, w], opset=eo.opset)
-    atomic_write_bytes(report_path(out_path),
-                       json.dumps(report, indent=1, default=str).encode())
+    write_report(out_path, report)
     return report
 
 

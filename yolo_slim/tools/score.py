@@ -1,6 +1,6 @@
-"""evaluate.py's work: score a torch model (.weights/.pt) or an exported ONNX file on a .data
-split, against its labels or, with a reference model, against that model's detections
-(agreement). The script parses flags; this decides what runs."""
+"""evaluate.py's work: score a torch model (.weights/.pt) or an exported file (.onnx, .xml,
+.param: run by its runtime) on a .data split, against its labels or, with a reference model,
+against that model's detections (agreement). The script parses flags; this decides what runs."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +30,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if args.onnx:
         from yolo_slim.deploy.onnx_eval import evaluate_onnx
         if args.rect or args.half:
-            raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, onnxruntime CPU)")
+            raise YoloSlimError("--rect and --half do not apply to --onnx (fixed input, CPU runtime)")
         return evaluate_onnx(args.onnx, args.data, args.split, args.batch_size, args.conf_thres,
                              args.iou_thres, args.max_det, args.workers, args.cfg, args.img_size,
                              preprocess=args.preprocess,
