@@ -259,7 +259,7 @@ def test_table_cache_is_found_by_key_not_by_file_name(tmp_path, monkeypatch):
 
     def no_timing(*a, **k):
         raise AssertionError("measured again")
-    monkeypatch.setattr(tl, "OrtConvTimer", no_timing)
+    monkeypatch.setattr(tl, "ConvTimer", no_timing)
     assert tl.ensure_table(str(other), HW, align=8, log=lambda s: None) == path
     # another size is another key (and would be measured)
     assert tl.table_path(str(other), (32, 32), 1, "onnxruntime-cpu", 2, 4, 8, "min") != path

@@ -44,6 +44,10 @@ from yolo_slim.sections import infer_shapes, section_of
 from yolo_slim.sections.base import activation_of
 from yolo_slim.sections.convolutional import conv_geometry
 
+# the runtimes a table is measured on and a cut is timed on: deploy/backends.NAMES, named here
+# because the prune and train flags sit below deploy/ (tests/test_runtimes.py: the same list)
+TABLE_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "onnxruntime-cpu")
+
 Timer = Callable[[dict[str, Any], int, int], float]  # (spec, cin, cout) -> ms
 
 

@@ -1,5 +1,6 @@
-"""onnxruntime CPU latency of several ONNX files measured side by side, and the CPU's
-instruction sets that decide whether INT8 pays off.
+"""Latency of several shipped files measured side by side, each in the runtime its suffix names
+(.onnx onnxruntime, .xml OpenVINO, .param ncnn: deploy/backends.py), and the CPU's instruction
+sets that decide whether INT8 pays off.
 
 Files are timed interleaved: every round runs each file, in an order rotated per round, so a
 burst of load from another process hits all of them alike; the per-file median and spread
@@ -9,7 +10,8 @@ On a shared machine the absolute numbers move; the ratios are what to read.
 Two things make side-by-side timing in one process differ from a deployed model running
 alone, and both are removed: onnxruntime's idle threads spin after a run (measured: two
 sessions interleaved on 2 cores took 2.4x and 1.8x their time alone), so every session stops
-spinning when its run returns; and the previous file's run leaves its own weights in the
+spinning when its run returns (OpenVINO and ncnn have no such switch: their thread pools are
+left as they are); and the previous file's run leaves its own weights in the
 caches, so each timed run follows an untimed run of the same file (a deployed model runs back
 to back). With both, interleaved times match each file timed alone within noise (BENCHMARKS.md).
 """
@@ -19,9 +21,11 @@ import os
 import platform
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+from yolo_slim.deploy.backends import backend_for_file
 
 # flags in /proc/cpuinfo that matter for INT8 GEMM/conv kernels
 ISA_FLAGS = [("avx2", "AVX2"), ("avx512f", "AVX-512F"), ("avx512_vnni", "AVX512-VNNI"),
@@ -52,26 +56,37 @@ def cpu_isa() -> dict[str, Any]:
 
 def interleaved_latency(paths: dict[str, str], img_hw: tuple[int, int], batch: int = 1,
                         rounds: int = 50, warmup: int = 5, threads: int | None = None,
-                        ref: str | None = None) -> dict[str, dict[str, float]]:
+                        ref: str | None = None, runtime: str | None = None) -> dict[str, dict[str, float]]:
     """{name: {median_ms, p25_ms, p75_ms, min_ms, ratio_median}}; ratio_median is the median
     over rounds of (this file's time / `ref`'s time in the same round)."""
-    return latency_stats(time_rounds(paths, img_hw, batch, rounds, warmup, threads), ref)
+    return latency_stats(time_rounds(paths, img_hw, batch, rounds, warmup, threads, runtime), ref)
+
+
+def file_runner(path: str, threads: int | None = None,
+                runtime: str | None = None) -> Callable[[np.ndarray], Any]:
+    """A shipped file loaded for timing by the backend of its suffix; `runtime` names onnxruntime
+    on a GPU (runtime.RUNTIMES) for an .onnx file, which is no backend of its own."""
+    from yolo_slim.deploy.runtime import RUNTIMES, ort_session
+    if runtime in RUNTIMES and runtime != "onnxruntime-cpu":
+        s = ort_session(path, threads, stop_spinning=True, runtime=runtime)
+        name = s.get_inputs()[0].name
+        return lambda x: s.run(None, {name: x})
+    return backend_for_file(path).load(path, threads)  # onnxruntime: spinning stops after a run
 
 
 def time_rounds(paths: dict[str, str], img_hw: tuple[int, int], batch: int = 1,
-                rounds: int = 50, warmup: int = 5, threads: int | None = None) -> dict[str, list[float]]:
+                rounds: int = 50, warmup: int = 5, threads: int | None = None,
+                runtime: str | None = None) -> dict[str, list[float]]:
     """{name: [ms of each round]}, the files timed interleaved; round r of every file comes from
     the same pass, so per-round ratios between any two files can be taken afterwards."""
-    from yolo_slim.deploy.runtime import ort_session
-    sessions = {k: ort_session(p, threads, stop_spinning=True) for k, p in paths.items()}
-    names = list(sessions)
+    runners = {k: file_runner(p, threads, runtime) for k, p in paths.items()}
+    names = list(runners)
     feed = np.random.default_rng(0).random((batch, 3, *img_hw), dtype=np.float32)
 
     def run(k: str) -> float:
-        s = sessions[k]
-        s.run(None, {s.get_inputs()[0].name: feed})  # warm: this file's weights in the caches
+        runners[k](feed)  # warm: this file's weights in the caches
         t = time.perf_counter()
-        s.run(None, {s.get_inputs()[0].name: feed})
+        runners[k](feed)
         return (time.perf_counter() - t) * 1e3
 
     for _ in range(warmup):

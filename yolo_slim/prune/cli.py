@@ -16,6 +16,7 @@ from yolo_slim.core.cli import number
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.analysis.graph import STRATEGIES
 from yolo_slim.analysis.importance import IMPORTANCE
+from yolo_slim.analysis.latency import TABLE_RUNTIMES
 from yolo_slim.prune.channels import TARGETS, PruneOptions
 
 
@@ -80,7 +81,11 @@ class ChannelFlags(TargetOptions, ShareTargets, MaskOptions):
         "exclusive": "target", "switch": True, "help": "cut exactly the channels with γ = β = 0 (train_sparse.py "
                                        "-sr --sparsity-update prox leaves them): free, borders included"})
     latency_threads: int = field(default=2, metadata={
-        "min": 1, "help": "onnxruntime threads of the table and of the measured latency"})
+        "min": 1, "help": "runtime threads of the table and of the measured latency"})
+    runtime: str = field(default="onnxruntime", metadata={
+        "choices": list(TABLE_RUNTIMES),
+        "help": "the runtime the latency table is measured on (when none is given) and a cut is "
+                "timed on: the table's own runtime when --latency-table is given"})
     latency_rounds: int = field(default=3, metadata={
         "min": 0, "help": "latency targets: measure the chosen widths and re-solve with the "
                           "table's target rescaled until the measured latency is within 5%% (at "

@@ -1,10 +1,11 @@
-"""The latency table of a cfg on this machine's runtime, measured once and cached, and the
-measured latency of a pruning run's models: the onnxruntime timers (deploy/ort_latency.py) wired
-to the table (analysis/latency.py) and to the pruning pipeline (prune/pipeline.py takes them as
-callables, because prune/ sits below deploy/).
+"""The latency table of a cfg on one of this machine's runtimes, measured once and cached, and
+the measured latency of a pruning run's models: the timers of deploy/ort_latency.py (any
+runtime of deploy/backends.py) wired to the table (analysis/latency.py) and to the pruning
+pipeline (prune/pipeline.py takes them as callables, because prune/ sits below deploy/). A
+table records its runtime; the measured latency of a cut is timed on the table's runtime.
 
   python -m yolo_slim.tools.latency --cfg cfg/yolov3-tiny.cfg --img-size 416 [--threads 2] \
-      [--batch 1] [--runtime onnxruntime-cpu] [--out table.json] [--plot latency.png] [--refresh]
+      [--batch 1] [--runtime onnxruntime|openvino|ncnn] [--out table.json] [--plot latency.png]
 
 The cache is one JSON file per (cfg text, size, batch, runtime, threads, machine, grid) under
 $YOLO_SLIM_CACHE or ~/.cache/yolo-slim/latency/; the file name says what it is for, and
@@ -27,7 +28,8 @@ from yolo_slim.core.cli import Parser, add_dataclass_args, parse
 from yolo_slim.core.errors import cli_main
 from yolo_slim.darknet.cfg import net_size, parse_cfg
 from yolo_slim.deploy.ort_bench import cpu_isa
-from yolo_slim.deploy.ort_latency import STATS, OrtConvTimer, models_latency
+from yolo_slim.deploy.backends import NAMES, backend, canonical
+from yolo_slim.deploy.ort_latency import STATS, ConvTimer, is_ort, models_latency
 from yolo_slim.deploy.runtime import RUNTIMES
 from yolo_slim.nn.model import Darknet
 
@@ -45,11 +47,22 @@ def cache_dir() -> str:
                                                              "yolo-slim", "latency")
 
 
-def machine() -> dict[str, Any]:
+def machine(runtime: str = "onnxruntime-cpu") -> dict[str, Any]:
+    """The CPU, and the version of the runtime that times on it (onnxruntime's always: a table
+    cached before other runtimes keeps its key)."""
     import onnxruntime
     isa = cpu_isa()
-    return {"cpu": isa["cpu"], "cores": isa["cores"], "onnxruntime": onnxruntime.__version__,
-            "avx512f": isa["isa"]["AVX-512F"]}
+    out = {"cpu": isa["cpu"], "cores": isa["cores"], "onnxruntime": onnxruntime.__version__,
+           "avx512f": isa["isa"]["AVX-512F"]}
+    if not is_ort(runtime):
+        out[canonical(runtime)] = backend(runtime).version()
+    return out
+
+
+def table_runtime(runtime: str) -> str:
+    """The name a table records and is cached under: onnxruntime on the CPU is onnxruntime-cpu,
+    as every table measured before other runtimes says."""
+    return "onnxruntime-cpu" if canonical(runtime) == "onnxruntime" else runtime
 
 
 # bumped whenever what a table measures changes (the export of a section, the timing harness):
@@ -60,8 +73,9 @@ TABLE_VERSION = 2
 def table_path(cfg: str, img_hw: tuple[int, int], batch: int, runtime: str, threads: int | None,
                steps: int, align: int, stat: str = "median") -> str:
     defs = [{k: v for k, v in d.items() if not k.startswith("_")} for d in _defs(cfg)]
-    key = json.dumps([defs, list(img_hw), batch, runtime, threads, machine(), steps, align, stat,
-                      TABLE_VERSION], sort_keys=True)
+    runtime = table_runtime(runtime)
+    key = json.dumps([defs, list(img_hw), batch, runtime, threads, machine(runtime), steps, align,
+                      stat, TABLE_VERSION], sort_keys=True)
     h = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = os.path.splitext(os.path.basename(cfg))[0]
     return os.path.join(cache_dir(), f"{stem}_{img_hw[0]}x{img_hw[1]}_b{batch}_{runtime}_"
@@ -87,12 +101,13 @@ def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1
     t0 = time.time()
     log(f"latency table: measuring every conv of {cfg} at {hw[0]}x{hw[1]}, batch {batch}, "
         f"{runtime}, {threads or 'auto'} threads (load average {_load()})")
-    timer = OrtConvTimer(runtime, threads, runs=runs, stat=stat)
+    timer = ConvTimer(runtime, threads, runs=runs, stat=stat)
     full = models_latency({"full": Darknet(defs).eval()}, hw, batch, threads,
-                          rounds=3 * runs)["full"][f"{stat}_ms"]
+                          rounds=3 * runs, runtime=runtime)["full"][f"{stat}_ms"]
     table = measure_table(defs, hw, timer, batch, steps, align,
-                          meta={"cfg": cfg, "runtime": runtime, "threads": threads, "runs": runs, "stat": stat,
-                                "machine": machine(), "load_average": _load(),
+                          meta={"cfg": cfg, "runtime": table_runtime(runtime), "threads": threads,
+                                "runs": runs, "stat": stat, "machine": machine(runtime),
+                                "precision": timer.precision, "load_average": _load(),
                                 "measured": time.strftime("%Y-%m-%d %H:%M:%S")},
                           overhead_ms=timer.empty_ms(), full_ms=full)
     table.meta["seconds"] = round(time.time() - t0, 1)
@@ -102,19 +117,27 @@ def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1
     return path
 
 
-def measure_hook(threads: int | None = 2, batch: int = 1, rounds: int = 30):
-    """A `measure(models, img_hw)` for prune/pipeline.run: the models timed interleaved in one run."""
+def measure_hook(threads: int | None = 2, batch: int = 1, rounds: int = 30,
+                 runtime: str = "onnxruntime-cpu"):
+    """A `measure(models, img_hw)` for prune/pipeline.run: the models exported for `runtime` and
+    timed interleaved in one run there."""
     def measure(models: dict[str, Darknet], img_hw: tuple[int, int]) -> dict[str, Any]:
-        out = models_latency(models, img_hw, batch, threads, rounds, ref=next(iter(models)))
+        out = models_latency(models, img_hw, batch, threads, rounds, ref=next(iter(models)),
+                             runtime=runtime)
         return {"models": out, "threads": threads, "batch": batch, "rounds": rounds,
-                "load_average": _load(), "runtime": "onnxruntime-cpu"}
+                "load_average": _load(), "runtime": table_runtime(runtime)}
     return measure
 
 
-def table_measure_hook(table: str, rounds: int = 30):
-    """measure_hook with the threads and batch the table was measured with."""
+def table_runtime_of(table: str) -> str:
+    return LatencyTable.load(table).meta.get("runtime", "onnxruntime-cpu")
+
+
+def table_measure_hook(table: str, rounds: int = 30, threads: int | None = None):
+    """measure_hook on the runtime, threads (unless given) and batch the table was measured with."""
     meta = LatencyTable.load(table).meta
-    return measure_hook(meta.get("threads") or 2, meta.get("batch", 1), rounds)
+    return measure_hook(threads or meta.get("threads") or 2, meta.get("batch", 1), rounds,
+                        meta.get("runtime", "onnxruntime-cpu"))
 
 
 def sparse_hooks(cfg, model: Darknet, resumed: bool = False) -> list:
@@ -127,7 +150,8 @@ def sparse_hooks(cfg, model: Darknet, resumed: bool = False) -> list:
     target = cfg.target_speedup or cfg.target_latency
     if (cfg.sparsity_weight == "latency" or target) and not cfg.latency_table and not resumed:
         cfg.latency_table = ensure_table(cfg.cfg or cfg.weights,
-                                         (cfg.img_size,) * 2 if cfg.img_size else None)
+                                         (cfg.img_size,) * 2 if cfg.img_size else None,
+                                         runtime=getattr(cfg, "runtime", "onnxruntime-cpu"))
     return list(make_train_hooks(cfg, model, table_measure_hook(cfg.latency_table) if target else None))
 
 
@@ -140,9 +164,10 @@ def for_script(a, opts):
             or getattr(a, "latency_report", False)):
         return opts, None, None
     hw = (a.img_size, a.img_size) if a.img_size else None
-    path = a.latency_table or ensure_table(a.cfg or a.weights, hw, threads=a.latency_threads)
+    path = a.latency_table or ensure_table(a.cfg or a.weights, hw, threads=a.latency_threads,
+                                           runtime=getattr(a, "runtime", "onnxruntime-cpu"))
     opts = replace(opts, latency_table=path) if opts is not None else None
-    return opts, measure_hook(a.latency_threads), path
+    return opts, table_measure_hook(path, threads=a.latency_threads), path
 
 
 def _load() -> str:
@@ -157,7 +182,9 @@ class LatencyFlags:
     img_size: int | None = field(default=None, metadata={"type": int, "min": 1})
     batch: int = field(default=1, metadata={"min": 1})
     threads: int = field(default=2, metadata={"min": 1})
-    runtime: str = field(default="onnxruntime-cpu", metadata={"choices": list(RUNTIMES)})
+    runtime: str = field(default="onnxruntime-cpu", metadata={
+        "choices": list(dict.fromkeys([*NAMES, *RUNTIMES])),
+        "help": "onnxruntime (= onnxruntime-cpu), openvino, ncnn, or onnxruntime on a GPU"})
     steps: int = field(default=4, metadata={"min": 1, "help": "grid points per axis"})
     runs: int = field(default=7, metadata={"min": 1, "help": "timed runs per point (median)"})
     stat: str = field(default="min", metadata={

@@ -9,6 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from yolo_slim.analysis.latency import TABLE_RUNTIMES
 from yolo_slim.core.cli import add_dataclass_args, from_args
 from yolo_slim.core.errors import YoloSlimError
 from yolo_slim.nn.weights import read_checkpoint
@@ -113,7 +114,11 @@ class TrainConfig:
     latency_table: str = field(default="", metadata={
         "help": "--sparsity-weight latency, --target-speedup/--target-latency: the latency table (JSON of python -m "
                 "yolo_slim.tools.latency; default: measured now or reused from the cache for this "
-                "cfg at --img-size, onnxruntime CPU, 2 threads)"})
+                "cfg at --img-size on --runtime, 2 threads)"})
+    runtime: str = field(default="onnxruntime", metadata={
+        "choices": list(TABLE_RUNTIMES),
+        "help": "--target-speedup/--target-latency: the runtime the latency table is measured on "
+                "when none is given; the compact model is timed on the table's runtime"})
     target_flops: float = field(default=0.0, metadata={
         "min": 0, "lt": 1, "help": "--sr prox: adapt s so the dead channels remove all but this "
                                    "share of the FLOPs (0 = off, fixed s)"})
