@@ -7,7 +7,8 @@ Steps, in a temp folder beside the output; the files move there only after the l
 
 1. the FP32 export of openvino_backend (ONNX checked in onnxruntime, IR checked in OpenVINO);
 2. the ONNX file with darknet's -inf maxpool padding made edge padding (graph_edit: exact; a
-   -inf that reached a range statistic would make every scale downstream infinite), converted;
+   -inf that reached a range statistic would make every scale downstream infinite. NNCF puts
+   its FakeQuantize before the Pad + MaxPool, so it sees none today: this keeps it so), converted;
 3. the decode tail found in the OpenVINO graph as graph_edit.decode_tail finds it in ONNX: walk
    back from every output and stop at the convolutions; the nodes passed on the way go to
    nncf.IgnoredScope, so no FakeQuantize sits on a head conv's output or after it and the decode
