@@ -142,6 +142,16 @@ def latency_keep(solver: MaskSolver, table: LatencyTable, target_ms: float
         moves += 1
         for j in {j for i in set(oc) | set(ic) for j in touches.get(i, ())} | {k}:
             cand[j] = move(j)
+    keep_node, pred = _keep_of(solver, table, keys, units, pos)
+    return keep_node, {"target_ms": target_ms, "predicted_before_ms": before, "predicted_ms": pred,
+                       "moves": moves}
+
+
+def _keep_of(solver: MaskSolver, table: LatencyTable, keys: dict[int, Any], units: list[list[int]],
+             pos: list[int]) -> tuple[np.ndarray, float]:
+    """The per-node keep vector of the greedy's cut (the first pos[k] roots of unit k) and the
+    table's prediction for it, counted again from the vector rather than the greedy's counts."""
+    g = solver.g
     keep_root = np.ones(len(g.root), bool)
     for k, roots in enumerate(units):
         keep_root[roots[:pos[k]]] = False
@@ -149,6 +159,4 @@ def latency_keep(solver: MaskSolver, table: LatencyTable, target_ms: float
     solver.enforce(keep_root, keep_node)  # floors and multiples were honoured: changes nothing
     cin = {i: int(keep_node[g.in_nodes(i)].sum()) for i in g.conv_nodes}
     cout = {i: int(keep_node[n].sum()) for i, n in g.conv_nodes.items()}
-    pred = table.total(sum(table.conv_ms(keys[i], cin[i], cout[i]) for i in keys))
-    return keep_node, {"target_ms": target_ms, "predicted_before_ms": before, "predicted_ms": pred,
-                       "moves": moves}
+    return keep_node, table.total(sum(table.conv_ms(keys[i], cin[i], cout[i]) for i in keys))

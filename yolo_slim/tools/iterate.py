@@ -102,114 +102,45 @@ def _finetune(rd: str, cfg: str, weights: str, data: str, opts: IterateOptions, 
     return td
 
 
+@dataclasses.dataclass
+class _Loop:
+    """What every round reads: the inputs, the original model and its baseline, and how to cut
+    (`cut`: PruneOptions' target fields, the per-round speed-up updated as the run goes)."""
+    data: str
+    out_dir: str
+    opts: IterateOptions
+    hooks: Sequence[Any]
+    metric: Callable[[Any], float]
+    original: Any
+    hw: tuple[int, int]
+    base: dict[str, Any]
+    stem: str
+    cut: dict[str, Any]
+    measure: Callable[..., dict] | None = None
+    table: str | None = None
+
+
 def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOptions,
         log=print, hooks: Sequence[Any] = (),
         metric: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """The loop (see module docstring); `hooks` go to every fine-tune (tests use them)."""
     from yolo_slim.darknet.cfg import net_size
-    from yolo_slim.prune.channels import PruneOptions
-    from yolo_slim.prune.pipeline import run_channels as prune_run
-    from yolo_slim.analysis.cost import model_flops
-    from yolo_slim.nn.weights import export_run_model, load_model
-    if opts.rounds < 1 or opts.epochs_per_round < 1 or not 0 < opts.per_round_flops < 1:
-        raise YoloSlimError("--rounds and --epochs-per-round must be >= 1, --per-round-flops in (0, 1)")
-    if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
-        raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
-    if not 0.0 <= opts.layer_keep <= 1.0 or opts.round_to < 1:
-        raise YoloSlimError("--layer-keep must be in [0, 1] and --round-to >= 1")
-    if opts.per_round_speedup and not opts.per_round_speedup > 1:
-        raise YoloSlimError(f"--per-round-speedup must be > 1 (or 0: off), not {opts.per_round_speedup}")
-    target = check_targets(opts)
-    os.makedirs(out_dir, exist_ok=True)
-    saved = _read_json(os.path.join(out_dir, "iterate.json"))
-    if saved is not None:  # a run started before an option existed had its default
-        saved["options"] = {**asdict(IterateOptions()), **saved.get("options", {})}
-    mine = {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)}
-    if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(mine)):
-        changed = ", ".join(changed_options(saved, mine)) or "see its iterate.json"
-        raise YoloSlimError(f"{out_dir} holds an iterative run with other inputs or options "
-                            f"({changed}); resume it with the same ones, or use a new --output-dir")
-    _write_json(os.path.join(out_dir, "iterate.json"), mine)
+    from yolo_slim.nn.weights import load_model
+    target = _check_options(opts)
+    _claim_folder(out_dir, {"cfg": cfg, "weights": weights, "data": data, "options": asdict(opts)})
     model = load_model(cfg, weights)
     img = opts.img_size or net_size(model.module_defs)[1]
-    hw = (img, img)
     if metric is None:
         from yolo_slim.tools.sensitivity import map50_metric
         metric = map50_metric(data, img, opts.eval_images, opts.batch_size)
-    base_path = os.path.join(out_dir, "baseline.json")
-    base = _read_json(base_path)
-    if base is None:
-        base = {"map50": metric(model), "flops": model_flops(model, hw)}
-        _write_json(base_path, base)
-    log(f"baseline: mAP@0.5 {base['map50']:.4f}, {base['flops']:,} FLOPs")
-    teacher = model if opts.kd != "none" else None
-    cut: dict[str, Any] = {"target_flops": opts.per_round_flops}
-    measure, table, gap = None, None, None
-    if opts.per_round_speedup or target:
-        from yolo_slim.tools.latency import ensure_table, measure_hook
-        table = opts.latency_table or ensure_table(cfg or weights, hw, log=log)
-        cut = {"target_speedup": opts.per_round_speedup, "latency_table": table}
-        measure = measure_hook()
-    if target:
-        if "latency" not in base:
-            base["latency"] = latency_gap(opts, measure, hw, model)
-            _write_json(base_path, base)
-        gap = base["latency"]
-        log(f"baseline: {gap['ms']:.3f} ms measured; {target} {opts.target_speedup or opts.target_latency}")
-    stem = os.path.splitext(os.path.basename(cfg or weights))[0]
-    cur_cfg, cur_w = cfg, weights
-    rounds: list[dict[str, Any]] = []
-    stop = None
-    for k in range(1, opts.rounds + 1):
-        rd = os.path.join(out_dir, f"round_{k}")
-        done = _read_json(os.path.join(rd, "round.json"))
-        if gap is not None and gap["remaining"] <= 1:
-            stop = (f"{target} met by {f'round {k - 1}' if k > 1 else 'the input model'}: "
-                    f"{gap['ms']:.3f} ms measured, {gap['speedup']:.3f}x the original")
-            break
-        if gap is not None:  # what is left of the speed-up, spread evenly over the rounds left
-            cut["target_speedup"] = gap["remaining"] ** (1 / (opts.rounds - k + 1))
-        if done is None:
-            pd = os.path.join(rd, "prune")
-            if _read_json(os.path.join(pd, "prune_report.json")) is None:
-                try:
-                    prune_run(cur_cfg, cur_w, pd, PruneOptions(
-                        strategy=opts.strategy, layer_keep=opts.layer_keep, round_to=opts.round_to,
-                        img_size=hw, importance=opts.importance, rank_data=data,
-                        rank_batches=opts.rank_batches, rank_batch_size=opts.batch_size, **cut),
-                        log=lambda *a: None, measure=measure, latency_table=table)
-                except TargetUnreachable as e:  # any other error is the user's to fix
-                    stop = f"round {k}: cannot prune further ({e})"
-                    break
-            p_cfg, p_w = os.path.join(pd, f"{stem}.cfg"), os.path.join(pd, f"{stem}.weights")
-            pruned = load_model(p_cfg, p_w)
-            map_pruned = metric(pruned)
-            td = _finetune(rd, p_cfg, p_w, data, opts, teacher, hooks)
-            f_cfg, f_w = export_run_model(td, stem)
-            tuned = load_model(f_cfg, f_w)
-            m = metric(tuned)
-            done = {"round": k, "cfg": f_cfg, "weights": f_w, "map50_pruned": map_pruned,
-                    "map50": m, "drop": base["map50"] - m,
-                    "flops_fraction": model_flops(tuned, hw) / base["flops"],
-                    "params": sum(p.numel() for p in tuned.parameters())}
-            if gap is not None:
-                done["latency"] = {**latency_gap(opts, measure, hw, model, tuned),
-                                   "round_speedup": cut["target_speedup"]}
-            _write_json(os.path.join(rd, "round.json"), done)
-        else:
-            log(f"round {k}: complete, skipped")
-        rounds.append(done)
-        lat = done.get("latency")
-        log(f"round {k}: FLOPs {done['flops_fraction']:.3f} of the original, mAP@0.5 "
-            f"{done['map50_pruned']:.4f} pruned -> {done['map50']:.4f} fine-tuned "
-            f"(drop {done['drop']:+.4f})" + (f"; asked {lat['round_speedup']:.3f}x: {lat['ms']:.3f} "
-                                              f"ms measured, {lat['speedup']:.3f}x the original" if lat else ""))
-        cur_cfg, cur_w, gap = done["cfg"], done["weights"], lat
-        if done["drop"] > opts.max_drop:
-            stop = f"round {k}: mAP@0.5 drop {done['drop']:.4f} > --max-drop {opts.max_drop}"
-            break
+    loop = _Loop(data, out_dir, opts, hooks, metric, model, (img, img),
+                 _baseline(out_dir, model, (img, img), metric, log),
+                 os.path.splitext(os.path.basename(cfg or weights))[0],
+                 {"target_flops": opts.per_round_flops})
+    gap = _latency_setup(loop, cfg or weights, target, log)
+    rounds, stop, gap = _rounds(loop, cfg, weights, gap, target, log)
     ok = [r for r in rounds if r["drop"] <= opts.max_drop]
-    summary = {"baseline": base, "rounds": rounds, "stopped": stop,
+    summary = {"baseline": loop.base, "rounds": rounds, "stopped": stop,
                "best_within_drop": ok[-1]["round"] if ok else None}
     if gap is not None:
         summary["target"] = {"flag": target, "value": opts.target_speedup or opts.target_latency,
@@ -218,6 +149,145 @@ def run(cfg: str | None, weights: str, data: str, out_dir: str, opts: IterateOpt
     if stop:
         log(f"stopped early: {stop}")
     return summary
+
+
+def _check_options(opts: IterateOptions) -> str | None:
+    """The checks of a run started from Python (the flags check the same); returns the
+    whole-run target's flag, if any."""
+    if opts.rounds < 1 or opts.epochs_per_round < 1 or not 0 < opts.per_round_flops < 1:
+        raise YoloSlimError("--rounds and --epochs-per-round must be >= 1, --per-round-flops in (0, 1)")
+    if opts.strategy not in STRATEGIES or opts.importance not in IMPORTANCE:
+        raise YoloSlimError(f"--strategy {opts.strategy} / --importance {opts.importance} unknown")
+    if not 0.0 <= opts.layer_keep <= 1.0 or opts.round_to < 1:
+        raise YoloSlimError("--layer-keep must be in [0, 1] and --round-to >= 1")
+    if opts.per_round_speedup and not opts.per_round_speedup > 1:
+        raise YoloSlimError(f"--per-round-speedup must be > 1 (or 0: off), not {opts.per_round_speedup}")
+    return check_targets(opts)
+
+
+def _claim_folder(out_dir: str, mine: dict[str, Any]) -> None:
+    """Write iterate.json, refusing a folder that holds a run with other inputs or options."""
+    os.makedirs(out_dir, exist_ok=True)
+    saved = _read_json(os.path.join(out_dir, "iterate.json"))
+    if saved is not None:  # a run started before an option existed had its default
+        saved["options"] = {**asdict(IterateOptions()), **saved.get("options", {})}
+    if saved is not None and json.loads(json.dumps(saved)) != json.loads(json.dumps(mine)):
+        changed = ", ".join(changed_options(saved, mine)) or "see its iterate.json"
+        raise YoloSlimError(f"{out_dir} holds an iterative run with other inputs or options "
+                            f"({changed}); resume it with the same ones, or use a new --output-dir")
+    _write_json(os.path.join(out_dir, "iterate.json"), mine)
+
+
+def _baseline(out_dir: str, model: Any, hw: tuple[int, int], metric: Callable[[Any], float],
+              log) -> dict[str, Any]:
+    """baseline.json: the input model's mAP@0.5 and FLOPs, measured once per run folder."""
+    from yolo_slim.analysis.cost import model_flops
+    base_path = os.path.join(out_dir, "baseline.json")
+    base = _read_json(base_path)
+    if base is None:
+        base = {"map50": metric(model), "flops": model_flops(model, hw)}
+        _write_json(base_path, base)
+    log(f"baseline: mAP@0.5 {base['map50']:.4f}, {base['flops']:,} FLOPs")
+    return base
+
+
+def _latency_setup(loop: _Loop, source: str, target: str | None, log) -> dict[str, Any] | None:
+    """With a speed-up or latency target: the latency table and the timer for the cuts, and
+    (whole-run target) the input model's measured latency gap, kept in baseline.json."""
+    opts = loop.opts
+    if opts.per_round_speedup or target:
+        from yolo_slim.tools.latency import ensure_table, measure_hook
+        loop.table = opts.latency_table or ensure_table(source, loop.hw, log=log)
+        loop.cut = {"target_speedup": opts.per_round_speedup, "latency_table": loop.table}
+        loop.measure = measure_hook()
+    if not target:
+        return None
+    if "latency" not in loop.base:
+        loop.base["latency"] = latency_gap(opts, loop.measure, loop.hw, loop.original)
+        _write_json(os.path.join(loop.out_dir, "baseline.json"), loop.base)
+    gap = loop.base["latency"]
+    log(f"baseline: {gap['ms']:.3f} ms measured; {target} {opts.target_speedup or opts.target_latency}")
+    return gap
+
+
+def _rounds(loop: _Loop, cfg: str | None, weights: str, gap: dict[str, Any] | None,
+            target: str | None, log) -> tuple[list[dict[str, Any]], str | None, Any]:
+    """Rounds 1..--rounds (a finished one read back from its round.json) until a stop; returns
+    the rounds, why the loop stopped early (None: it did not) and the last latency gap."""
+    opts, cur_cfg, cur_w = loop.opts, cfg, weights
+    rounds: list[dict[str, Any]] = []
+    for k in range(1, opts.rounds + 1):
+        rd = os.path.join(loop.out_dir, f"round_{k}")
+        done = _read_json(os.path.join(rd, "round.json"))
+        if gap is not None and gap["remaining"] <= 1:
+            return rounds, (f"{target} met by {f'round {k - 1}' if k > 1 else 'the input model'}: "
+                            f"{gap['ms']:.3f} ms measured, {gap['speedup']:.3f}x the original"), gap
+        if gap is not None:  # what is left of the speed-up, spread evenly over the rounds left
+            loop.cut["target_speedup"] = gap["remaining"] ** (1 / (opts.rounds - k + 1))
+        if done is None:
+            pd = os.path.join(rd, "prune")
+            stop = _prune(loop, k, pd, cur_cfg, cur_w)
+            if stop:
+                return rounds, stop, gap
+            done = _tune(loop, k, rd, pd, timed=gap is not None)
+        else:
+            log(f"round {k}: complete, skipped")
+        rounds.append(done)
+        log(_round_line(k, done))
+        cur_cfg, cur_w, gap = done["cfg"], done["weights"], done.get("latency")
+        if done["drop"] > opts.max_drop:
+            return rounds, f"round {k}: mAP@0.5 drop {done['drop']:.4f} > --max-drop {opts.max_drop}", gap
+    return rounds, None, gap
+
+
+def _prune(loop: _Loop, k: int, pd: str, cfg: str | None, weights: str) -> str | None:
+    """Round k's cut of the current model into `pd` (kept if it has its report); returns why
+    the loop stops when the target cannot be reached (any other error is the user's to fix)."""
+    from yolo_slim.prune.channels import PruneOptions
+    from yolo_slim.prune.pipeline import run_channels as prune_run
+    if _read_json(os.path.join(pd, "prune_report.json")) is not None:
+        return None
+    o = loop.opts
+    try:
+        prune_run(cfg, weights, pd, PruneOptions(
+            strategy=o.strategy, layer_keep=o.layer_keep, round_to=o.round_to, img_size=loop.hw,
+            importance=o.importance, rank_data=loop.data, rank_batches=o.rank_batches,
+            rank_batch_size=o.batch_size, **loop.cut),
+            log=lambda *a: None, measure=loop.measure, latency_table=loop.table)
+    except TargetUnreachable as e:
+        return f"round {k}: cannot prune further ({e})"
+    return None
+
+
+def _tune(loop: _Loop, k: int, rd: str, pd: str, timed: bool) -> dict[str, Any]:
+    """Round k after its cut: score the pruned model, fine-tune it, score (and with `timed`,
+    time) the result; round.json, written last, marks the round complete."""
+    from yolo_slim.analysis.cost import model_flops
+    from yolo_slim.nn.weights import export_run_model, load_model
+    p_cfg, p_w = os.path.join(pd, f"{loop.stem}.cfg"), os.path.join(pd, f"{loop.stem}.weights")
+    map_pruned = loop.metric(load_model(p_cfg, p_w))
+    teacher = loop.original if loop.opts.kd != "none" else None
+    td = _finetune(rd, p_cfg, p_w, loop.data, loop.opts, teacher, loop.hooks)
+    f_cfg, f_w = export_run_model(td, loop.stem)
+    tuned = load_model(f_cfg, f_w)
+    m = loop.metric(tuned)
+    done = {"round": k, "cfg": f_cfg, "weights": f_w, "map50_pruned": map_pruned,
+            "map50": m, "drop": loop.base["map50"] - m,
+            "flops_fraction": model_flops(tuned, loop.hw) / loop.base["flops"],
+            "params": sum(p.numel() for p in tuned.parameters())}
+    if timed:
+        done["latency"] = {**latency_gap(loop.opts, loop.measure, loop.hw, loop.original, tuned),
+                           "round_speedup": loop.cut["target_speedup"]}
+    _write_json(os.path.join(rd, "round.json"), done)
+    return done
+
+
+def _round_line(k: int, done: dict[str, Any]) -> str:
+    lat = done.get("latency")
+    return (f"round {k}: FLOPs {done['flops_fraction']:.3f} of the original, mAP@0.5 "
+            f"{done['map50_pruned']:.4f} pruned -> {done['map50']:.4f} fine-tuned "
+            f"(drop {done['drop']:+.4f})" + (f"; asked {lat['round_speedup']:.3f}x: {lat['ms']:.3f} "
+                                              f"ms measured, {lat['speedup']:.3f}x the original" if lat else ""))
 
 
 @cli_main

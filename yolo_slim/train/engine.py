@@ -8,6 +8,8 @@ last.pt/best.pt atomically, holding <output-dir>/.run.lock; SIGTERM/SIGHUP stop 
 does (core/process.py); a non-finite loss or weight stops it, naming the step, before anything
 is saved (train/divergence.py). The engine knows hooks, not what they do: sparsity training, for
 one, is a hook built by yolo_slim.train.sparsity (which imports this module, never the reverse).
+Here: set-up, --resume, opt.json and each epoch's evaluation and files; train/loop.py runs the
+epoch itself (micro-batches, accumulation, the optimizer step).
 
 Hooks (subclass TrainHooks, train/hooks.py, override what you need):
   use_loss_hyp(hyp)                once before training: the LossHyp (gains) the YOLO loss uses
@@ -45,9 +47,7 @@ import os
 import time
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from yolo_slim.core import device as dv
@@ -57,10 +57,10 @@ from yolo_slim.data.dataset import Augment, create_dataloader, parse_data_file
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 from yolo_slim.nn.model import check_img_size, largest_stride
 from yolo_slim.train.config import RUNTIME_FIELDS, TrainConfig, resume_config  # noqa: F401 (re-exported)
-from yolo_slim.train.divergence import check_loss, check_weights
 from yolo_slim.train.hooks import TrainHooks  # noqa: F401 (re-exported: hooks subclass it from here)
-from yolo_slim.train.loss import LossHyp, yolo_loss
-from yolo_slim.train.optim import ModelEMA, build_optimizer, lr_factor, set_lr
+from yolo_slim.train.loop import Run, optimizer_step, train_epoch  # noqa: F401 (optimizer_step re-exported)
+from yolo_slim.train.loss import LossHyp
+from yolo_slim.train.optim import ModelEMA, build_optimizer
 from yolo_slim.train.plots import plot_results
 from yolo_slim.train.validation import check_labels, fitness_of, score_line, validate  # noqa: F401
 from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_checkpoint, state_tensors
@@ -68,28 +68,6 @@ from yolo_slim.nn.weights import load_checkpoint_into, read_checkpoint, save_che
 
 # what a run writes into its output dir (gamma_hist.png: the sparsity hook), for the output guard
 RUN_FILES = ("last.pt", "best.pt", "opt.json", "results.csv", "results.png", "gamma_hist.png")
-
-
-def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler, hooks, step: int,
-                   lr: float, progress: float, clip_grad: float = 0.0) -> bool:
-    """One optimizer step on the accumulated gradients, in the order every hook relies on:
-    unscale -> after_backward hooks -> clip -> step -> after_step hooks. Under DDP the gradients
-    are already all-reduced here, so every rank does the same. Returns whether the step happened
-    (AMP skips steps with inf/NaN gradients; after_step hooks do not run then)."""
-    scaler.unscale_(opt)  # hooks see true gradients, not AMP-scaled ones
-    for h in hooks:
-        h.after_backward(model, step)
-    if clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    scale = scaler.get_scale() if scaler.is_enabled() else None
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-    stepped = scale is None or scaler.get_scale() >= scale  # the scale backs off on a skip
-    if stepped:
-        for h in hooks:
-            h.after_step(model, opt, lr, progress)
-    return stepped
 
 
 def amp_name(dtype: torch.dtype | None) -> str:
@@ -129,6 +107,33 @@ def train(cfg: TrainConfig, model: torch.nn.Module, hooks: Sequence[TrainHooks] 
 
 
 def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str, Any]:
+    """Set up (or restore), then per epoch: train it, finalize the model it ends with, and on
+    rank 0 evaluate and save."""
+    run = _set_up(cfg, model, hooks, rank, world, device, main)
+    if ckpt_path:
+        _restore(run, ckpt_path)
+    if main:
+        _write_opt(run)
+    if world > 1:
+        run.model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    for epoch in range(run.start, cfg.epochs):
+        t0 = time.time()
+        sums, lr = train_epoch(run, epoch)
+        final = run.ema.ema if run.ema is not None else run.raw_model
+        for h in hooks:
+            h.finalize(final)
+        if main:
+            final.seen = run.raw_model.seen
+            _end_epoch(run, epoch, final, sums, lr, t0)
+        dv.barrier(world)
+    return {"output_dir": cfg.output_dir, "best_fitness": run.best, "results": run.rows,
+            "last": run.last, "best": os.path.join(cfg.output_dir, "best.pt")}
+
+
+def _set_up(cfg: TrainConfig, model, hooks: list[TrainHooks], rank: int, world: int,
+            device: torch.device, main: bool) -> Run:
+    """The data, the model on its device, optimizer, EMA, AMP scaler and loss gains of a fresh
+    run (--resume then loads their state). The order keeps the seeded draws of a run."""
     data = parse_data_file(cfg.data)
     if model.num_classes != data.classes:
         raise YoloSlimError(f"the cfg's [yolo] layers have classes={model.num_classes} but "
@@ -138,7 +143,6 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     if cfg.batch_size % world:
         raise YoloSlimError(f"--batch-size {cfg.batch_size} must divide by the {world} processes")
     bs = cfg.batch_size // world
-    amp = dv.amp_dtype(device, cfg.amp)
     aug = Augment(cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.fliplr, cfg.scale, cfg.translate, cfg.mosaic)
     workers = dv.auto_workers(device, cfg.workers)
     loader, train_ds = create_dataloader(data.train, img_size, bs, True, workers=workers,
@@ -154,131 +158,76 @@ def _train(cfg, model, hooks, ckpt_path, rank, world, device, main) -> dict[str,
     # channels-last is oneDNN's (and cuDNN's tensor cores') native conv layout: 1.4x faster fp32
     # steps on CPU, more with bf16; saved tensors are made contiguous again (nn/weights.py)
     model.to(device, memory_format=torch.channels_last)
+    amp = dv.amp_dtype(device, cfg.amp)
     opt = build_optimizer(model, cfg.lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     hyp = LossHyp(cfg.box, cfg.obj, cfg.cls, cfg.anchor_t, cfg.iou_obj, cfg.label_smoothing)
     for h in hooks:  # e.g. distillation weighs its terms with the same gains
         h.use_loss_hyp(hyp)
-    start, best, rows = 0, -1.0, []
-    if ckpt_path:
-        ck = read_checkpoint(ckpt_path)
-        load_checkpoint_into(model, {**ck, "model": ck["train_model"]}, ckpt_path)
-        opt.load_state_dict(ck["optimizer"])
-        if ck["scaler"]:  # empty when the run had no scaler (CPU, bf16)
-            scaler.load_state_dict(ck["scaler"])
-        if main and ck.get("amp_dtype", "off") != amp_name(amp):
-            print(f"warning: {ckpt_path} trained with mixed precision {ck.get('amp_dtype', 'off')}, "
-                  f"this machine resumes it with {amp_name(amp)}: not bitwise the uninterrupted run")
-        if ema is not None:
-            load_checkpoint_into(ema.ema, ck, ckpt_path)
-            ema.updates = ck["ema_updates"]
-        start, best, rows = ck["epoch"] + 1, ck["best_fitness"], ck["results"]
-        dv.set_rng_state(ck["rng"])
-        for h, st in zip(hooks, ck.get("hooks", [])):
-            h.load_state_dict(st)
-        if main:
-            print(f"resuming {ckpt_path} at epoch {start}")
-    out = cfg.output_dir
-    accumulate = max(round(cfg.nominal_batch / cfg.batch_size), 1)
-    nb = len(loader)
-    n_warm = round(cfg.warmup_epochs * nb)
-    if main:
-        os.makedirs(out, exist_ok=True)
-        resolved = {**dataclasses.asdict(cfg), "img_size": img_size, "device": str(device),
-                    "world_size": world, "accumulate": accumulate,
-                    "amp_dtype": amp_name(amp)}
-        atomic_write_bytes(os.path.join(out, "opt.json"), json.dumps(resolved, indent=2).encode())
-    raw_model = model
-    if world > 1:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    last, best_pt = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
-    for epoch in range(start, cfg.epochs):
-        t0 = time.time()
-        for h in hooks:
-            h.epoch_start(epoch, raw_model)
-        loader.sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        model.train()
-        if cfg.freeze_bn:  # running statistics used and kept: the pretrained model's own
-            for m in raw_model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        sums: dict[str, float] = {}
-        opt.zero_grad(set_to_none=True)
-        bar = loader
-        if main and cfg.progress:
-            from tqdm import tqdm
-            bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=True)
-        for i, (imgs, targets, _, _) in enumerate(bar):
-            ni = i + nb * epoch
-            lr = set_lr(opt, ni, n_warm, cfg.lr0,
-                        lr_factor(ni / nb, cfg.epochs, cfg.lr_schedule, cfg.lrf, cfg.lr_steps),
-                        cfg.momentum, cfg.warmup_momentum, cfg.warmup_bias_lr)
-            imgs = imgs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if cfg.multi_scale:  # the size depends only on (seed, epoch, i): resume-safe
-                r = np.random.default_rng([cfg.seed, epoch, i, 1])
-                s = int(r.integers(max(img_size // (2 * stride), 1), img_size * 3 // (2 * stride) + 1)) * stride
-                imgs = F.interpolate(imgs, size=(s, s), mode="bilinear", align_corners=False)
-            group = i // accumulate
-            n_acc = min(accumulate, nb - group * accumulate)  # the epoch's last step may be short
-            sync = (i + 1) % accumulate == 0 or i == nb - 1
-            nosync = model.no_sync() if world > 1 and not sync else contextlib.nullcontext()
-            with nosync:
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    for h in hooks:  # e.g. the teacher's detections on this very batch
-                        targets = h.relabel(imgs, targets)
-                    raw = model(imgs)
-                    loss, items = yolo_loss(raw, targets, raw_model, tuple(imgs.shape[-2:]), hyp)
-                    logs = dict(zip(("box", "obj", "cls"), items[:3].tolist()))
-                    for h in hooks:
-                        extra = h.extra_loss(imgs, raw, targets)
-                        if extra is not None:
-                            loss = loss + extra[0]
-                            logs.update(extra[1])
-                check_loss(loss, logs, world, epoch, i, last)
-                logs["total"] = float(loss.detach())
-                scaler.scale(loss / n_acc).backward()
-            if sync:
-                if optimizer_step(raw_model, opt, scaler, hooks, ni, lr, (ni + 1) / (nb * cfg.epochs),
-                                  cfg.clip_grad):
-                    check_weights(raw_model, epoch, i, last)  # the loss may stay finite meanwhile
-                if ema is not None:
-                    ema.update(raw_model)
-            raw_model.seen += imgs.shape[0] * world
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not loader:
-                bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}"})
-        final = ema.ema if ema is not None else raw_model
-        for h in hooks:
-            h.finalize(final)
-        if main:
-            final.seen = raw_model.seen
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
-            row.update({k: v / max(nb, 1) for k, v in sums.items()})
-            metrics = None
-            if (epoch + 1) % max(cfg.eval_interval, 1) == 0 or epoch == cfg.epochs - 1:
-                metrics = validate(final, val_loader, cfg, device, hooks)
-                row.update(metrics)
-            for h in hooks:
-                row.update(h.epoch_end(epoch, raw_model))
-            row["time_s"] = round(time.time() - t0, 2)
-            rows.append(row)
-            fitness = fitness_of(metrics) if metrics else None
-            is_best = (fitness is not None and fitness > best
-                       and all(h.selectable(epoch) for h in hooks))
-            best = fitness if is_best else best
-            with deferred():  # a signal waits for the epoch's files; best.pt before the last.pt
-                _write_csv(os.path.join(out, "results.csv"), rows)  # that names its fitness
-                plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
-                if is_best:
-                    save_checkpoint(final, best_pt, epoch=epoch, best_fitness=best, metrics=metrics)
-                save_checkpoint(final, last, epoch=epoch, best_fitness=best, results=rows,
-                                opt=dataclasses.asdict(cfg), train_model=state_tensors(raw_model),
-                                optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                                ema_updates=ema.updates if ema else 0, rng=dv.rng_state(),
-                                hooks=[h.state_dict() for h in hooks], amp_dtype=amp_name(amp))
-        dv.barrier(world)
-    return {"output_dir": out, "best_fitness": best, "results": rows, "last": last,
-            "best": best_pt}
+    return Run(cfg=cfg, model=model, raw_model=model, hooks=hooks, loader=loader,
+               train_ds=train_ds, val_loader=val_loader, opt=opt, ema=ema, scaler=scaler,
+               hyp=hyp, device=device, amp=amp, world=world, main=main, img_size=img_size,
+               stride=stride, last=os.path.join(cfg.output_dir, "last.pt"))
+
+
+def _restore(run: Run, ckpt_path: str) -> None:
+    """--resume: weights, optimizer, scaler, EMA, epoch, results, RNG and hook state of last.pt."""
+    ck = read_checkpoint(ckpt_path)
+    load_checkpoint_into(run.raw_model, {**ck, "model": ck["train_model"]}, ckpt_path)
+    run.opt.load_state_dict(ck["optimizer"])
+    if ck["scaler"]:  # empty when the run had no scaler (CPU, bf16)
+        run.scaler.load_state_dict(ck["scaler"])
+    if run.main and ck.get("amp_dtype", "off") != amp_name(run.amp):
+        print(f"warning: {ckpt_path} trained with mixed precision {ck.get('amp_dtype', 'off')}, "
+              f"this machine resumes it with {amp_name(run.amp)}: not bitwise the uninterrupted run")
+    if run.ema is not None:
+        load_checkpoint_into(run.ema.ema, ck, ckpt_path)
+        run.ema.updates = ck["ema_updates"]
+    run.start, run.best, run.rows = ck["epoch"] + 1, ck["best_fitness"], ck["results"]
+    dv.set_rng_state(ck["rng"])
+    for h, st in zip(run.hooks, ck.get("hooks", [])):
+        h.load_state_dict(st)
+    if run.main:
+        print(f"resuming {ckpt_path} at epoch {run.start}")
+
+
+def _write_opt(run: Run) -> None:
+    """opt.json: the config as resolved on this machine (size, device, processes, precision)."""
+    cfg = run.cfg
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    resolved = {**dataclasses.asdict(cfg), "img_size": run.img_size, "device": str(run.device),
+                "world_size": run.world, "accumulate": run.accumulate,
+                "amp_dtype": amp_name(run.amp)}
+    atomic_write_bytes(os.path.join(cfg.output_dir, "opt.json"), json.dumps(resolved, indent=2).encode())
+
+
+def _end_epoch(run: Run, epoch: int, final: torch.nn.Module, sums: dict[str, float], lr: float,
+               t0: float) -> None:
+    """Rank 0 after an epoch: evaluate `final` when due, add the epoch's row to results.csv/.png
+    and write best.pt (when it beats the best so far) and last.pt."""
+    cfg, hooks, out = run.cfg, run.hooks, run.cfg.output_dir
+    row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    row.update({k: v / max(len(run.loader), 1) for k, v in sums.items()})
+    metrics = None
+    if (epoch + 1) % max(cfg.eval_interval, 1) == 0 or epoch == cfg.epochs - 1:
+        metrics = validate(final, run.val_loader, cfg, run.device, hooks)
+        row.update(metrics)
+    for h in hooks:
+        row.update(h.epoch_end(epoch, run.raw_model))
+    row["time_s"] = round(time.time() - t0, 2)
+    run.rows.append(row)
+    fitness = fitness_of(metrics) if metrics else None
+    is_best = fitness is not None and fitness > run.best and all(h.selectable(epoch) for h in hooks)
+    run.best = fitness if is_best else run.best
+    with deferred():  # a signal waits for the epoch's files; best.pt before the last.pt
+        _write_csv(os.path.join(out, "results.csv"), run.rows)  # that names its fitness
+        plot_results(os.path.join(out, "results.csv"), os.path.join(out, "results.png"))
+        if is_best:
+            save_checkpoint(final, os.path.join(out, "best.pt"), epoch=epoch, best_fitness=run.best,
+                            metrics=metrics)
+        save_checkpoint(final, run.last, epoch=epoch, best_fitness=run.best, results=run.rows,
+                        opt=dataclasses.asdict(cfg), train_model=state_tensors(run.raw_model),
+                        optimizer=run.opt.state_dict(), scaler=run.scaler.state_dict(),
+                        ema_updates=run.ema.updates if run.ema else 0, rng=dv.rng_state(),
+                        hooks=[h.state_dict() for h in hooks], amp_dtype=amp_name(run.amp))

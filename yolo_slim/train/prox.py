@@ -57,6 +57,32 @@ class ChannelClasses:
             raise ValueError(f"sparsity weight must be one of {WEIGHTS}, not {weight!r}")
         model = getattr(model, "module", model)
         g = build_graph(model.module_defs)
+        cls_of_root = self._classes(model, g, strategy)
+        self._flops_tables(g, img_hw, cls_of_root, layer_keep)
+        cost = self._class_cost(g, cls_of_root, weight, latency)
+        self.cost = cost  # what removing each class saves (channels, FLOPs or ms)
+        # w = cost / √m for a class of m member channels (the group lasso's √(group size)): its
+        # ‖(γ, β)‖ grows as √m while what it does grows as m, so ranking by ‖(γ, β)‖ / w ranks
+        # by what it does per cost. With w = cost, uniform weights shrank a shortcut group
+        # (m = 2..) as one channel: it never died and the target gutted everything else
+        w = cost / np.sqrt(self.members)
+        self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
+        # what a dead set costs, by the pruner's own rule (prune/cut_cost.py): its floors, and
+        # --round-to auto's multiples when there is a table; FLOPs, or the table's latency
+        if metric not in ("flops", "latency") or (metric == "latency" and latency is None):
+            raise ValueError(f"cost metric must be flops or latency (with a table), not {metric!r}")
+        self.cut = cut_cost(g, strategy, img_hw, latency, "auto")
+        if metric == "flops":
+            self.cut.table, self.cut.metric = None, "flops"  # counts rounded by the table, FLOPs
+            self.cut.full = self.cut.cost(np.ones(len(g.root), bool))
+        # the greedy's estimate of the uncut model (cut_to_target runs every step: computed once)
+        self._estimate_full = sum(self._conv_cost(j, len(c[1]), len(c[2]))
+                                  for j, c in enumerate(self.convs))
+
+    def _classes(self, model: torch.nn.Module, g, strategy: str) -> np.ndarray:
+        """The penalised classes: per prunable layer its BN, its penalised channels and their
+        class ids; member counts; each node's class (-1: never dead to the pruner). Returns the
+        class id of each graph root (-1: not penalised)."""
         self.layers = prunable_of(g, strategy)
         must = g.class_must_keep()
         roots = np.unique(np.concatenate([g.root[g.conv_nodes[i]][~must[g.conv_nodes[i]]]
@@ -65,13 +91,23 @@ class ChannelClasses:
         cls_of_root[roots] = np.arange(len(roots))
         self.n = len(roots)
         self.bns, self.sel, self.cls = [], [], []  # per layer: BN, channels, their class ids
+        self.node_cls = np.full(len(g.root), -1, np.int64)
         for i in self.layers:
             c = cls_of_root[g.root[g.conv_nodes[i]]]
             keep = np.flatnonzero(c >= 0)
             self.bns.append(model.module_list[i].bn)
             self.sel.append(torch.as_tensor(keep))
             self.cls.append(torch.as_tensor(c[keep]))
-        # FLOPs bookkeeping: conv i costs factor_i · kept inputs · kept outputs
+            self.node_cls[g.conv_nodes[i]] = c
+        # member channels per class: at least 1 (every class is a root of a prunable conv)
+        self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
+                                   minlength=self.n)
+        return cls_of_root
+
+    def _flops_tables(self, g, img_hw: tuple[int, int], cls_of_root: np.ndarray,
+                      layer_keep: float) -> None:
+        """FLOPs bookkeeping: conv i costs factor_i · kept inputs · kept outputs; what removing
+        each class saves; which convs each class touches; the output floors of a target."""
         full = conv_flops_table(g.defs, img_hw)
         self.flops_full = float(sum(full.values()))
         self.convs = []  # (factor, class ids of input channels, of output channels; -1: never cut)
@@ -94,40 +130,19 @@ class ChannelClasses:
             for r in np.flatnonzero(n_in + n_out):
                 self.touch[r].append((j, int(n_in[r]), int(n_out[r])))
         self.floor = [max(1, math.ceil(layer_keep * len(cout) - 1e-9)) for _, _, cout in self.convs]
-        # member channels per class: at least 1 (every class is a root of a prunable conv)
-        self.members = np.bincount(np.concatenate([c.numpy() for c in self.cls] or [np.zeros(0, int)]),
-                                   minlength=self.n)
-        if weight == "latency":
-            if latency is None:
-                raise ValueError("sparsity weight 'latency' needs a latency table")
-            cost = class_latency_saving(latency, g, cls_of_root, self.n)
-            if self.n and not cost.any():  # a table in which no cut saves anything: uniform
-                cost = self.members.astype(float)
-        else:
-            cost = saving if weight == "flops" else self.members.astype(float)
-        self.cost = cost  # what removing each class saves (channels, FLOPs or ms)
-        # w = cost / √m for a class of m member channels (the group lasso's √(group size)): its
-        # ‖(γ, β)‖ grows as √m while what it does grows as m, so ranking by ‖(γ, β)‖ / w ranks
-        # by what it does per cost. With w = cost, uniform weights shrank a shortcut group
-        # (m = 2..) as one channel: it never died and the target gutted everything else
-        w = cost / np.sqrt(self.members)
-        self.weight = torch.as_tensor(w / w.mean() if self.n else w, dtype=torch.float32)
-        # what a dead set costs, by the pruner's own rule (prune/cut_cost.py): its floors, and
-        # --round-to auto's multiples when there is a table; FLOPs, or the table's latency
-        if metric not in ("flops", "latency") or (metric == "latency" and latency is None):
-            raise ValueError(f"cost metric must be flops or latency (with a table), not {metric!r}")
-        self.cut = cut_cost(g, strategy, img_hw, latency, "auto")
-        if metric == "flops":
-            self.cut.table, self.cut.metric = None, "flops"  # counts rounded by the table, FLOPs
-            self.cut.full = self.cut.cost(np.ones(len(g.root), bool))
-        # the greedy's estimate of the uncut model (cut_to_target runs every step: computed once)
-        self._estimate_full = sum(self._conv_cost(j, len(c[1]), len(c[2]))
-                                  for j, c in enumerate(self.convs))
-        # the penalised conv channels of each node (others are never dead to the pruner)
-        self.node_cls = np.full(len(g.root), -1, np.int64)
-        for i in self.layers:
-            c = cls_of_root[g.root[g.conv_nodes[i]]]
-            self.node_cls[g.conv_nodes[i]] = c
+
+    def _class_cost(self, g, cls_of_root: np.ndarray, weight: str,
+                    latency: LatencyTable | None) -> np.ndarray:
+        """What removing each class saves, as --sparsity-weight counts it: channels, FLOPs or
+        the table's ms (a table in which no cut saves anything counts channels)."""
+        if weight != "latency":
+            return self.saving if weight == "flops" else self.members.astype(float)
+        if latency is None:
+            raise ValueError("sparsity weight 'latency' needs a latency table")
+        cost = class_latency_saving(latency, g, cls_of_root, self.n)
+        if self.n and not cost.any():
+            cost = self.members.astype(float)
+        return cost
 
     # a target counts as met within this share of it: 0 for FLOPs ("at most F"); a latency
     # target gets 2% (set by the sparsity hook): below the runtime's timing noise, and it stops
