@@ -175,8 +175,10 @@ ROWS = [
      "error", r"argument --lr0: must be a finite number"),
     ("flag-train-img-neg", "train_sparse", "--cfg {cfg} --data {data} --output-dir {out} "
      "--img-size -32", "error", r"argument --img-size: must be >= 0, got -32"),
+    # flags are taken only as spelled: --epoch is not --epochs, --lr names the flags it starts
     ("flag-train-unknown", "train_sparse", "--cfg {cfg} --data {data} --epoch 3 --lr 0.1",
-     "error", r"unrecognized arguments: --lr 0.1|ambiguous option"),
+     "error", r"unrecognized arguments: --epoch 3 --lr 0.1 \(--epoch: did you mean --epochs\?; "
+              r"--lr: did you mean --lr-schedule, --lr-steps or --lr0\?\)$"),
     ("flag-distill-batch0", "distill", "--weights {pt} --data {data} --kd none --output-dir {out} "
      "--batch-size 0", "error", r"argument --batch-size: must be >= 1"),
     ("flag-distill-temp0", "distill", "--weights {pt} --data {data} --output-dir {out} "

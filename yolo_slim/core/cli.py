@@ -10,9 +10,9 @@ section), switch (a bool flag without --no-), flag=False (no flag). A tool that 
 inheritance (its dataclass subclasses theirs: one flat set of flags, one flat JSON).
 
 Every number flag is checked when it is parsed (a non-finite float never passes), and every
-parser here is a `Parser`, whose errors are one `error: ...` line
-(exit 2 through core.errors.cli_main) instead of argparse's usage block, and which takes
-`--config RECIPE`: the same flags from a JSON file (core/recipe.py), the command line winning.
+parser here is a `Parser`: its errors are one `error: ...` line (exit 2 through
+core.errors.cli_main), it takes flags only as spelled (no abbreviations; core/flag_hints.py names
+the nearest), and `--config RECIPE`: the same flags from a JSON file, the command line winning.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from yolo_slim.core import recipe
+from yolo_slim.core import flag_hints, recipe
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes
 
 RANGE_KEYS = ("min", "max", "gt", "lt", "multiple_of")
@@ -38,8 +38,8 @@ class Parser(argparse.ArgumentParser):
     command line overrides), and `given` holds the dests the last parse set (by flag or recipe)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
-        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kw)
+        kw = {"formatter_class": argparse.RawDescriptionHelpFormatter, "allow_abbrev": False, **kw}
+        super().__init__(*args, **kw)  # no abbreviations: a later flag makes one ambiguous (--conf)
         self.given: set[str] = set()
         self.add_argument("--config", action="append", default=[], metavar="RECIPE",
                           help="a recipe: JSON of this command's flags (FILE or FILE:SECTION; "
@@ -47,6 +47,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise YoloSlimError(message)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        ns, rest = self.parse_known_args(args, namespace)
+        if rest:  # argparse's line, with the flags nearest to each unknown one
+            raise YoloSlimError(flag_hints.unrecognized(rest, self._option_string_actions))
+        return ns
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None
