@@ -90,5 +90,28 @@ for b in [
     Benchmark("op_profile", "onnxruntime CPU time per operator type",
               "onnxruntime's own profiler: ms per run per op type of each ONNX file",
               shell("{py} bench/ort_op_profile.py {args}", usage="baseline.onnx slim.onnx --runs 50")),
+    Benchmark("runtimes_demo", "Runtimes (issue 29): the demo's files on onnxruntime, OpenVINO and ncnn",
+              "the demo's baseline and slim model exported to every runtime, FP32 and INT8, scored by "
+              "evaluate.py and timed interleaved at batch 1 and 8",
+              shell("{py} bench/runtimes_bench.py {args} --out {out}", defaults=(
+                  "--model", "baseline::runs/fast/ours-s0/baseline/best.pt", "--model",
+                  "slim:runs/fast/ours-s0/finetune/demo.cfg:runs/fast/ours-s0/finetune/demo.weights",
+                  "--img-size", "256", "--data", "data/shapes/shapes.data", "--calib-data",
+                  "data/shapes/shapes.data", "--batches", "1", "8", "--rounds", "30",
+                  "--work", "runs/runtimes-demo"))),
+    Benchmark("runtimes_real", "Runtimes (issue 29): the real yolov3-tiny's files on every runtime",
+              "COCO yolov3-tiny and its 2x slim model (make real) on every runtime, FP32 and INT8, "
+              "agreement with the torch model on the street video's held-out frames, timed interleaved",
+              shell("{py} bench/runtimes_bench.py {args} --out {out}",
+                    usage="--model base:C/yolov3-tiny.cfg:C/yolov3-tiny.weights --model "
+                          "slim:runs/real27/finetune/yolov3-tiny.cfg:runs/real27/finetune/yolov3-tiny.weights "
+                          "--img-size 416 --data V/vtest.data --calib-data V/vtest.data --agreement "
+                          "--work runs/runtimes-real")),
+    Benchmark("runtimes_cross", "Runtimes (issue 29): a cut for runtime A timed on A and on B",
+              "prune_channels --target-speedup X --runtime R for each runtime, every cut timed on "
+              "every runtime against the uncut model",
+              shell("{py} bench/runtimes_cross.py {args} --out {out}",
+                    usage="--cfg C/yolov3-tiny.cfg --weights C/yolov3-tiny.weights --img-size 416 "
+                          "--target-speedup 2 --work runs/cross")),
 ]:
     REGISTRY.add(b)

@@ -100,7 +100,7 @@ def test_python_m_bench_list_names_every_registered_benchmark():
     r = subprocess.run([sys.executable, "-m", "bench", "list"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == list(REGISTRY) and len(names) == 17
+    assert names == list(REGISTRY) and len(names) == 20
     r = subprocess.run([sys.executable, "-m", "bench", "no_such"], cwd=ROOT, capture_output=True, text=True)
     assert (r.returncode, r.stdout, r.stderr.count("\n")) == (2, "", 1)
 
@@ -112,7 +112,7 @@ def test_registered_benchmarks_run_scripts_that_exist():
         assert found, b.name
         scripts.update(found)
     assert all((ROOT / s).is_file() for s in scripts), scripts
-    assert len(scripts) == 17
+    assert len(scripts) == 19
     # every script in bench/ is a registered benchmark's, or called by one (the table scripts),
     # or the harness; darknet_reference.py writes the darknet parity test's reference data
     called = {s for x in scripts if x.endswith(".sh") for s in re.findall(r"bench/\w+\.py", (ROOT / x).read_text())}

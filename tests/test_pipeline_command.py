@@ -308,3 +308,30 @@ def test_the_report_reads_the_layout_the_pipeline_writes():
     assert pipeline_report.STAGES is run_layout.MODEL_STAGES
     folders = {s.folder for s in pipeline.STAGES.values()}
     assert {folder for _, folder, _ in run_layout.MODEL_STAGES} <= folders
+
+
+@pytest.mark.parametrize("runtime, files", [
+    ("openvino", ["demo.xml", "demo.int8.xml"]), ("ncnn", ["demo.ncnn.param"])])
+def test_runtime_times_targets_cuts_exports_and_reports_on_that_runtime(runtime, files, clean_env,
+                                                                         capsys, resolve, tmp_path):
+    """RUNTIME: the sparse target, the cut's table and REPORT are timed on it, and the export
+    stage writes its files (ncnn: FP32 only, the project writes no INT8 ncnn)."""
+    clean_env.setenv("RUNTIME", runtime)
+    run = tmp_path / "r"
+    cmds = dry_run(capsys, run, "sparse,prune,finetune,export,report")
+    by_tool = {}
+    for cmd in cmds:
+        name, opts = resolve(cmd)
+        by_tool.setdefault(name, []).append(opts)
+    assert by_tool["train"][0]["runtime"] == by_tool["prune"][0]["runtime"] == runtime
+    assert by_tool["report"][0]["runtime"] == runtime
+    assert [o["format"] for o in by_tool["export"]] == [runtime] * len(files)
+    assert [os.path.basename(o["output"]) for o in by_tool["export"]] == files
+    assert [o["int8"] for o in by_tool["export"]] == [False, True][:len(files)]
+
+
+def test_an_unknown_runtime_is_one_line(clean_env, capsys, tmp_path):
+    clean_env.setenv("RUNTIME", "tensorflow")
+    assert pipeline.main(["--dry-run", "--run", str(tmp_path / "r"), "--stages", "export"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RUNTIME=tensorflow: one of onnxruntime, openvino, ncnn" in err[0]

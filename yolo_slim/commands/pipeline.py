@@ -120,16 +120,21 @@ def finetune(p: Plan) -> list[Step]:
 
 
 def export(p: Plan, redo_int8: bool = False) -> list[Step]:
-    """ONNX FP32 and INT8 of the fine-tuned model, each kept when it exists (INT8 unless redone)."""
+    """FP32 and INT8 files of the fine-tuned model for RUNTIME (default: ONNX for onnxruntime),
+    each kept when it exists (INT8 unless redone; ncnn: FP32 only)."""
     cfg, weights = p.one(L.FINETUNE, ".cfg"), p.one(L.FINETUNE, ".weights")
     out, folder = p.run.path(L.EXPORT, os.path.splitext(os.path.basename(cfg))[0]), p.run.path(L.EXPORT)
     files = ("--cfg", cfg, "--weights", weights)
+    fmt, suffix, int8 = p.shipped()
+    files += ("--format", fmt) if p.set("RUNTIME") else ()
     redo = redo_int8 or p.file("INT8_REDO") == "1"
-    return [Step(p.command(entry(*EXPORT), "export", *files, "--output", out + ".onnx"),
-                 unless=out + ".onnx", mkdir=folder),
-            Step(p.command(entry(*EXPORT), "export-int8", *files, "--output", out + ".int8.onnx",
-                           "--calib-data", p.file("DATA")),
-                 unless=None if redo else out + ".int8.onnx", mkdir=folder)]
+    steps = [Step(p.command(entry(*EXPORT), "export", *files, "--output", out + suffix),
+                  unless=out + suffix, mkdir=folder)]
+    if int8:
+        steps.append(Step(p.command(entry(*EXPORT), "export-int8", *files, "--output", out + ".int8" + suffix,
+                                    "--calib-data", p.file("DATA")),
+                          unless=None if redo else out + ".int8" + suffix, mkdir=folder))
+    return steps
 
 
 def report(p: Plan) -> list[Step]:  # REPORT.md reads commands.txt: it is not one of them

@@ -42,6 +42,9 @@ CUTS = ("prune", "prune-percent", "prune-layers")        # the prune stage's thr
 SHARES = ("prune-percent", "prune-layers")
 KEEPS = SHARES + ("sensitivity", "prune-sensitivity", "iterate")
 MASKS = CUTS + ("sensitivity", "prune-sensitivity", "iterate")
+# the export stage's files per RUNTIME: (--format, file suffix, INT8 export available)
+SHIPPED = {"onnxruntime": ("onnx", ".onnx", True), "openvino": ("openvino", ".xml", True),
+           "ncnn": ("ncnn", ".ncnn.param", False)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ VARS = (
     Var("ROUND_SPEEDUP", "per_round_speedup", ("iterate",), "> 1: each round this much faster instead"),
     Var("ROUND_EPOCHS", "epochs_per_round", ("iterate",)),
     Var("AMOUNT", "amount", ("unstructured",), "share of the conv weights zeroed"),
+    Var("RUNTIME", "runtime", SPARSE + CUTS + ("report",),
+        "onnxruntime | openvino | ncnn: latency tables, targets and REPORT timed there; the export "
+        "stage writes that runtime's files"),
 )
 BY_NAME = {v.name: v for v in VARS}
 
@@ -132,6 +138,13 @@ class Plan:
     def set(self, name: str) -> str | None:
         """The variable's value when it is set and not empty (make exports unset ones empty)."""
         return self.env.get(name) or None
+
+    def shipped(self) -> tuple[str, str, bool]:
+        """SHIPPED's entry of RUNTIME (unset: onnxruntime)."""
+        runtime = self.set("RUNTIME") or "onnxruntime"
+        if runtime not in SHIPPED:
+            raise YoloSlimError(f"RUNTIME={runtime}: one of {', '.join(SHIPPED)}")
+        return SHIPPED[runtime]
 
     def file(self, name: str) -> str:
         if name == "TEACHER":

@@ -60,6 +60,10 @@ class TargetOptions:
     latency_table: str | None = field(default=None, metadata={
         "type": str, "metavar": "JSON", "help": "use this latency table (default: measure or "
                                                 "reuse the cached one, python -m yolo_slim.tools.latency)"})
+    runtime: str = field(default="onnxruntime", metadata={
+        "choices": list(TABLE_RUNTIMES),
+        "help": "the runtime the latency table is measured on (when none is given) and a cut is "
+                "timed on: the table's own runtime when --latency-table is given"})
 
 
 def round_to_arg(text: str) -> int | str:
@@ -82,10 +86,6 @@ class ChannelFlags(TargetOptions, ShareTargets, MaskOptions):
                                        "-sr --sparsity-update prox leaves them): free, borders included"})
     latency_threads: int = field(default=2, metadata={
         "min": 1, "help": "runtime threads of the table and of the measured latency"})
-    runtime: str = field(default="onnxruntime", metadata={
-        "choices": list(TABLE_RUNTIMES),
-        "help": "the runtime the latency table is measured on (when none is given) and a cut is "
-                "timed on: the table's own runtime when --latency-table is given"})
     latency_rounds: int = field(default=3, metadata={
         "min": 0, "help": "latency targets: measure the chosen widths and re-solve with the "
                           "table's target rescaled until the measured latency is within 5%% (at "

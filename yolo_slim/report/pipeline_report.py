@@ -55,13 +55,14 @@ def find_stage_model(run: str, folder: str, kind: str) -> tuple[str | None, str]
     return None
 
 
-def stage_latency(models: dict[str, Darknet], img_size: int, rounds: int = 30) -> dict[str, dict]:
-    """onnxruntime CPU latency at batch 1 of every stage's model, timed interleaved in one run
+def stage_latency(models: dict[str, Darknet], img_size: int, rounds: int = 30,
+                  runtime: str = "onnxruntime") -> dict[str, dict]:
+    """`runtime`'s CPU latency at batch 1 of every stage's model, timed interleaved in one run
     (deploy/ort_latency.models_latency): timed one after another on a busy machine, a stage
     identical in shape to the baseline once came out at 41% of its latency."""
     from yolo_slim.deploy.ort_latency import models_latency
     return models_latency(models, (img_size, img_size), 1, os.cpu_count(), rounds, 5,
-                          ref=next(iter(models)))
+                          ref=next(iter(models)), runtime=runtime)
 
 
 def measure_stage(model: Darknet, loader: Any, img_size: int,
@@ -81,7 +82,7 @@ def score_names(agreement: bool) -> tuple[str, str]:
 def format_table(rows: list[tuple[str, dict[str, Any]]], agreement: bool = False) -> str:
     base = rows[0][1]
     a, b = score_names(agreement)
-    out = [f"| stage | {a} | {b} | params | FLOPs | .weights size | ONNX CPU latency (b1), "
+    out = [f"| stage | {a} | {b} | params | FLOPs | .weights size | CPU latency (b1), "
            "median (p25-p75) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows:
         rel = lambda k: f" ({r[k] / base[k]:.0%})" if name != rows[0][0] else ""  # noqa: E731
@@ -95,28 +96,46 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], agreement: bool = False
 
 
 def is_int8(path: str) -> bool:
-    import onnx
-    return any(n.op_type == "DequantizeLinear" for n in onnx.load(path).graph.node)
+    """Whether a shipped file computes in 8 bits: ONNX QDQ nodes, OpenVINO FakeQuantize (ncnn
+    files are FP32: the project writes no INT8 ncnn)."""
+    if path.endswith(".onnx"):
+        import onnx
+        return any(n.op_type == "DequantizeLinear" for n in onnx.load(path).graph.node)
+    if path.endswith(".xml"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return 'type="FakeQuantize"' in f.read()
+    return False
+
+
+RUNTIMES = ("onnxruntime", "openvino", "ncnn")  # the CPU runtimes the export stage writes for
+
+
+def shipped_size(path: str) -> int:
+    """Bytes of a shipped model: the file and the weights beside it (.bin of .xml / .param)."""
+    from yolo_slim.deploy.backends import shipped_files as parts
+    return sum(os.path.getsize(p) for p in parts(path) if os.path.isfile(p))
 
 
 BASE_FP32 = "baseline FP32"  # the baseline exported to a temp file, timed with the shipped files
 
 
 def shipped_files(run: str, data: str, rounds: int = 50, reference: Darknet | None = None,
-                  baseline: Darknet | None = None) -> list[dict[str, Any]]:
-    """The files that ship (<run>/export/*.onnx, FP32 before INT8), each scored by evaluate.py's
+                  baseline: Darknet | None = None, runtime: str = "onnxruntime") -> list[dict[str, Any]]:
+    """The files that ship for `runtime` (<run>/export/*.onnx, .xml or .param, FP32 before INT8), each scored by evaluate.py's
     ONNX path and timed interleaved in one run. With `baseline`, its FP32 export is timed in the
     same rounds and each file gets `speedup`: the median per-round ratio of the baseline's time
     to the file's (load from other processes hits both alike within a round)."""
     from yolo_slim.deploy.ort_bench import latency_stats, median_ratio, time_rounds
-    from yolo_slim.deploy.ort_latency import exported_onnx
+    from yolo_slim.deploy.backends import backend
+    from yolo_slim.deploy.ort_latency import exported
     from yolo_slim.deploy.onnx_eval import OnnxDetector, evaluate_onnx
-    paths = sorted(((is_int8(p), p) for p in glob.glob(os.path.join(run, EXPORT, "*.onnx"))))
+    suffix = backend(runtime).SUFFIX
+    paths = sorted(((is_int8(p), p) for p in glob.glob(os.path.join(run, EXPORT, "*" + suffix))))
     if not paths:
         return []
     names = {f"{EXPORT}/{os.path.basename(p)}": p for _, p in paths}
     hw = OnnxDetector(paths[0][1]).img_hw
-    with exported_onnx({} if baseline is None else {BASE_FP32: baseline}, hw) as base:
+    with exported({} if baseline is None else {BASE_FP32: baseline}, hw, 1, runtime) as base:
         times = time_rounds({**names, **base}, hw, 1, rounds, 5, os.cpu_count())
     lat = latency_stats(times)  # ratio_median: to the first shipped file
     files = []
@@ -124,7 +143,8 @@ def shipped_files(run: str, data: str, rounds: int = 50, reference: Darknet | No
         print(f"report: evaluating {name}", flush=True)
         m = evaluate_onnx(path, data, workers=0, progress=False, reference=reference)
         files.append({"name": name, "int8": int8, "map50": float(m["map50"]), "map": float(m["map"]),
-                      "size": os.path.getsize(path), "latency": lat[name], "rounds": rounds})
+                      "size": shipped_size(path), "latency": lat[name], "rounds": rounds,
+                      "runtime": runtime})
         if base:
             files[-1]["speedup"] = median_ratio(times[BASE_FP32], times[name])
     return files
@@ -144,8 +164,8 @@ def headline(files: list[dict[str, Any]], flops_reduction: float, baseline: dict
         out.append(f"| `{f['name']}` | {'INT8' if f['int8'] else 'FP32'} | {f['speedup']:.2f}x | "
                    f"{flops_reduction:.2f}x | {f['speedup'] / flops_reduction:.2f} | "
                    f"{f['map50']:.3f} | {f['map']:.3f} |")
-    return out + ["", f"Speed-up: onnxruntime CPU, batch 1, the median per-round ratio of the "
-                  f"baseline's time (exported to ONNX FP32 the same way) to the file's, all timed "
+    return out + ["", f"Speed-up: {files[0]['runtime']} CPU, batch 1, the median per-round ratio of the "
+                  f"baseline's time (exported to FP32 the same way) to the file's, all timed "
                   f"interleaved in one run ({files[0]['rounds']} rounds; \"The files that ship\" "
                   f"below). FLOPs reduction: baseline FLOPs / fine-tuned FLOPs (INT8 runs the same "
                   f"operations in 8 bits). A ratio above 1: faster than the FLOPs cut alone; below "
@@ -158,12 +178,13 @@ def deploy_table(files: list[dict[str, Any]], agreement: bool = False) -> list[s
     from yolo_slim.deploy.ort_bench import cpu_isa
     if not files:
         return []
-    rows = ["## The files that ship (onnxruntime, CPU)", "",
+    rt = files[0]["runtime"]
+    rows = [f"## The files that ship ({rt}, CPU)", "",
             f"mAP by `evaluate.py --onnx` (the same letterbox, NMS and mAP as above, run in "
-            f"onnxruntime); latency at batch 1, all files interleaved in one run ({files[0]['rounds']} "
+            f"{rt}); latency at batch 1, all files interleaved in one run ({files[0]['rounds']} "
             f"rounds after 5 warm-up), median and 25-75th percentile; x = median per-round ratio to "
             f"the first file. CPU: {cpu_isa()['text']}.", "",
-            "| file | weights | {} | {} | size | ORT latency (b1) | x |".format(*score_names(agreement)),
+            "| file | weights | {} | {} | size | latency (b1) | x |".format(*score_names(agreement)),
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for f in files:
         t = f["latency"]
@@ -199,7 +220,7 @@ def cut_note(run: str) -> list[str]:
 
 
 def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
-                 reference: tuple[str | None, str] | None = None) -> str:
+                 reference: tuple[str | None, str] | None = None, runtime: str = "onnxruntime") -> str:
     """reference (cfg, weights): score every stage by its agreement with that model's
     detections (label-free runs) instead of the validation labels."""
     from yolo_slim.eval.evaluate import validation_loader
@@ -218,20 +239,21 @@ def build_report(run: str, data: str, img_size: int, batch_size: int = 16,
         raise YoloSlimError(f"{run}: no stage outputs found (run `make demo` or the stages first)")
     from yolo_slim.deploy.ort_bench import load_average
     load = load_average()
-    lat = stage_latency(models, img_size)
+    lat = stage_latency(models, img_size, runtime=runtime)
     for name, r in rows:
         r["latency"] = lat[name]
     by_name = dict(rows)
     # the headline needs both ends of the chain: the baseline, and the fine-tuned model that ships
     ends = "baseline" in by_name and "fine-tuned" in by_name
-    files = shipped_files(run, data, reference=ref, baseline=models["baseline"] if ends else None)
+    files = shipped_files(run, data, reference=ref, baseline=models["baseline"] if ends else None,
+                          runtime=runtime)
     parts = [f"# yolo-slim pipeline report: `{run}`", ""]
     if ends:
         parts += headline(files, by_name["baseline"]["flops"] / by_name["fine-tuned"]["flops"],
                           by_name["baseline"], ref is not None)
     parts += [f"Data: `{data}` (valid list, {len(loader.dataset)} images), {img_size} px. "
               f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
-              "Percentages are relative to the baseline. Latency: onnxruntime, CPU, batch 1, "
+              f"Percentages are relative to the baseline. Latency: {runtime}, CPU, batch 1, "
               "every stage's model timed interleaved in one run (30 rounds after 5 warm-up), median "
               "with its 25th-75th percentile; the latency percentage is the median per-round ratio "
               f"to the baseline (load average {load} when timing started). Inputs letterboxed "
@@ -263,11 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", help=f"default: <run>/{REPORT}")
     p.add_argument("--reference", help="score agreement with this model's detections (label-free)")
     p.add_argument("--reference-cfg", help="cfg of --reference (optional for a .pt)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                   help="time the stages and score/time the shipped files of this runtime")
     a = parse(p, argv)
     if a is None:  # --help
         return 0
     text = build_report(a.run, a.data, a.img_size,
-                        reference=(a.reference_cfg, a.reference) if a.reference else None)
+                        reference=(a.reference_cfg, a.reference) if a.reference else None,
+                        runtime=a.runtime)
     out = a.output or os.path.join(a.run, REPORT)
     atomic_write_bytes(out, text.encode())
     print(text)

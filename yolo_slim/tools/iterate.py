@@ -196,10 +196,10 @@ def _latency_setup(loop: _Loop, source: str, target: str | None, log) -> dict[st
     (whole-run target) the input model's measured latency gap, kept in baseline.json."""
     opts = loop.opts
     if opts.per_round_speedup or target:
-        from yolo_slim.tools.latency import ensure_table, measure_hook
-        loop.table = opts.latency_table or ensure_table(source, loop.hw, log=log)
+        from yolo_slim.tools.latency import ensure_table, table_measure_hook
+        loop.table = opts.latency_table or ensure_table(source, loop.hw, runtime=opts.runtime, log=log)
         loop.cut = {"target_speedup": opts.per_round_speedup, "latency_table": loop.table}
-        loop.measure = measure_hook()
+        loop.measure = table_measure_hook(loop.table)  # timed on the table's runtime
     if not target:
         return None
     if "latency" not in loop.base:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from yolo_slim.core.cli import Parser, add_dataclass_args, field_default, flag_name, module_parser, parse
 from yolo_slim.core.errors import YoloSlimError
+from yolo_slim.analysis.latency import TABLE_RUNTIMES
 from yolo_slim.core.recipe import key_name
 from yolo_slim.prune.cli import MaskOptions
 from yolo_slim.train.config import KD_MODES, TrainConfig
@@ -36,6 +37,9 @@ class IterateOptions(MaskOptions):
         "min": 0, "help": "> 1: each round cuts to this measured speed-up instead of FLOPs (0: off)"})
     latency_table: str = field(default="", metadata={
         "help": "with a speed-up or latency target (default: measured once, cached, for cfg)"})
+    runtime: str = field(default="onnxruntime", metadata={
+        "choices": list(TABLE_RUNTIMES), "help": "the runtime the latency table is measured on "
+                                                 "and every cut is timed on"})
     target_speedup: float = field(default=0.0, metadata={
         "min": 0, "help": "> 1: the whole run this much faster (measured); the rounds' speed-ups "
                           "derived (0: off)"})

@@ -115,8 +115,8 @@ def target_cost(solver: MaskSolver, opts: Any, model_file: str,
     from yolo_slim.prune.latency_target import table_target
     path = opts.latency_table
     if path is None:
-        from yolo_slim.tools.latency import ensure_table  # onnxruntime: only when measuring
-        path = ensure_table(model_file, solver.img_hw, log=log)
+        from yolo_slim.tools.latency import ensure_table  # a runtime: only when measuring
+        path = ensure_table(model_file, solver.img_hw, runtime=getattr(opts, "runtime", "onnxruntime"), log=log)
     table = LatencyTable.load(path)
     cost = latency_cost(solver, table, table_target(table, opts.target_latency, opts.target_speedup,
                                                     solver.g.defs), flag)
