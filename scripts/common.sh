@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What the stage scripts share. The stages themselves (their order, their commands, which cut to
 # make, finished stages skipped, an interrupted one resumed, commands.txt) are `yolo-slim
-# pipeline` (yolo_slim/commands/pipeline.py); the defaults are the recipe's, RECIPE (default
-# recipes/demo.json), one section per stage. A variable set in the environment or on the make
-# command line overrides its recipe key, e.g.  make sparse S=0.005 EPOCHS=50
+# pipeline` (yolo_slim/commands/pipeline.py; make slim: --flow slim); the defaults are the
+# recipe's, RECIPE (default recipes/demo.json, make slim's recipes/slim.json), one section per
+# stage. A variable set in the environment or on the make command line overrides its recipe key,
+# e.g.  make sparse S=0.005 EPOCHS=50
 # `make help` lists every variable with its value now.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +20,7 @@ pipeline() {
     "$py" -m yolo_slim.commands pipeline "$@"
 }
 
-# make slim's helpers (scripts/slim.sh sequences its own stages)
+# the helpers of a script that sequences its own stages (bench/trees_bench.sh)
 # run a stage command, recording it in $RUN/commands.txt (REPORT.md shows them)
 log_run() {
     mkdir -p "$RUN"

@@ -1,4 +1,4 @@
-"""What the commands of `yolo-slim pipeline`'s stages are made of (commands/pipeline.py holds the
+"""What the commands of `yolo-slim pipeline`'s stages are made of (commands/pipeline_flows.py holds the
 stages): the recipe's sections, the run folder, and the variables of make and the stage scripts.
 
 A command is the stage's entry point, `--config RECIPE:SECTION`, the files it reads and writes
@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from yolo_slim.core import recipe
 from yolo_slim.core.errors import YoloSlimError
@@ -33,6 +33,7 @@ FILES: dict[str, tuple[str, str]] = {
     "TEACHER": ("", "distillation teacher (.pt or .weights; default: the baseline's best.pt)"),
     "T_CFG": ("", "teacher cfg, not needed for a .pt teacher"),
     "TRAIN_ARGS": ("", "extra flags appended to every training stage's command"),
+    "SLIM_ARGS": ("", "make slim: more flags appended to its training commands (after TRAIN_ARGS)"),
     "INT8_REDO": ("0", "1: the export stage writes the INT8 file again (make quantize)"),
 }
 
@@ -78,7 +79,7 @@ VARS = (
     Var("PRUNE", "prune", SPARSE, "0: no conv that meets a shortcut, 1: all"),
     Var("SPARSITY", "sparsity", SPARSE, "constant | global-decay | local-decay"),
     Var("SPARSE_UPDATE", "sparsity_update", SPARSE, "prox | subgradient (no target then)"),
-    Var("SPARSE_WEIGHT", "sparsity_weight", SPARSE, "uniform | flops | latency | auto"),
+    Var("SPARSE_WEIGHT", "sparsity_weight", SPARSE[::-1], "uniform | flops | latency | auto"),
     Var("SPARSE_SPEEDUP", "target_speedup", SPARSE, "X times faster on ORT CPU; 0: sparse-flops"),
     Var("SPARSE_TARGET", "target_flops", SPARSE[::-1], "with no speed-up: this share of the FLOPs"),
     Var("SPARSE_RECOVER", "target_recover", SPARSE, "last share of the run: dead set frozen, s = 0"),
@@ -106,7 +107,12 @@ VARS = (
         "onnxruntime | openvino | ncnn: latency tables, targets and REPORT timed there; the export "
         "stage writes that runtime's files"),
 )
-BY_NAME = {v.name: v for v in VARS}
+
+
+def with_vars(extra: Sequence[Var]) -> tuple[Var, ...]:
+    """VARS with a flow's own variables: one of the same name replaces it (other sections)."""
+    mine = {v.name: v for v in extra}
+    return tuple(mine.pop(v.name, v) for v in VARS) + tuple(mine.values())
 
 
 @dataclass
@@ -122,8 +128,10 @@ class Step:
 class Plan:
     """The stage commands for one recipe, run folder and environment."""
 
-    def __init__(self, recipe_path: str, run: str, env: Mapping[str, str], dry: bool = False) -> None:
+    def __init__(self, recipe_path: str, run: str, env: Mapping[str, str], dry: bool = False,
+                 variables: Sequence[Var] = VARS) -> None:
         self.recipe, self.run, self.env, self.dry = recipe_path, L.RunFolder(run), env, dry
+        self.vars = tuple(variables)  # what a set variable overrides (VARS, or a flow's with_vars)
         self.py = env.get("PY") or sys.executable
         self._sections: dict[str, dict[str, Any]] = {}
         if not os.path.isfile(recipe_path):
@@ -161,7 +169,7 @@ class Plan:
         return self._sections[name]
 
     def overriding(self, section: str, skip: tuple[str, ...] = ()) -> list[Var]:
-        return [v for v in VARS if (not v.sections or section in v.sections)
+        return [v for v in self.vars if (not v.sections or section in v.sections)
                 and v.name not in skip and self.set(v.name) is not None]
 
     def value(self, section: str, key: str, default: Any = None, skip: tuple[str, ...] = ()) -> Any:
