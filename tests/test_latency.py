@@ -17,7 +17,8 @@ from cfgs import max_abs, raw, tol  # noqa: E402
 from netgen import random_model, standard_model, write_random_net  # noqa: E402
 
 from yolo_slim.analysis.graph import build_graph, shortcut_groups  # noqa: E402
-from yolo_slim.analysis.latency import (LatencyTable, class_latency_saving, measure_table,  # noqa: E402
+from yolo_slim.analysis.latency_weights import class_latency_saving  # noqa: E402
+from yolo_slim.analysis.latency import (LatencyTable, measure_table,  # noqa: E402
                                         spec_key)
 from yolo_slim.core.errors import TargetUnreachable  # noqa: E402
 from yolo_slim.nn.model import conv_layers  # noqa: E402
@@ -288,3 +289,35 @@ def test_closed_loop_keeps_the_closest_cut_when_the_goal_is_out_of_reach(tmp_pat
     assert loop["measured_error"] > 0.05 and 1 <= len(loop["rounds"]) <= 4
     assert loop["measured_error"] == pytest.approx(min(r["error"] for r in loop["rounds"]))
     assert (tmp_path / "out" / "net.cfg").is_file()
+
+
+def test_two_point_calibration_goes_through_the_full_and_the_floor_model():
+    from yolo_slim.analysis.graph import prunable_of
+    from yolo_slim.darknet.cfg import parse_cfg
+    REPO = Path(__file__).resolve().parents[1]
+    """With a floor model timed beside the full one, predictions are the line through both
+    (hand-computed here), and go linearly to 0 below the floor: a one-conv model's fixed costs
+    (reorders, map copies) no longer make narrow cuts look slow."""
+    from yolo_slim.tools.latency import floor_defs
+    defs = parse_cfg(str(REPO / "cfg" / "yolov3-tiny.cfg"))
+    narrow = floor_defs(defs, HW)
+    g = build_graph(defs)
+    full_w = {i: len(n) for i, n in g.conv_nodes.items()}
+    small_w = {i: int(d["filters"]) for i, d in enumerate(narrow[1:]) if d["type"] == "convolutional"}
+    heads = set(g.must_keep_convs())
+    assert all(small_w[i] < full_w[i] for i in prunable_of(g, "slim"))
+    cut = [i for i in full_w if i not in heads]
+    kept = sum(small_w[i] for i in cut) / sum(full_w[i] for i in cut)
+    assert 0.2 <= kept <= 0.3 and all(small_w[i] == full_w[i] for i in heads)
+    t = measure_table(defs, HW, fake_timer(), full_ms=10.0, floor=(narrow, 4.0))
+    s_full = sum(t.predict(defs)["layers"].values())
+    s_floor = sum(t.predict(narrow)["layers"].values())
+    scale = (10.0 - 4.0) / (s_full - s_floor)
+    assert t.calib["scale"] == pytest.approx(scale) and t.calib["rest_ms"] == pytest.approx(10.0 - scale * s_full)
+    assert t.predict(defs)["total_ms"] == pytest.approx(10.0)
+    assert t.predict(narrow)["total_ms"] == pytest.approx(4.0)
+    assert t.total(s_floor / 2) == pytest.approx(2.0) and t.total(0.0) == 0.0
+    # a floor that is not faster cannot define the line: the factor through the origin stays
+    t2 = measure_table(defs, HW, fake_timer(), full_ms=10.0, floor=(narrow, 12.0))
+    assert t2.calib["rest_ms"] == 0.0 and t2.calib["scale"] == pytest.approx(10.0 / s_full)
+    assert "floor_sum_ms" not in t2.calib

@@ -93,8 +93,9 @@ def test_table_per_runtime_through_its_own_path(runtime, clock, tmp_path, monkey
     assert t.meta["runtime"] == name and f"_b1_{name}_t1_" in os.path.basename(path)
     assert t.meta["precision"] == "f32" and t.full_ms == 5.0
     assert t.meta["machine"].get(runtime, b.version()) == b.version()
-    # the whole model: exported to the runtime's format, loaded by its backend, run
-    assert [f for f, _ in clock["files"]] == [b.SUFFIX]
+    # the whole model and the floor model (the calibration's second point): exported to the
+    # runtime's format, loaded by its backend, run
+    assert [f for f, _ in clock["files"]] == [b.SUFFIX] * 2
     # every grid point ran as a conv in the runtime: a 4-D map out of every [1, cin, h, w] in
     empty = (1, 3, 32, 32) if runtime == "onnxruntime" else (1, 1, 1, 1)  # Identity / 1x1 conv
     convs = [c for c in clock["convs"] if c[0] != empty]

@@ -19,7 +19,13 @@ bias + activation: BN is folded at export) at the deployment input size and batc
   layout reorders) and each run's fixed overhead. The empty-graph overhead is subtracted from each
   timing; the full model is timed once and every prediction is Σ convs × full / Σ convs at full
   widths (`calib.scale`: the ops between convs shrink with the channels they carry; an additive
-  rest would also carry the load another process put on the one full-model timing).
+  rest would also carry the load another process put on the one full-model timing). Given a
+  second model (`floor`: every conv at about a quarter of its channels, timed interleaved with the
+  full one), the fit is the line through both points instead: on OpenVINO and ncnn a one-conv
+  model pays layout reorders and copies of its input and output maps that a conv inside the
+  network does not, so Σ convs over-predicts narrow models (OpenVINO, demo at 256: 3.4 ms
+  predicted for a cut measured at 1.4 ms) and the rest comes out negative. Below the floor model
+  the prediction goes linearly to 0.
 
 The timer is injected: `timer(spec, cin, cout) -> ms` (onnxruntime's lives in yolo_slim/deploy,
 wired by yolo_slim/tools/latency.py). Given its measurements the table is deterministic, so tests
@@ -127,7 +133,11 @@ class LatencyTable:
         return out
 
     def total(self, conv_ms_sum: float) -> float:
-        return conv_ms_sum * self.calib["scale"] + self.calib["rest_ms"]
+        c = self.calib
+        lo = c.get("floor_sum_ms", 0.0)
+        if lo and conv_ms_sum < lo:  # below the second point: through 0, never negative
+            return conv_ms_sum * (lo * c["scale"] + c["rest_ms"]) / lo
+        return conv_ms_sum * c["scale"] + c["rest_ms"]
 
     def predict(self, defs: list[dict[str, Any]], cin: dict[int, int] | None = None,
                 cout: dict[int, int] | None = None) -> dict[str, Any]:
@@ -173,10 +183,12 @@ def _bilinear(ms: np.ndarray, xs: list[int], ys: list[int], x: float, y: float) 
 def measure_table(defs: list[dict[str, Any]], img_hw: tuple[int, int], timer: Timer,
                   batch: int = 1, steps: int = 4, align: int = 8, meta: dict | None = None,
                   overhead_ms: float = 0.0, full_ms: float = math.nan,
-                  log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                  log: Callable[[str], None] = lambda s: None,
+                  floor: tuple[list[dict[str, Any]], float] | None = None) -> LatencyTable:
     """Time every distinct conv of `defs` on its grid (in a fixed order) and build the table.
     `overhead_ms` (an empty graph's run) is subtracted from each timing; `full_ms` (the whole
-    model) calibrates what lies between the convs."""
+    model) calibrates what lies between the convs; `floor` (defs of a narrow model, its measured
+    ms) makes that calibration a line through two points (module docstring)."""
     g = build_graph(defs)
     specs, vary = conv_specs(defs, img_hw, batch), varying_axes(g)
     entries: dict[str, dict[str, Any]] = {}
@@ -215,30 +227,20 @@ def measure_table(defs: list[dict[str, Any]], img_hw: tuple[int, int], timer: Ti
     if math.isfinite(full_ms):  # what lies between the convs scales with them (concat, upsample,
         s = sum(table.predict(defs)["layers"].values())  # reorders): a factor, not an offset
         table.calib = {"rest_ms": 0.0, "scale": full_ms / s, "conv_sum_ms": s}
+        if floor is not None:
+            table.calib.update(two_point(s, full_ms, sum(table.predict(floor[0])["layers"].values()),
+                                         floor[1]))
     return table
 
 
-# ---- sparsity weights (--sparsity-weight latency) --------------------------------------------
-
-def class_latency_saving(table: LatencyTable, g: ChannelGraph, cls_of_root: np.ndarray,
-                         n: int) -> np.ndarray:
-    """Per penalised class (`cls_of_root`: class root -> class id, -1 not penalised): the
-    predicted latency removing that one class saves at full widths — its rows in the producing
-    convs and its input slices in every consumer (the same bookkeeping as the FLOPs weight,
-    with measured marginal costs: a unit step down each axis of the table)."""
-    keys = table.bind(g.defs)
-    saving = np.zeros(n)
-    for i, k in keys.items():
-        s = table.entries[k]["spec"]
-        ci, co = s["cin"], s["cout"]
-        base = table.conv_ms(k, ci, co)
-        step = int(table.meta.get("align", 8))  # a block of channels: the unit the runtime sees
-        d_in = (base - table.conv_ms(k, max(1, ci - step), co)) / min(step, ci - 1 or 1)
-        d_out = (base - table.conv_ms(k, ci, max(1, co - step))) / min(step, co - 1 or 1)
-        cin, cout = cls_of_root[g.root[g.in_nodes(i)]], cls_of_root[g.root[g.conv_nodes[i]]]
-        saving += max(d_in, 0.0) * np.bincount(cin[cin >= 0], minlength=n)
-        saving += max(d_out, 0.0) * np.bincount(cout[cout >= 0], minlength=n)
-    return saving * table.calib["scale"]
+def two_point(s_full: float, full_ms: float, s_floor: float, floor_ms: float) -> dict[str, float]:
+    """The line through (Σ convs, measured) of the full and the floor model; {} (keep the factor)
+    when the two points cannot define a rising line (equal sums, or the floor not faster)."""
+    if not (s_full - s_floor > 1e-9 and 0 < floor_ms < full_ms):
+        return {}
+    scale = (full_ms - floor_ms) / (s_full - s_floor)
+    return {"scale": scale, "rest_ms": full_ms - scale * s_full, "floor_sum_ms": s_floor,
+            "floor_ms": floor_ms}
 
 
 # ---- text and picture ----------------------------------------------------------------------

@@ -16,12 +16,15 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import numpy as np
 
 from yolo_slim.analysis.latency import LatencyTable, measure_table, plot_latency_flops, table_text
 from yolo_slim.core.cli import Parser, add_dataclass_args, parse
@@ -67,7 +70,7 @@ def table_runtime(runtime: str) -> str:
 
 # bumped whenever what a table measures changes (the export of a section, the timing harness):
 # a table cached by an older version is measured again instead of reused
-TABLE_VERSION = 2
+TABLE_VERSION = 3  # 3: the two-point calibration (full + floor model)
 
 
 def table_path(cfg: str, img_hw: tuple[int, int], batch: int, runtime: str, threads: int | None,
@@ -102,19 +105,35 @@ def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1
     log(f"latency table: measuring every conv of {cfg} at {hw[0]}x{hw[1]}, batch {batch}, "
         f"{runtime}, {threads or 'auto'} threads (load average {_load()})")
     timer = ConvTimer(runtime, threads, runs=runs, stat=stat)
-    full = models_latency({"full": Darknet(defs).eval()}, hw, batch, threads,
-                          rounds=3 * runs, runtime=runtime)["full"][f"{stat}_ms"]
+    narrow = floor_defs(defs, hw)
+    both = models_latency({"full": Darknet(defs).eval(), "floor": Darknet(narrow).eval()}, hw, batch,
+                          threads, rounds=3 * runs, runtime=runtime)
+    full = both["full"][f"{stat}_ms"]
+    floor = (narrow, both["floor"][f"{stat}_ms"]) if "floor" in both else None
     table = measure_table(defs, hw, timer, batch, steps, align,
                           meta={"cfg": cfg, "runtime": table_runtime(runtime), "threads": threads,
                                 "runs": runs, "stat": stat, "machine": machine(runtime),
                                 "precision": timer.precision, "load_average": _load(),
                                 "measured": time.strftime("%Y-%m-%d %H:%M:%S")},
-                          overhead_ms=timer.empty_ms(), full_ms=full)
+                          overhead_ms=timer.empty_ms(), full_ms=full, floor=floor)
     table.meta["seconds"] = round(time.time() - t0, 1)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     table.save(path)
     log(f"latency table: {path} ({table.meta['seconds']:.0f} s)")
     return path
+
+
+def floor_defs(defs: list[dict[str, Any]], hw: tuple[int, int], keep: float = 0.25) -> list[dict[str, Any]]:
+    """The table's second calibration model: every prunable conv (strategy slim) cut to about
+    `keep` of its channels, evenly over layers (equal scores: the pruner cuts ties evenly), as
+    the pruner would write it."""
+    from yolo_slim.analysis.graph import build_graph
+    from yolo_slim.prune.compact import compact_defs
+    from yolo_slim.prune.masks import MaskSolver
+    g = build_graph(defs)
+    solver = MaskSolver(g, np.ones(len(g.root)), "slim", 0.0, 1, hw)
+    n_cut = int(round((1 - keep) * len(solver.deciders)))
+    return compact_defs(g, solver.keep(math.inf, n_cut=n_cut))
 
 
 def measure_hook(threads: int | None = 2, batch: int = 1, rounds: int = 30,

@@ -40,7 +40,8 @@ import torch
 
 from yolo_slim.analysis.cost import conv_flops_table
 from yolo_slim.analysis.graph import build_graph, prunable_of
-from yolo_slim.analysis.latency import LatencyTable, class_latency_saving
+from yolo_slim.analysis.latency import LatencyTable
+from yolo_slim.analysis.latency_weights import class_latency_saving
 from yolo_slim.prune.cut_cost import cut_cost
 
 WEIGHTS = ("uniform", "flops", "latency")
