@@ -15,7 +15,8 @@ from yolo_slim.core.errors import YoloSlimError
 # The sections of BENCHMARKS.md, in order: bench/results/NAME.md. A section is either one
 # benchmark's result, or a writeup over several (fast_by_construction, real_model, demo, int8:
 # their header names the benchmarks that reproduce them).
-SECTIONS = ["fast_by_construction", "real_model", "demo", "epoch_speed", "training", "prox",
+SECTIONS = ["fast_by_construction", "runtimes", "runtimes_demo", "runtimes_real", "runtimes_cross",
+            "real_model", "demo", "epoch_speed", "training", "prox",
             "sparsity", "prune", "prune_speed", "layer_prune", "distill", "latency", "beyond",
             "latency_prune", "int8"]
 
@@ -80,6 +81,14 @@ SUMMARY = [
         (("fast_by_construction", rf"^\| \*\*auto\*\* [^|]*\| \*\*(?P<p_sp>{NUM})x\*\* \| {NUM}x \| "
                                   rf"\*\*(?P<p_ratio>{NUM})\*\*"),),
         (("fast_by_construction", "The pruner: `prune_channels.py --target-speedup 2.5`, yolov3-tiny 416 (COCO weights)"),)),
+    Row("Which runtime should I ship on?",
+        "Prune for it: a 2x cut made for onnxruntime runs {o_o}x there, {o_v}x on OpenVINO and "
+        "{o_n}x on ncnn; each runtime's own cut meets 2x on it. Fastest here: OpenVINO INT8, the "
+        "demo's slim model {ov8}x the baseline FP32",
+        (("runtimes_cross", rf"^\| cut for onnxruntime \| {NUM}x \| \*\*(?P<o_o>{NUM})x \({NUM}\)\*\* \| "
+                            rf"(?P<o_v>{NUM})x \({NUM}\) \| (?P<o_n>{NUM})x"),
+         ("runtimes_demo", rf"^\| slim \| openvino \| int8 \| {NUM} \| {NUM} \| [-+]{NUM} \| {NUM} \| (?P<ov8>{NUM})x")),
+        (("runtimes", ""), ("runtimes_cross", ""))),
     Row("How long does a verified prune take?",
         "{cpu} s of CPU as a process, 1 thread, for yolov3-spp at 608 (verification and reload "
         "check included)",

@@ -8,21 +8,21 @@
 #      old-T-sS: the older tools at the same FLOPs: subgradient sparse training (s*sign(γ),
 #                --s OLD_S, no target), prune_channels.py --target-flops T (smallest |γ| cut, β
 #                folded), then the same KD fine-tuning; the sparse and fine-tuning stages get
-#                exactly the new recipe's flags (epochs, KD, SLIM_ARGS, seed)
+#                exactly the new recipe's flags (epochs, KD, recipes/slim.json:pretrained + SLIM_ARGS, seed)
 #   3. bench/trees_table.py scores every stage's model on the held-out photos (valid split)
 #      into bench/results/trees.md (OUT_MD)
 #   SEEDS="0 1 2" TARGETS="0.5 0.25" BASE_EPOCHS=30 bash bench/trees_bench.sh
 # Every stage is skipped when done (an interrupted training resumes). SPARSE_EPOCHS, FT_EPOCHS,
-# KD, SPARSE_RECOVER and SLIM_ARGS default to scripts/slim.sh's own; BASE_ARGS are the
+# KD and SPARSE_RECOVER default to make slim's own (recipes/slim.json); BASE_ARGS are the
 # baseline's training flags. ROOT (default runs/trees) holds every run and commands.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-# a default of scripts/slim.sh (its `: "${NAME:=value}"`), so the bench runs what `make slim` runs
+# make slim's values (recipes/slim.json, or as set), so the bench runs what `make slim` runs
 slim_default() {
     local v
-    v=$(grep -o "\${$1:=[^}]*}" scripts/slim.sh | head -1 | sed "s/^\${$1:=//; s/}\$//")
-    [[ -n $v ]] || { echo "error: no default of $1 found in scripts/slim.sh" >&2; exit 2; }
+    v=$(.venv/bin/python -m yolo_slim.commands pipeline --flow slim --variables | sed -n "s/^$1=\([^ ]*\) .*/\1/p")
+    [[ -n $v ]] || { echo "error: no value of $1 in yolo-slim pipeline --flow slim --variables" >&2; exit 2; }
     echo "$v"
 }
 ROOT=${ROOT:-runs/trees}
@@ -33,7 +33,7 @@ SPARSE_EPOCHS=${SPARSE_EPOCHS:-$(slim_default SPARSE_EPOCHS)}
 FT_EPOCHS=${FT_EPOCHS:-$(slim_default FT_EPOCHS)}
 KD=${KD:-$(slim_default KD)}
 SPARSE_RECOVER=${SPARSE_RECOVER:-$(slim_default SPARSE_RECOVER)}
-SLIM_ARGS=${SLIM_ARGS:-$(slim_default SLIM_ARGS)}
+SLIM_ARGS=${SLIM_ARGS:-}            # more training flags after recipes/slim.json's pretrained section
 OLD_S=${OLD_S:-0.001}              # the older recipe's subgradient rate
 IMG=${IMG:-416}
 # the baseline: pretrained backbone, fresh 1-class heads: a fine-tuning LR (above slim's 0.001,
@@ -73,11 +73,11 @@ for T in $TARGETS; do
         [[ -f $new/REPORT.md ]] || log_quoted env RUN="$new" CFG="$CFG" WEIGHTS="$BASE" DATA="$DATA" \
             IMG="$IMG" SPARSE_TARGET="$T" SPARSE_EPOCHS="$SPARSE_EPOCHS" FT_EPOCHS="$FT_EPOCHS" \
             KD="$KD" SPARSE_RECOVER="$SPARSE_RECOVER" LABELS=files \
-            SLIM_ARGS="$SLIM_ARGS --seed $SEED" bash scripts/slim.sh
+            SEED="$SEED" SLIM_ARGS="$SLIM_ARGS" bash scripts/slim.sh
         echo "=== target $T, seed $SEED: older recipe ($old)"
         stage_done "$old/sparse" || train_stage "$old/sparse" "$PY" distill.py --cfg "$CFG" \
             --weights "$BASE" "${TEACHER_ARGS[@]}" -sr --sparsity-update subgradient --s "$OLD_S" \
-            --epochs "$SPARSE_EPOCHS" "${COMMON[@]}" --output-dir "$old/sparse" $SLIM_ARGS --seed "$SEED"
+            --epochs "$SPARSE_EPOCHS" "${COMMON[@]}" --output-dir "$old/sparse" --config recipes/slim.json:pretrained $SLIM_ARGS --seed "$SEED"
         if ! stage_done "$old/pruned"; then
             rm -rf "$old/pruned"
             # the layer floor of the new recipe's --target-layer-keep default (0.1)
@@ -87,7 +87,7 @@ for T in $TARGETS; do
         fi
         stage_done "$old/finetune" || train_stage "$old/finetune" "$PY" distill.py \
             --cfg "$old/pruned/$stem.cfg" --weights "$old/pruned/$stem.weights" "${TEACHER_ARGS[@]}" \
-            --epochs "$FT_EPOCHS" "${COMMON[@]}" --output-dir "$old/finetune" $SLIM_ARGS --seed "$SEED"
+            --epochs "$FT_EPOCHS" "${COMMON[@]}" --output-dir "$old/finetune" --config recipes/slim.json:pretrained $SLIM_ARGS --seed "$SEED"
     done
 done
 

@@ -136,12 +136,12 @@ def test_benchmarks_md_links_and_anchors_resolve():
     links = re.findall(r"\]\(([^)\s]+)\)", text)
     local = [x[1:] for x in links if x.startswith("#")]
     files = [x for x in links if not x.startswith(("#", "http"))]
-    assert len(local) == 12 and all(anchors.count(x) == 1 for x in local)  # GitHub numbers repeats
+    assert len(local) == 14 and all(anchors.count(x) == 1 for x in local)  # GitHub numbers repeats
     assert [f for f in files if not (ROOT / f).exists()] == []
     # every section file is in, once, in the declared order; the research logs are listed
     titles = [asm.title_of((ROOT / f"bench/results/{n}.md").read_text(), n) for n in asm.SECTIONS]
     where = [text.index(f"\n## {t}\n") for t in titles]
-    assert where == sorted(where) and len(set(where)) == 15
+    assert where == sorted(where) and len(set(where)) == len(asm.SECTIONS) == 19
     assert text.count("](docs/research/") == 2 + len(list((ROOT / "docs/research").glob("*.md")))
 
 

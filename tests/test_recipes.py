@@ -278,13 +278,11 @@ def test_every_demo_section_is_its_commands_recipe(parse_of):
 
 def test_the_scripts_hold_no_default_of_the_recipe():
     """Defaults live once: no stage script (nor common.sh) gives a variable of the pipeline a
-    value; a set one overrides the recipe (make slim keeps its own recipe in slim.sh)."""
+    value; a set one overrides the recipe."""
     import re
     from yolo_slim.commands.pipeline_plan import VARS
     names = {v.name for v in VARS}
     for path in sorted((ROOT / "scripts").glob("*.sh")):
-        if path.name == "slim.sh":
-            continue
         text = path.read_text()
         assigned = set(re.findall(r"^\s*([A-Z_]+)=", text, re.M)) | \
             set(re.findall(r"\$\{([A-Z_]+):?[-=]", text))

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unstructured": ("yolo_slim.tools.unstructured", "unstructured magnitude pruning, beside "
                      "channel pruning"),
     "report": ("yolo_slim.report.pipeline_report", "REPORT.md of a pipeline run folder"),
-    "pipeline": ("yolo_slim.commands.pipeline", "the demo's stages from a recipe into a run folder: "
+    "pipeline": ("yolo_slim.commands.pipeline", "a flow's stages (the demo's, make slim's) from a recipe into a run folder: "
                  "finished ones skipped, an interrupted one resumed, commands.txt (make demo)"),
     "zoo": ("yolo_slim.darknet.zoo", "write the standard darknet cfgs"),
     "synthetic": ("yolo_slim.data.synthetic", "write the synthetic shapes data set"),
