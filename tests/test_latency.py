@@ -321,3 +321,69 @@ def test_two_point_calibration_goes_through_the_full_and_the_floor_model():
     t2 = measure_table(defs, HW, fake_timer(), full_ms=10.0, floor=(narrow, 12.0))
     assert t2.calib["rest_ms"] == 0.0 and t2.calib["scale"] == pytest.approx(10.0 / s_full)
     assert "floor_sum_ms" not in t2.calib
+
+
+def test_a_narrow_runtime_gets_a_grid_point_under_its_block():
+    """ncnn packs 4 channels; blocked layouts (NCHWc) pad them: only a narrow runtime's table can
+    predict a conv under the block cheaper (hand-computed grids)."""
+    from yolo_slim.analysis.latency import grid_points
+    from yolo_slim.tools.latency import narrow_pays
+    assert grid_points(16, 4, 16, True) == [16] and grid_points(16, 4, 16, True, narrow=True) == [4, 16]
+    assert grid_points(64, 4, 16, True) == [16, 32, 48, 64]
+    assert grid_points(64, 4, 16, True, narrow=True) == [4, 16, 32, 48, 64]
+    assert grid_points(3, 4, 16, True, narrow=True) == [3]
+    assert (narrow_pays("onnxruntime"), narrow_pays("onnxruntime-cpu"), narrow_pays("openvino"),
+            narrow_pays("ncnn")) == (False, False, False, True)
+    defs = parse_cfg_text(TINY_NARROW)
+    wide = measure_table(defs, HW, fake_timer(), align=16)
+    thin = measure_table(defs, HW, fake_timer(), align=16, narrow=True)
+    assert (wide.meta["narrow"], thin.meta["narrow"]) == (False, True)
+    k = wide.layers[0]
+    assert wide.entries[k]["cout"] == [16] and thin.entries[k]["cout"] == [4, 16]
+    # the fake timer's cost is bilinear in the counts: at 4 outputs the narrow table predicts it
+    spec = thin.entries[k]["spec"]
+    assert thin.conv_ms(k, 3, 4) == pytest.approx(fake_timer()(spec, 3, 4))
+    assert wide.conv_ms(k, 3, 4) == pytest.approx(fake_timer()(spec, 3, 16))  # no cheaper under 16
+
+
+TINY_NARROW = """[net]
+width=64
+height=64
+channels=3
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+"""
+
+
+def parse_cfg_text(text: str):
+    import os
+    import tempfile
+    from yolo_slim.darknet.cfg import parse_cfg
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "n.cfg")
+        with open(p, "w") as f:
+            f.write(text)
+        return parse_cfg(p)

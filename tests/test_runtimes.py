@@ -102,8 +102,10 @@ def test_table_per_runtime_through_its_own_path(runtime, clock, tmp_path, monkey
     assert len(convs) >= len(t.entries) and all(len(s) == 4 for _, outs in convs for s in outs)
     # and the numbers are the clock's, as measure_table makes them from any timer
     want = measure_table(parse_cfg(str(cfg)), HW, lambda spec, ci, co: clock_ms((1, ci, *spec["in_hw"])),
-                         align=8, overhead_ms=clock_ms(empty), full_ms=5.0)
+                         align=8, overhead_ms=clock_ms(empty), full_ms=5.0,
+                         narrow=runtime == "ncnn")  # only ncnn packs fewer channels than its block
     assert t.entries == want.entries and t.calib == want.calib
+    assert t.meta["narrow"] is (runtime == "ncnn")
     # cached per runtime: asked again, nothing runs
     monkeypatch.setattr(ort_latency.ConvTimer, "_time", lambda *a: pytest.fail("measured again"))
     assert tl.ensure_table(str(cfg), HW, runtime=runtime, threads=1, log=lambda s: None, align=8) == path

@@ -85,11 +85,17 @@ def varying_axes(g: ChannelGraph) -> dict[int, tuple[bool, bool]]:
     return {i: (bool(ok[g.in_nodes(i)].any()), bool(ok[n].any())) for i, n in g.conv_nodes.items()}
 
 
-def grid_points(full: int, steps: int, align: int, vary: bool) -> list[int]:
+def grid_points(full: int, steps: int, align: int, vary: bool, narrow: bool = False) -> list[int]:
+    """The counts an axis is timed at: the block and its multiples up to `full`; with `narrow`
+    (the runtime packs fewer channels than its block: ncnn, whose first yolov3-tiny conv takes
+    8.6 of 20 ms at 16 outputs) a quarter of the block too. Blocked layouts (onnxruntime's
+    NCHWc, oneDNN) pad a narrow map inside the network though a one-conv model at 4 channels
+    times faster: that point misled their cuts (yolov3-tiny 2x, onnxruntime: ratio 0.89 -> 0.83)."""
     if not vary or full <= 1:
         return [full]
-    pts = {min(full, align)} | {min(full, align * math.ceil(full * k / steps / align))
-                                for k in range(1, steps + 1)} | {full}
+    low = {min(full, max(1, align // 4))} if narrow else set()
+    pts = low | {min(full, align)} | \
+        {min(full, align * math.ceil(full * k / steps / align)) for k in range(1, steps + 1)} | {full}
     return sorted(p for p in pts if p >= 1)
 
 
@@ -170,7 +176,7 @@ class LatencyTable:
 
 def _axis(pts: list[int], c: int, align: int, penalty: float) -> tuple[float, int]:
     """(factor, count to interpolate at): an unaligned count costs its aligned ceiling × penalty."""
-    if penalty > 1 and c % align and c < pts[-1]:
+    if penalty > 1 and c % align and c < pts[-1] and c not in pts:  # a grid point is measured
         return penalty, min(pts[-1], align * math.ceil(c / align))
     return 1.0, c
 
@@ -184,7 +190,8 @@ def measure_table(defs: list[dict[str, Any]], img_hw: tuple[int, int], timer: Ti
                   batch: int = 1, steps: int = 4, align: int = 8, meta: dict | None = None,
                   overhead_ms: float = 0.0, full_ms: float = math.nan,
                   log: Callable[[str], None] = lambda s: None,
-                  floor: tuple[list[dict[str, Any]], float] | None = None) -> LatencyTable:
+                  floor: tuple[list[dict[str, Any]], float] | None = None,
+                  narrow: bool = False) -> LatencyTable:
     """Time every distinct conv of `defs` on its grid (in a fixed order) and build the table.
     `overhead_ms` (an empty graph's run) is subtracted from each timing; `full_ms` (the whole
     model) calibrates what lies between the convs; `floor` (defs of a narrow model, its measured
@@ -203,7 +210,7 @@ def measure_table(defs: list[dict[str, Any]], img_hw: tuple[int, int], timer: Ti
             vin, vout = vin or entries[key]["vary"][0], vout or entries[key]["vary"][1]
             if [vin, vout] == entries[key]["vary"]:
                 continue
-        gi, go = (grid_points(spec[c], steps, align, v) for c, v in (("cin", vin), ("cout", vout)))
+        gi, go = (grid_points(spec[c], steps, align, v, narrow) for c, v in (("cin", vin), ("cout", vout)))
         if spec["groups"] > 1:  # grouped convs stay whole (analysis/graph.py): full counts only
             gi, go = [spec["cin"]], [spec["cout"]]
         log(f"conv {i}: {key}: {len(gi)}x{len(go)} points")
@@ -223,7 +230,8 @@ def measure_table(defs: list[dict[str, Any]], img_hw: tuple[int, int], timer: Ti
         entries[key] = {"spec": spec, "cin": gi, "cout": go, "ms": ms, "penalty": pen,
                         "vary": [vin, vout]}
     table = LatencyTable({**(meta or {}), "img_size": list(img_hw), "batch": batch, "steps": steps,
-                          "align": align, "overhead_ms": overhead_ms}, entries, layers, full_ms)
+                          "align": align, "narrow": narrow, "overhead_ms": overhead_ms}, entries, layers,
+                         full_ms)
     if math.isfinite(full_ms):  # what lies between the convs scales with them (concat, upsample,
         s = sum(table.predict(defs)["layers"].values())  # reorders): a factor, not an offset
         table.calib = {"rest_ms": 0.0, "scale": full_ms / s, "conv_sum_ms": s}

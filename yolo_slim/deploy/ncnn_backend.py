@@ -45,6 +45,7 @@ from yolo_slim.nn.model import Darknet
 from yolo_slim.sections.yolo import YOLOLayer
 
 NAME, SUFFIX = "ncnn", ".param"
+NARROW = True  # ncnn packs channels by 1, 4, 8 or 16: a conv under the block runs narrower (analysis/latency.grid_points)
 LAYOUT = "[B, na*(5+nc), ny, nx]"
 
 

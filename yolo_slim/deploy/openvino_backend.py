@@ -31,6 +31,7 @@ import torch
 from yolo_slim.core.errors import YoloSlimError, require_file, write_error
 
 NAME, SUFFIX = "openvino", ".xml"
+NARROW = False  # oneDNN pads a narrow map to its block inside the network (analysis/latency.grid_points)
 _CORE: list = []  # one openvino.Core per process (it caches plugins)
 
 

@@ -9,6 +9,7 @@ from yolo_slim.core.errors import YoloSlimError, require_file
 from yolo_slim.deploy.runtime import ort_session
 
 NAME, SUFFIX = "onnxruntime", ".onnx"
+NARROW = False  # NCHWc pads a narrow map to its block inside the network (analysis/latency.grid_points)
 
 
 def available() -> str | None:

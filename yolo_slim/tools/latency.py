@@ -70,7 +70,7 @@ def table_runtime(runtime: str) -> str:
 
 # bumped whenever what a table measures changes (the export of a section, the timing harness):
 # a table cached by an older version is measured again instead of reused
-TABLE_VERSION = 3  # 3: the two-point calibration (full + floor model)
+TABLE_VERSION = 5  # 3: the two-point calibration (full + floor model); 5: the narrow grid point (ncnn)
 
 
 def table_path(cfg: str, img_hw: tuple[int, int], batch: int, runtime: str, threads: int | None,
@@ -115,12 +115,18 @@ def ensure_table(cfg: str, img_hw: tuple[int, int] | None = None, batch: int = 1
                                 "runs": runs, "stat": stat, "machine": machine(runtime),
                                 "precision": timer.precision, "load_average": _load(),
                                 "measured": time.strftime("%Y-%m-%d %H:%M:%S")},
-                          overhead_ms=timer.empty_ms(), full_ms=full, floor=floor)
+                          overhead_ms=timer.empty_ms(), full_ms=full, floor=floor,
+                          narrow=narrow_pays(runtime))
     table.meta["seconds"] = round(time.time() - t0, 1)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     table.save(path)
     log(f"latency table: {path} ({table.meta['seconds']:.0f} s)")
     return path
+
+
+def narrow_pays(runtime: str) -> bool:
+    """Whether the runtime packs fewer channels than its block (its backend's NARROW)."""
+    return False if is_ort(runtime) else bool(getattr(backend(runtime), "NARROW", False))
 
 
 def floor_defs(defs: list[dict[str, Any]], hw: tuple[int, int], keep: float = 0.25) -> list[dict[str, Any]]:
