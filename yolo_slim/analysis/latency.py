@@ -20,7 +20,7 @@ bias + activation: BN is folded at export) at the deployment input size and batc
   timing; the full model is timed once and every prediction is Σ convs × full / Σ convs at full
   widths (`calib.scale`: the ops between convs shrink with the channels they carry; an additive
   rest would also carry the load another process put on the one full-model timing). Given a
-  second model (`floor`: every conv at about a quarter of its channels, timed interleaved with the
+  second model (`floor`: every conv at about half its channels, timed interleaved with the
   full one), the fit is the line through both points instead: on OpenVINO and ncnn a one-conv
   model pays layout reorders and copies of its input and output maps that a conv inside the
   network does not, so Σ convs over-predicts narrow models (OpenVINO, demo at 256: 3.4 ms
