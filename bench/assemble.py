@@ -83,7 +83,7 @@ SUMMARY = [
         (("fast_by_construction", "The pruner: `prune_channels.py --target-speedup 2.5`, yolov3-tiny 416 (COCO weights)"),)),
     Row("Which runtime should I ship on?",
         "Prune for it: a 2x cut made for onnxruntime runs {o_o}x there, {o_v}x on OpenVINO and "
-        "{o_n}x on ncnn; each runtime's own cut meets 2x on it. Fastest here: OpenVINO INT8, the "
+        "{o_n}x on ncnn; each runtime's own cut is within 10% of 2x on it. Fastest here: OpenVINO INT8, the "
         "demo's slim model {ov8}x the baseline FP32",
         (("runtimes_cross", rf"^\| cut for onnxruntime \| {NUM}x \| \*\*(?P<o_o>{NUM})x \({NUM}\)\*\* \| "
                             rf"(?P<o_v>{NUM})x \({NUM}\) \| (?P<o_n>{NUM})x"),

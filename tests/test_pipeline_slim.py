@@ -133,7 +133,10 @@ def test_make_real_runs_the_commands_it_ran_before(slim_env, clean_env, resolve,
         clean_env.delenv(name)
     clean_env.setenv("YOLO_SLIM_CACHE", str(cache))
     clean_env.setenv("RUN", str(tmp_path / "real"))
-    made = subprocess.run(["make", "-n", "real"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    # under `make test` this make is a sub-make: it would print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    made = subprocess.run(["make", "--no-print-directory", "-n", "real"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60, env=env)
     line = made.stdout.replace("\\\n", " ").splitlines()[-1]
     assert line.endswith("bash scripts/slim.sh") and "LABELS=teacher" in line, made.stdout
     p = subprocess.run(["bash", "-c", line + " --dry-run"], capture_output=True, text=True, cwd=ROOT,
