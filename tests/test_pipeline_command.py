@@ -298,7 +298,9 @@ def test_the_stage_scripts_run_the_pipeline(tmp_path):
     assert (tmp_path / "r" / "sparse" / ".done").is_file()
     p = subprocess.run(["bash", str(ROOT / "scripts" / "pipeline.sh"), "--dry-run"], capture_output=True,
                        text=True, env={**env, "RUN": str(tmp_path / "d")}, timeout=120)
-    cmds = [line.split()[1] for line in p.stdout.splitlines() if not line.startswith("#")]
+    # the data stage runs only where data/shapes is missing (a fresh clone): not part of this check
+    cmds = [line.split()[1] for line in p.stdout.splitlines()
+            if not line.startswith("#") and "yolo_slim.data.synthetic" not in line]
     assert p.returncode == 0 and cmds[:6] == ["train_sparse.py", "train_sparse.py", "prune_channels.py",
                                               "distill.py", "export.py", "export.py"], p.stdout
 
