@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -87,7 +88,7 @@ def table(models: dict, files: dict, scores: dict, times: dict, a: argparse.Name
                 tb = times[b]
                 ref = tb[f"{first}:{rt}/fp32"]
                 mine = tb[f"{m}:{key}"]
-                cells.append(f"{sorted(mine)[len(mine) // 2]:.2f} | {1 / median_ratio(mine, ref):.2f}x")
+                cells.append(f"{statistics.median(mine):.2f} | {1 / median_ratio(mine, ref):.2f}x")
             rows.append(f"| {m} | {rt} | {prec} | {s['map50']:.4f} | {s['map']:.4f} | "
                         f"{s['map50'] - t['map50']:+.4f} | " + " | ".join(cells) + " |")
     return [f"Scored on `{a.data}` ({what}), {a.img_size}x{a.img_size}; latency: {a.threads} threads, "

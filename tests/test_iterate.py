@@ -147,7 +147,7 @@ def test_cli_errors_and_script(setup, repo_root):
     assert p.returncode == 0 and "--per-round-flops" in p.stdout
 
 
-def test_script_defaults_pass_train_args(tmp_path, repo_root):
+def test_script_defaults_pass_train_args(tmp_path, repo_root, monkeypatch):
     """Without arguments the script runs `yolo-slim pipeline --stages iterate`: the recipe's
     section iterate (recipes/demo.json) with the variables set; TRAIN_ARGS become --train
     FIELD=VALUE pairs after the recipe's (PY=echo prints the command it would run)."""
@@ -169,12 +169,8 @@ def test_script_defaults_pass_train_args(tmp_path, repo_root):
                                             "lr_steps": [0.5, 0.8], "mosaic": 1.0}
     assert args[args.index("--weights") + 1] == str(tmp_path / "run" / "sparse" / "best.pt")
     assert (tmp_path / "run" / "iterate" / ".done").is_file()
-    cwd = os.getcwd()
-    os.chdir(repo_root)  # the recipe's path is the repo's
-    try:
-        ns = parser().parse_args(args[2:])
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(repo_root)  # the recipe's path is the repo's
+    ns = parser().parse_args(args[2:])
     train = parse_train_overrides(ns.train)  # the recipe's training, then TRAIN_ARGS
     assert (train["workers"], train["cls"], train["multi_scale"], train["ema"]) == (-1, 128.0, True, False)
     assert (ns.rounds, ns.per_round_flops, ns.target_speedup) == (2, 0.8, 0.0)

@@ -323,7 +323,7 @@ def test_two_point_calibration_goes_through_the_full_and_the_floor_model():
     assert "floor_sum_ms" not in t2.calib
 
 
-def test_a_narrow_runtime_gets_a_grid_point_under_its_block():
+def test_a_narrow_runtime_gets_a_grid_point_under_its_block(write_cfg_file):
     """ncnn packs 4 channels; blocked layouts (NCHWc) pad them: only a narrow runtime's table can
     predict a conv under the block cheaper (hand-computed grids)."""
     from yolo_slim.analysis.latency import grid_points
@@ -334,7 +334,8 @@ def test_a_narrow_runtime_gets_a_grid_point_under_its_block():
     assert grid_points(3, 4, 16, True, narrow=True) == [3]
     assert (narrow_pays("onnxruntime"), narrow_pays("onnxruntime-cpu"), narrow_pays("openvino"),
             narrow_pays("ncnn")) == (False, False, False, True)
-    defs = parse_cfg_text(TINY_NARROW)
+    from yolo_slim.darknet.cfg import parse_cfg
+    defs = parse_cfg(write_cfg_file(TINY_NARROW))
     wide = measure_table(defs, HW, fake_timer(), align=16)
     thin = measure_table(defs, HW, fake_timer(), align=16, narrow=True)
     assert (wide.meta["narrow"], thin.meta["narrow"]) == (False, True)
@@ -377,13 +378,3 @@ classes=1
 num=3
 """
 
-
-def parse_cfg_text(text: str):
-    import os
-    import tempfile
-    from yolo_slim.darknet.cfg import parse_cfg
-    with tempfile.TemporaryDirectory() as d:
-        p = os.path.join(d, "n.cfg")
-        with open(p, "w") as f:
-            f.write(text)
-        return parse_cfg(p)

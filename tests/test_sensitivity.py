@@ -232,7 +232,7 @@ def test_end_to_end_files_and_prune_channels(tmp_path, capsys):
     assert (tmp_path / "s2" / "sensitivity.csv").is_file()
 
 
-def test_script_passes_target_speedup(tmp_path, repo_root):
+def test_script_passes_target_speedup(tmp_path, repo_root, monkeypatch):
     """scripts/sensitivity.sh: the recipe's TARGET_FLOPS (recipes/demo.json: 0.5) by default,
     TARGET_SPEEDUP instead when set (PY=echo prints the commands it would run)."""
     import os
@@ -248,10 +248,6 @@ def test_script_passes_target_speedup(tmp_path, repo_root):
         args = p.stdout.split("\n")[0].split()
         assert p.returncode == 0 and args[:2] == ["-m", "yolo_slim.tools.sensitivity"]
         assert sum(a.startswith("--target-") for a in args) == len(extra)
-        cwd = os.getcwd()
-        os.chdir(repo_root)  # the recipe's path is the repo's
-        try:
-            ns = parser().parse_args(args[2:])
-        finally:
-            os.chdir(cwd)
+        monkeypatch.chdir(repo_root)  # the recipe's path is the repo's
+        ns = parser().parse_args(args[2:])
         assert (ns.target_flops, ns.target_speedup) == (flops, speedup)

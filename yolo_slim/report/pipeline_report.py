@@ -25,6 +25,7 @@ from yolo_slim.core.cli import Parser, number, parse
 from yolo_slim.core.errors import YoloSlimError, atomic_write_bytes, cli_main
 from yolo_slim.nn.model import Darknet
 from yolo_slim.analysis.cost import count_params, model_flops
+from yolo_slim.deploy.backends import MODULES
 from yolo_slim.nn.weights import darknet_weights_bytes, load_model
 from yolo_slim.report.run_layout import (BASELINE, BEST, COMMANDS, EXPORT, FINETUNE, LAST,
                                          MODEL_STAGES, PRUNED, REPORT, SPARSE)
@@ -105,9 +106,6 @@ def is_int8(path: str) -> bool:
         with open(path, encoding="utf-8", errors="replace") as f:
             return 'type="FakeQuantize"' in f.read()
     return False
-
-
-RUNTIMES = ("onnxruntime", "openvino", "ncnn")  # the CPU runtimes the export stage writes for
 
 
 def shipped_size(path: str) -> int:
@@ -285,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", help=f"default: <run>/{REPORT}")
     p.add_argument("--reference", help="score agreement with this model's detections (label-free)")
     p.add_argument("--reference-cfg", help="cfg of --reference (optional for a .pt)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+    p.add_argument("--runtime", choices=list(MODULES), default="onnxruntime",
                    help="time the stages and score/time the shipped files of this runtime")
     a = parse(p, argv)
     if a is None:  # --help
